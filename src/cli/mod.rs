@@ -1,0 +1,38 @@
+//! The `sculpt` command line.
+
+mod info;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "sculpt", version, about = "Continual fine-tuning constrained by adaptive SVD, on any GPU")]
+pub struct Cli {
+    /// Use the adapter whose name contains this text (see `sculpt info`).
+    #[arg(long, global = true, env = "SCULPT_ADAPTER")]
+    adapter: Option<String>,
+    /// Request only WebGPU's baseline limits and features (portable fallback paths).
+    #[arg(long, global = true)]
+    baseline: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the adapter, backend, driver, limits and features.
+    Info(info::Args),
+}
+
+impl Cli {
+    fn gpu(&self) -> Result<crate::Gpu> {
+        crate::Gpu::new(&crate::GpuOptions { adapter_name: self.adapter.clone(), baseline: self.baseline })
+    }
+}
+
+pub fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match &cli.command {
+        Command::Info(args) => info::run(&cli.gpu()?, args),
+    }
+}

@@ -1,0 +1,60 @@
+//! One Rust launcher per WGSL kernel family in `shaders/`. Each launcher checks shapes,
+//! computes its worst-case loop count and workgroup memory, and records a dispatch.
+//! CPU references for the tests live beside each launcher.
+
+pub mod elementwise;
+
+use anyhow::{anyhow, Result};
+
+use crate::gpu::Shader;
+
+/// Every WGSL file of the crate, for validation and cross-compilation tests.
+pub const ALL_SHADERS: &[&Shader] = &[&elementwise::SHADER];
+
+/// Parses and validates a shader with naga, so that an error names the file and line.
+pub fn validate_wgsl(shader: &Shader) -> Result<(naga::Module, naga::valid::ModuleInfo)> {
+    let module = naga::front::wgsl::parse_str(shader.wgsl)
+        .map_err(|e| anyhow!("shaders/{}.wgsl: {}", shader.name, e.emit_to_string(shader.wgsl)))?;
+    let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
+        .validate(&module)
+        .map_err(|e| anyhow!("shaders/{}.wgsl: {}", shader.name, e.emit_to_string(shader.wgsl)))?;
+    Ok((module, info))
+}
+
+/// Loads a shader file of `shaders/` by family name.
+#[macro_export]
+macro_rules! shader {
+    ($name:literal) => {
+        $crate::gpu::Shader {
+            name: $name,
+            wgsl: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $name, ".wgsl")),
+        }
+    };
+}
+
+/// Shared helpers for kernel tests: one device per test process, deterministic data and
+/// tolerance checks scaled to the data.
+#[cfg(test)]
+pub(crate) mod testing {
+    use crate::gpu::Gpu;
+
+    pub fn gpu() -> Gpu {
+        Gpu::shared().expect("a GPU adapter (install mesa-vulkan-drivers for lavapipe)")
+    }
+
+    /// Deterministic values in [-1, 1).
+    pub fn random(n: usize, seed: u64) -> Vec<f32> {
+        let mut rng = crate::rng::Rng::new(seed);
+        (0..n).map(|_| rng.uniform() * 2.0 - 1.0).collect()
+    }
+
+    /// max |a - b| <= tol * max(1, max |b|)
+    #[track_caller]
+    pub fn assert_close(got: &[f32], want: &[f32], tol: f32) {
+        assert_eq!(got.len(), want.len(), "length mismatch");
+        let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!((g - w).abs() <= tol * scale, "element {i}: got {g}, want {w} (tol {tol} x scale {scale})");
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! sculpt: continual full fine-tuning constrained by adaptive SVD (OSFT), on any GPU that
+//! speaks Vulkan, Metal or DX12, through wgpu and hand-written WGSL compute shaders.
+//!
+//! Layers, each using only the ones above it: [`gpu`] (device, pool, recorder) →
+//! [`tensor`] → [`kernels`] → model → optimizer → subspace → continual → data → [`cli`].
+
+pub mod cli;
+pub mod gpu;
+pub mod kernels;
+pub mod rng;
+pub mod tensor;
+
+pub use gpu::{Gpu, GpuOptions};
+pub use tensor::{DType, Tensor};
