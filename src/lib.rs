@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod gpu;
 pub mod kernels;
+pub mod optim;
 pub mod rng;
 pub mod tensor;
 
