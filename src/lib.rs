@@ -5,6 +5,8 @@
 //! [`tensor`] → [`kernels`] → model → optimizer → subspace → continual → data → [`cli`].
 
 pub mod cli;
+pub mod continual;
+pub mod data;
 pub mod gpu;
 pub mod kernels;
 pub mod optim;

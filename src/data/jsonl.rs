@@ -1,0 +1,80 @@
+//! Seq2seq examples from JSON Lines: one `{"input": ..., "target": ...}` object per line.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Example {
+    pub input: String,
+    pub target: String,
+}
+
+/// Parses JSONL text; `origin` names the file in errors. Blank lines are skipped.
+pub fn parse_jsonl(text: &str, origin: &str) -> Result<Vec<Example>> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let value: serde_json::Value = serde_json::from_str(line).with_context(|| {
+            format!(
+                "{origin}:{}: not valid JSON; each line must be one object {{\"input\": ..., \"target\": ...}}",
+                i + 1
+            )
+        })?;
+        let field = |key: &str| -> Result<String> {
+            match value.get(key) {
+                Some(serde_json::Value::String(s)) => Ok(s.clone()),
+                Some(other) => bail!("{origin}:{}: \"{key}\" must be a string, got {other}", i + 1),
+                None => {
+                    bail!("{origin}:{}: missing \"{key}\"; each line needs \"input\" and \"target\" strings", i + 1)
+                }
+            }
+        };
+        out.push(Example { input: field("input")?, target: field("target")? });
+    }
+    if out.is_empty() {
+        bail!("{origin}: no examples (expected JSON Lines with \"input\" and \"target\")");
+    }
+    Ok(out)
+}
+
+pub fn read_jsonl(path: &Path) -> Result<Vec<Example>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    parse_jsonl(&text, &path.display().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_examples_and_skips_blank_lines() {
+        let got = parse_jsonl(
+            "{\"input\": \"a\", \"target\": \"b\", \"extra\": 1}\n\n{\"input\":\"c\",\"target\":\"d\"}\n",
+            "x.jsonl",
+        )
+        .unwrap();
+        assert_eq!(
+            got,
+            vec![Example { input: "a".into(), target: "b".into() }, Example { input: "c".into(), target: "d".into() }]
+        );
+    }
+
+    #[test]
+    fn malformed_lines_name_the_file_and_line() {
+        let cases = [
+            ("{\"input\": \"a\", \"target\": \"b\"}\n{oops", "x.jsonl:2: not valid JSON"),
+            ("{\"input\": \"a\"}", "x.jsonl:1: missing \"target\""),
+            ("{\"input\": 3, \"target\": \"b\"}", "x.jsonl:1: \"input\" must be a string"),
+            ("\n\n", "x.jsonl: no examples"),
+        ];
+        for (text, want) in cases {
+            let err = format!("{:#}", parse_jsonl(text, "x.jsonl").unwrap_err());
+            assert!(err.contains(want), "{err}");
+        }
+    }
+}
