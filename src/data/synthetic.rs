@@ -56,7 +56,7 @@ pub fn stream(seed: u64, n_train: usize, n_eval: usize) -> Vec<TaskData> {
             while examples.len() < n_train + n_eval {
                 let len = 3 + rng.below(3);
                 // odd lengths keep the classification free of ties
-                let len = if task == "classify" && len % 2 == 0 { len + 1 } else { len };
+                let len = if task == "classify" && len.is_multiple_of(2) { len + 1 } else { len };
                 let symbols: Vec<usize> = (0..len).map(|_| rng.below(SYMBOLS.len())).collect();
                 if seen.insert(symbols.clone()) {
                     let body = symbols.iter().map(|&i| SYMBOLS[i]).collect::<Vec<_>>().join(" ");
