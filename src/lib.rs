@@ -4,6 +4,7 @@
 //! Layers, each using only the ones above it: [`gpu`] (device, pool, recorder) →
 //! [`tensor`] → [`kernels`] → model → optimizer → subspace → continual → data → [`cli`].
 
+pub mod checkpoint;
 pub mod cli;
 pub mod continual;
 pub mod data;
