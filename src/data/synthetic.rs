@@ -12,6 +12,41 @@ pub const LABELS: &[&str] = &["low", "high"];
 /// Task prefixes, in stream order.
 pub const TASKS: &[&str] = &["copy", "reverse", "sort", "classify"];
 
+/// A word-level `tokenizer.json` over [`vocabulary`] with T5's conventions (pad 0, </s> 1,
+/// unk 2, </s> appended), loadable by the tokenizers crate and by transformers.
+pub fn tokenizer_json() -> String {
+    let specials = ["<pad>", "</s>", "<unk>"];
+    let words: Vec<String> = specials.iter().map(|s| s.to_string()).chain(vocabulary()).collect();
+    let vocab: serde_json::Map<String, serde_json::Value> =
+        words.iter().enumerate().map(|(i, w)| (w.clone(), serde_json::json!(i))).collect();
+    let added: Vec<serde_json::Value> = specials
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            serde_json::json!({"id": i, "content": s, "single_word": false, "lstrip": false, "rstrip": false,
+                               "normalized": false, "special": true})
+        })
+        .collect();
+    let eos = serde_json::json!({"SpecialToken": {"id": "</s>", "type_id": 0}});
+    serde_json::json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": {"type": "WhitespaceSplit"},
+        "post_processor": {
+            "type": "TemplateProcessing",
+            "single": [{"Sequence": {"id": "A", "type_id": 0}}, eos],
+            "pair": [{"Sequence": {"id": "A", "type_id": 0}}, eos, {"Sequence": {"id": "B", "type_id": 0}}, eos],
+            "special_tokens": {"</s>": {"id": "</s>", "ids": [1], "tokens": ["</s>"]}}
+        },
+        "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
+    })
+    .to_string()
+}
+
 #[derive(Clone, Debug)]
 pub struct TaskData {
     pub name: String,
@@ -80,6 +115,22 @@ mod tests {
         assert_eq!(answer("sort", &[2, 0, 5]), "a c f");
         assert_eq!(answer("classify", &[0, 1, 11]), "low");
         assert_eq!(answer("classify", &[10, 1, 11]), "high");
+    }
+
+    #[test]
+    fn tokenizer_round_trips_every_task() {
+        let tok: tokenizers::Tokenizer = tokenizer_json().parse().unwrap();
+        let enc = tok.encode("sort: c a", true).unwrap();
+        let vocab = vocabulary();
+        let id = |w: &str| 3 + vocab.iter().position(|v| v == w).unwrap() as u32;
+        assert_eq!(enc.get_ids(), &[id("sort:"), id("c"), id("a"), 1]);
+        for task in stream(1, 5, 2) {
+            for e in task.train {
+                let ids = tok.encode(e.target.as_str(), true).unwrap().get_ids().to_vec();
+                assert!(!ids.contains(&2), "unknown word in {:?}", e.target);
+                assert_eq!(tok.decode(&ids, true).unwrap(), e.target);
+            }
+        }
     }
 
     #[test]
