@@ -62,7 +62,9 @@ pub fn embedding(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
 /// Errors on the first id >= vocab, naming its position.
 pub fn check_ids(ids: &[u32], vocab: usize) -> Result<()> {
     if let Some((i, &id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
-        bail!("token id {id} at position {i} is outside the vocabulary of {vocab}; check the tokenizer against the model");
+        bail!(
+            "token id {id} at position {i} is outside the vocabulary of {vocab}; check the tokenizer against the model"
+        );
     }
     Ok(())
 }
@@ -150,7 +152,7 @@ mod tests {
             let t = Tensor::from_f32(&gpu, &[vocab, d], &table).unwrap();
             for n in [1, 3, 65, 255] {
                 let mut rng = Rng::new(n as u64);
-                let ids: Vec<u32> = (0..n).map(|_| rng.below(vocab as u64) as u32).collect();
+                let ids: Vec<u32> = (0..n).map(|_| rng.below(vocab) as u32).collect();
                 let got = embedding(&t, &Tensor::from_u32(&gpu, &[n], &ids).unwrap()).unwrap();
                 assert_eq!(got.shape(), &[n, d]);
                 let want: Vec<f32> = ids.iter().flat_map(|&i| table[i as usize * d..][..d].to_vec()).collect();
@@ -178,8 +180,7 @@ mod tests {
         for &(vocab, d, n) in &[(1, 3, 17), (3, 17, 65), (65, 64, 255), (17, 65, 1000), (1000, 127, 63), (5, 1, 4099)] {
             let mut rng = Rng::new((vocab + d + n) as u64);
             // Skewed ids: many repeats of id 0 (like padding), the rest spread.
-            let ids: Vec<u32> =
-                (0..n).map(|_| if rng.below(3) == 0 { 0 } else { rng.below(vocab as u64) as u32 }).collect();
+            let ids: Vec<u32> = (0..n).map(|_| if rng.below(3) == 0 { 0 } else { rng.below(vocab) as u32 }).collect();
             let dys = random(n * d, n as u64);
             let init = random(vocab * d, 7);
             let dtable = Tensor::from_f32(&gpu, &[vocab, d], &init).unwrap();

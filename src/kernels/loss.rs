@@ -45,7 +45,12 @@ pub fn count_valid_labels(labels: &[i32], vocab: usize) -> Result<usize> {
 pub fn cross_entropy(logits: &Tensor, labels: &Tensor, num_valid: usize, grad_scale: f32) -> Result<(Tensor, Tensor)> {
     let (rows, vocab) = rows_cols("cross_entropy", "logits", logits)?;
     if labels.dtype() != DType::I32 || labels.len() != rows {
-        bail!("cross_entropy: labels must be I32 with {rows} elements (rows of logits {:?}), got {:?} {:?}", logits.shape(), labels.dtype(), labels.shape());
+        bail!(
+            "cross_entropy: labels must be I32 with {rows} elements (rows of logits {:?}), got {:?} {:?}",
+            logits.shape(),
+            labels.dtype(),
+            labels.shape()
+        );
     }
     if num_valid > rows {
         bail!("cross_entropy: num_valid {num_valid} exceeds the {rows} rows");
@@ -57,7 +62,15 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor, num_valid: usize, grad_sc
     let params = Params { rows: rows as u32, vocab: vocab as u32, scale: grad_scale * inv_valid, inv_valid };
     // max, sum of exp and gradient passes; a max and a sum reduction
     let loops = row_loop_iterations(vocab, 3, 2);
-    launch_rows(&SHADER, "cross_entropy", bytemuck::bytes_of(&params), &[logits, labels], &[&dlogits, &row_loss], rows, loops)?;
+    launch_rows(
+        &SHADER,
+        "cross_entropy",
+        bytemuck::bytes_of(&params),
+        &[logits, labels],
+        &[&dlogits, &row_loss],
+        rows,
+        loops,
+    )?;
     Ok((row_sum(&row_loss)?, dlogits))
 }
 
@@ -94,7 +107,7 @@ mod tests {
         let mut rng = Rng::new(seed);
         // About one row in four ignored, at least one valid.
         let mut labels: Vec<i32> =
-            (0..rows).map(|_| if rng.below(4) == 0 { IGNORE_INDEX } else { rng.below(vocab as u64) as i32 }).collect();
+            (0..rows).map(|_| if rng.below(4) == 0 { IGNORE_INDEX } else { rng.below(vocab) as i32 }).collect();
         labels[rows / 2] = (vocab - 1) as i32;
         labels
     }

@@ -14,14 +14,8 @@ use anyhow::{anyhow, Result};
 use crate::gpu::Shader;
 
 /// Every WGSL file of the crate, for validation and cross-compilation tests.
-pub const ALL_SHADERS: &[&Shader] = &[
-    &elementwise::SHADER,
-    &embedding::SHADER,
-    &loss::SHADER,
-    &norm::SHADER,
-    &reduce::SHADER,
-    &softmax::SHADER,
-];
+pub const ALL_SHADERS: &[&Shader] =
+    &[&elementwise::SHADER, &embedding::SHADER, &loss::SHADER, &norm::SHADER, &reduce::SHADER, &softmax::SHADER];
 
 /// Parses and validates a shader with naga, so that an error names the file and line.
 pub fn validate_wgsl(shader: &Shader) -> Result<(naga::Module, naga::valid::ModuleInfo)> {
@@ -68,7 +62,11 @@ pub(crate) mod testing {
             // -0.0000 and 0.0000 are the same value
             format!("{:.4}", if r == 0.0 { 0.0 } else { r })
         };
-        values.chunks(cols).map(|row| row.iter().map(|&v| round(v)).collect::<Vec<_>>().join(" ")).collect::<Vec<_>>().join("\n")
+        values
+            .chunks(cols)
+            .map(|row| row.iter().map(|&v| round(v)).collect::<Vec<_>>().join(" "))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// max |a - b| <= tol * max(1, max |b|)

@@ -50,7 +50,11 @@ pub fn rms_norm_backward(dy: &Tensor, x: &Tensor, w: &Tensor, inv_rms: &Tensor, 
     check_weight(what, "w", w, cols)?;
     check_weight(what, "dw", dw, cols)?;
     if inv_rms.dtype() != DType::F32 || inv_rms.len() != rows {
-        bail!("{what}: inv_rms must be f32 with {rows} elements (rows of x {:?}), got {:?}", x.shape(), inv_rms.shape());
+        bail!(
+            "{what}: inv_rms must be f32 with {rows} elements (rows of x {:?}), got {:?}",
+            x.shape(),
+            inv_rms.shape()
+        );
     }
     let dx = Tensor::uninit(x.gpu(), x.shape(), DType::F32)?;
     let dw_rows = Tensor::uninit(x.gpu(), &[rows, cols], DType::F32)?;

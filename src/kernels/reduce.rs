@@ -126,7 +126,12 @@ pub fn row_max(x: &Tensor) -> Result<Tensor> {
 pub fn col_sum_into(x: &Tensor, out: &Tensor, accumulate: bool) -> Result<()> {
     let (rows, cols) = rows_cols("col_sum_into", "x", x)?;
     if out.dtype() != DType::F32 || out.len() != cols {
-        bail!("col_sum_into: out must be f32 with {cols} elements (the columns of x {:?}), got {:?} {:?}", x.shape(), out.dtype(), out.shape());
+        bail!(
+            "col_sum_into: out must be f32 with {cols} elements (the columns of x {:?}), got {:?} {:?}",
+            x.shape(),
+            out.dtype(),
+            out.shape()
+        );
     }
     let params = Params { rows: rows as u32, cols: cols as u32, a: accumulate as u32, _pad: 0 };
     let lane_steps = ROW_LANES.ilog2() as u64;
@@ -305,7 +310,7 @@ mod tests {
         let out = Tensor::zeros(&gpu, &[4], DType::F32).unwrap();
         let err = col_sum_into(&x, &out, false).unwrap_err().to_string();
         assert!(err.contains("5 elements"), "{err}");
-        let ids = Tensor::zeros(&gpu, &[4], DType::U32).unwrap();
+        let ids = Tensor::from_u32(&gpu, &[4], &[0; 4]).unwrap();
         assert!(row_sum(&ids).unwrap_err().to_string().contains("must be f32"));
     }
 }

@@ -104,7 +104,8 @@ mod tests {
         let dys = random(2 * cols, 4);
         let y = reference::softmax(&xs, cols);
         let analytic = reference::softmax_backward(&dys, &y, cols);
-        let loss = |x: &[f32]| -> f64 { reference::softmax(x, cols).iter().zip(&dys).map(|(a, &b)| a * b as f64).sum() };
+        let loss =
+            |x: &[f32]| -> f64 { reference::softmax(x, cols).iter().zip(&dys).map(|(a, &b)| a * b as f64).sum() };
         for k in 0..xs.len() {
             let h = 1e-3f32;
             let mut plus = xs.clone();
