@@ -215,8 +215,10 @@ impl Gpu {
             encoder.copy_buffer_to_buffer(resolve, 0, read, 0, 8 * *count as u64);
         }
         let freed = std::mem::take(&mut rec.deferred_free);
-        drop(rec);
+        // Submit before another thread's flush can stage its own params into the shared arena
+        // (queued writes land before the next submit, which would otherwise be this one).
         self.inner.queue.submit([encoder.finish()]);
+        drop(rec);
         if let Some((_, _, read, _)) = &queries {
             let stamps: Vec<u64> = self.map_read(read, read.size())?;
             let period = self.inner.queue.get_timestamp_period() as f64;

@@ -4,13 +4,26 @@
 
 pub mod adamw;
 pub mod elementwise;
+pub mod embedding;
+pub mod loss;
+pub mod norm;
+pub mod reduce;
+pub mod softmax;
 
 use anyhow::{anyhow, Result};
 
 use crate::gpu::Shader;
 
 /// Every WGSL file of the crate, for validation and cross-compilation tests.
-pub const ALL_SHADERS: &[&Shader] = &[&adamw::SHADER, &elementwise::SHADER];
+pub const ALL_SHADERS: &[&Shader] = &[
+    &adamw::SHADER,
+    &elementwise::SHADER,
+    &embedding::SHADER,
+    &loss::SHADER,
+    &norm::SHADER,
+    &reduce::SHADER,
+    &softmax::SHADER,
+];
 
 /// Parses and validates a shader with naga, so that an error names the file and line.
 pub fn validate_wgsl(shader: &Shader) -> Result<(naga::Module, naga::valid::ModuleInfo)> {
@@ -47,6 +60,21 @@ pub(crate) mod testing {
     pub fn random(n: usize, seed: u64) -> Vec<f32> {
         let mut rng = crate::rng::Rng::new(seed);
         (0..n).map(|_| rng.uniform() * 2.0 - 1.0).collect()
+    }
+
+    /// Values rounded to 4 decimals, `cols` per line, for insta snapshots that agree across
+    /// devices (llvmpipe's reciprocals are approximate in the last bits).
+    pub fn snapshot_text(values: &[f32], cols: usize) -> String {
+        let round = |v: f32| {
+            let r = (v as f64 * 1e4).round() / 1e4;
+            // -0.0000 and 0.0000 are the same value
+            format!("{:.4}", if r == 0.0 { 0.0 } else { r })
+        };
+        values
+            .chunks(cols)
+            .map(|row| row.iter().map(|&v| round(v)).collect::<Vec<_>>().join(" "))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// max |a - b| <= tol * max(1, max |b|)
