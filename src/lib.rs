@@ -10,6 +10,7 @@ pub mod continual;
 pub mod data;
 pub mod gpu;
 pub mod kernels;
+pub mod model;
 pub mod optim;
 pub mod rng;
 pub mod tensor;

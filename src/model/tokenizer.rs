@@ -1,0 +1,45 @@
+//! `tokenizer.json` through the tokenizers crate: encoding appends `</s>` (the file's
+//! post-processor), decoding skips special tokens, as transformers' T5 tokenizer does.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Result};
+
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    path: PathBuf,
+}
+
+impl Tokenizer {
+    /// Reads `DIR/tokenizer.json` and checks that every id it can produce has a row in
+    /// the embedding table of `vocab_size` rows.
+    pub fn load(dir: &Path, vocab_size: usize) -> Result<Tokenizer> {
+        let path = dir.join(TOKENIZER_FILE);
+        if !path.exists() {
+            bail!("{}: no tokenizer file (a tokenizers JSON file is needed)", path.display());
+        }
+        let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        let tokenizer_vocab = inner.get_vocab_size(true);
+        if tokenizer_vocab > vocab_size {
+            bail!(
+                "{}: the tokenizer has {tokenizer_vocab} tokens but the model's embedding \"shared.weight\" has only {vocab_size} rows (config vocab_size); tokenizer and model do not belong together",
+                path.display()
+            );
+        }
+        Ok(Tokenizer { inner, path })
+    }
+
+    /// Token ids of `text`, ending with `</s>`.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let encoding =
+            self.inner.encode(text, true).map_err(|e| anyhow!("{}: encoding {text:?}: {e}", self.path.display()))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// Text of `ids` without special tokens (padding, `</s>`).
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner.decode(ids, true).map_err(|e| anyhow!("{}: decoding {ids:?}: {e}", self.path.display()))
+    }
+}

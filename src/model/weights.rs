@@ -1,0 +1,198 @@
+//! Safetensors checkpoints with Hugging Face tensor names: one `model.safetensors` or shards
+//! listed by `model.safetensors.index.json`. Everything is converted to f32 on load.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use safetensors::{Dtype, SafeTensors};
+
+use crate::tensor::{DType, Tensor};
+
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
+
+/// One tensor read from disk, already in f32.
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+    /// The file it came from, for error messages.
+    pub file: PathBuf,
+}
+
+/// All tensors of a checkpoint, by name.
+pub struct Weights {
+    tensors: HashMap<String, HostTensor>,
+    /// What to name in "missing tensor" errors: the single file or the shard index.
+    source: PathBuf,
+}
+
+impl Weights {
+    /// Reads `DIR/model.safetensors`, or every shard named in `DIR/model.safetensors.index.json`.
+    pub fn load(dir: &Path) -> Result<Weights> {
+        let single = dir.join(WEIGHTS_FILE);
+        let index = dir.join(INDEX_FILE);
+        let mut tensors = HashMap::new();
+        if single.exists() {
+            read_file(&single, None, &mut tensors)?;
+            return Ok(Weights { tensors, source: single });
+        }
+        if !index.exists() {
+            bail!("{}: no {WEIGHTS_FILE} or {INDEX_FILE} (the model weights) in this folder", dir.display());
+        }
+        let text = std::fs::read_to_string(&index).with_context(|| format!("{}: cannot read", index.display()))?;
+        let parsed: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", index.display()))?;
+        let map = parsed
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .with_context(|| format!("{}: no \"weight_map\" object", index.display()))?;
+        // shard file -> the names the index assigns to it
+        let mut shards: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (name, file) in map {
+            let file = file
+                .as_str()
+                .with_context(|| format!("{}: weight_map[{name:?}] is not a file name", index.display()))?;
+            shards.entry(file).or_default().push(name);
+        }
+        for (file, names) in shards {
+            read_file(&dir.join(file), Some(&names), &mut tensors)
+                .with_context(|| format!("shard listed in {}", index.display()))?;
+        }
+        Ok(Weights { tensors, source: index })
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(|k| k.as_str())
+    }
+
+    /// The tensor `name`, checked against the expected shape.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<&HostTensor> {
+        let t = self.tensors.get(name).with_context(|| {
+            format!("{}: tensor {name:?} is missing (expected shape {shape:?})", self.source.display())
+        })?;
+        if t.shape != shape {
+            bail!("{}: tensor {name:?} has shape {:?} but the config implies {shape:?}", t.file.display(), t.shape);
+        }
+        Ok(t)
+    }
+}
+
+fn read_file(path: &Path, only: Option<&[&str]>, out: &mut HashMap<String, HostTensor>) -> Result<()> {
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read the weights", path.display()))?;
+    let st = SafeTensors::deserialize(&bytes).with_context(|| format!("{}: not a safetensors file", path.display()))?;
+    if let Some(names) = only {
+        for name in names {
+            if st.tensor(name).is_err() {
+                bail!("{}: tensor {name:?} is missing although the shard index lists it here", path.display());
+            }
+        }
+    }
+    for (name, view) in st.iter() {
+        if only.is_some_and(|names| !names.contains(&name)) {
+            continue;
+        }
+        let data = to_f32(view.dtype(), view.data()).with_context(|| format!("{}: tensor {name:?}", path.display()))?;
+        out.insert(name.to_string(), HostTensor { shape: view.shape().to_vec(), data, file: path.to_path_buf() });
+    }
+    Ok(())
+}
+
+fn to_f32(dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>> {
+    Ok(match dtype {
+        Dtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+        Dtype::F16 => bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes(c.try_into().unwrap()).to_f32()).collect(),
+        Dtype::BF16 => {
+            bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes(c.try_into().unwrap()).to_f32()).collect()
+        }
+        Dtype::F64 => bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
+        other => bail!("dtype {other:?} is not a floating-point weight type (F32, F16, BF16, F64 are read)"),
+    })
+}
+
+/// Writes f32 GPU tensors to a safetensors file under the given names. The file appears
+/// whole or not at all (temporary file, then rename).
+pub fn save(path: &Path, tensors: &[(String, &Tensor)]) -> Result<()> {
+    let mut host: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        if t.dtype() != DType::F32 {
+            bail!("saving {name:?}: only f32 tensors are saved, got {:?}", t.dtype());
+        }
+        let values = t.to_f32()?;
+        host.push((name.clone(), t.shape().to_vec(), bytemuck::cast_slice(&values).to_vec()));
+    }
+    let views = host
+        .iter()
+        .map(|(name, shape, bytes)| {
+            Ok((name.as_str(), safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytes)?))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let bytes = safetensors::tensor::serialize(views, None)?;
+    crate::checkpoint::write_atomic(path, &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::testing::gpu;
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("sculpt-weights-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn write_raw(path: &Path, tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)]) {
+        let views: Vec<_> = tensors
+            .iter()
+            .map(|(n, d, s, b)| (*n, safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
+            .collect();
+        std::fs::write(path, safetensors::tensor::serialize(views, None).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn save_then_load_round_trips() {
+        let gpu = gpu();
+        let dir = temp_dir("roundtrip");
+        let a = Tensor::from_f32(&gpu, &[2, 3], &[1.0, -2.0, 3.5, 0.0, 1e-7, 9.0]).unwrap();
+        let b = Tensor::from_f32(&gpu, &[1], &[42.0]).unwrap();
+        save(&dir.join(WEIGHTS_FILE), &[("a.weight".into(), &a), ("b".into(), &b)]).unwrap();
+        let w = Weights::load(&dir).unwrap();
+        assert_eq!(w.get("a.weight", &[2, 3]).unwrap().data, vec![1.0, -2.0, 3.5, 0.0, 1e-7, 9.0]);
+        assert_eq!(w.get("b", &[1]).unwrap().data, vec![42.0]);
+        let err = w.get("a.weight", &[3, 2]).err().unwrap().to_string();
+        assert!(err.contains("a.weight") && err.contains("[2, 3]") && err.contains(WEIGHTS_FILE), "{err}");
+        let err = w.get("c", &[1]).err().unwrap().to_string();
+        assert!(err.contains("\"c\"") && err.contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn shards_and_half_precision_are_read() {
+        let dir = temp_dir("shards");
+        let halfs: Vec<u8> = [1.5f32, -0.25].iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect();
+        let bf: Vec<u8> = [3.0f32].iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect();
+        write_raw(&dir.join("model-00001-of-00002.safetensors"), &[("x", Dtype::F16, vec![2], halfs)]);
+        write_raw(&dir.join("model-00002-of-00002.safetensors"), &[("y", Dtype::BF16, vec![1, 1], bf)]);
+        std::fs::write(
+            dir.join(INDEX_FILE),
+            r#"{"metadata": {}, "weight_map": {"x": "model-00001-of-00002.safetensors", "y": "model-00002-of-00002.safetensors"}}"#,
+        )
+        .unwrap();
+        let w = Weights::load(&dir).unwrap();
+        assert_eq!(w.get("x", &[2]).unwrap().data, vec![1.5, -0.25]);
+        assert_eq!(w.get("y", &[1, 1]).unwrap().data, vec![3.0]);
+        assert!(w.get("y", &[1, 1]).unwrap().file.ends_with("model-00002-of-00002.safetensors"));
+    }
+
+    #[test]
+    fn a_folder_without_weights_is_named() {
+        let dir = temp_dir("empty");
+        let err = Weights::load(&dir).err().unwrap().to_string();
+        assert!(err.contains(&dir.display().to_string()) && err.contains(WEIGHTS_FILE), "{err}");
+    }
+}
