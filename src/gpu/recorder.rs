@@ -215,8 +215,10 @@ impl Gpu {
             encoder.copy_buffer_to_buffer(resolve, 0, read, 0, 8 * *count as u64);
         }
         let freed = std::mem::take(&mut rec.deferred_free);
-        drop(rec);
+        // Submit while holding the recorder: another thread's flush writes the shared params
+        // arena, and a queue write staged before this submit would run before these dispatches.
         self.inner.queue.submit([encoder.finish()]);
+        drop(rec);
         if let Some((_, _, read, _)) = &queries {
             let stamps: Vec<u64> = self.map_read(read, read.size())?;
             let period = self.inner.queue.get_timestamp_period() as f64;
