@@ -12,6 +12,7 @@ pub mod gpu;
 pub mod kernels;
 pub mod optim;
 pub mod rng;
+pub mod subspace;
 pub mod tensor;
 
 pub use gpu::{Gpu, GpuOptions};

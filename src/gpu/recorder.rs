@@ -215,8 +215,8 @@ impl Gpu {
             encoder.copy_buffer_to_buffer(resolve, 0, read, 0, 8 * *count as u64);
         }
         let freed = std::mem::take(&mut rec.deferred_free);
-        // Submit before another thread's flush can stage its own params into the shared arena
-        // (queued writes land before the next submit, which would otherwise be this one).
+        // Submit while holding the recorder: another thread's flush writes the shared params
+        // arena, and a queue write staged before this submit would run before these dispatches.
         self.inner.queue.submit([encoder.finish()]);
         drop(rec);
         if let Some((_, _, read, _)) = &queries {

@@ -6,6 +6,7 @@ pub mod adamw;
 pub mod elementwise;
 pub mod embedding;
 pub mod loss;
+pub mod matmul;
 pub mod norm;
 pub mod reduce;
 pub mod softmax;
@@ -20,6 +21,7 @@ pub const ALL_SHADERS: &[&Shader] = &[
     &elementwise::SHADER,
     &embedding::SHADER,
     &loss::SHADER,
+    &matmul::SHADER,
     &norm::SHADER,
     &reduce::SHADER,
     &softmax::SHADER,
