@@ -64,6 +64,9 @@ pub(crate) mod testing {
         (0..n).map(|_| rng.uniform() * 2.0 - 1.0).collect()
     }
 
+    /// Row and column counts around the 256-wide workgroup and its tree steps.
+    pub const AWKWARD_DIMS: &[usize] = &[1, 3, 17, 63, 64, 65, 127, 255, 1000, 4099];
+
     /// Values rounded to 4 decimals, `cols` per line, for insta snapshots that agree across
     /// devices (llvmpipe's reciprocals are approximate in the last bits).
     pub fn snapshot_text(values: &[f32], cols: usize) -> String {
