@@ -2,6 +2,7 @@
 //! computes its worst-case loop count and workgroup memory, and records a dispatch.
 //! CPU references for the tests live beside each launcher.
 
+pub mod attention;
 pub mod elementwise;
 
 use anyhow::{anyhow, Result};
@@ -9,7 +10,7 @@ use anyhow::{anyhow, Result};
 use crate::gpu::Shader;
 
 /// Every WGSL file of the crate, for validation and cross-compilation tests.
-pub const ALL_SHADERS: &[&Shader] = &[&elementwise::SHADER];
+pub const ALL_SHADERS: &[&Shader] = &[&attention::SHADER, &elementwise::SHADER];
 
 /// Parses and validates a shader with naga, so that an error names the file and line.
 pub fn validate_wgsl(shader: &Shader) -> Result<(naga::Module, naga::valid::ModuleInfo)> {
