@@ -215,8 +215,11 @@ impl Gpu {
             encoder.copy_buffer_to_buffer(resolve, 0, read, 0, 8 * *count as u64);
         }
         let freed = std::mem::take(&mut rec.deferred_free);
-        drop(rec);
+        // Submit before another thread may rewrite the shared params arena: queued buffer
+        // writes land before the next submit, so releasing the lock first let a concurrent
+        // flush overwrite this command buffer's params.
         self.inner.queue.submit([encoder.finish()]);
+        drop(rec);
         if let Some((_, _, read, _)) = &queries {
             let stamps: Vec<u64> = self.map_read(read, read.size())?;
             let period = self.inner.queue.get_timestamp_period() as f64;
