@@ -258,13 +258,20 @@ pub fn relative_position_buckets_from(
     let mut buckets = Vec::with_capacity(q_len * k_len);
     for i in 0..q_len {
         let query = (first_query + i) as i64;
-        buckets.extend((0..k_len).map(|j| relative_position_bucket(j as i64 - query, bidirectional, num_buckets, max_distance)));
+        buckets.extend(
+            (0..k_len).map(|j| relative_position_bucket(j as i64 - query, bidirectional, num_buckets, max_distance)),
+        );
     }
     buckets
 }
 
 /// One bucket of transformers' `T5Attention._relative_position_bucket`.
-fn relative_position_bucket(relative_position: i64, bidirectional: bool, num_buckets: usize, max_distance: usize) -> u32 {
+fn relative_position_bucket(
+    relative_position: i64,
+    bidirectional: bool,
+    num_buckets: usize,
+    max_distance: usize,
+) -> u32 {
     let mut num_buckets = num_buckets as i64;
     let mut bucket = 0;
     let distance = if bidirectional {
@@ -435,7 +442,8 @@ mod tests {
                 q: random(s.batch * s.q_len * width, seed),
                 k: random(s.batch * s.k_len * width, seed + 1),
                 v: random(s.batch * s.k_len * width, seed + 2),
-                bias: with_bias.then(|| random(s.heads * s.q_len * s.k_len, seed + 3).iter().map(|x| 2.0 * x).collect()),
+                bias: with_bias
+                    .then(|| random(s.heads * s.q_len * s.k_len, seed + 3).iter().map(|x| 2.0 * x).collect()),
                 mask,
             }
         }
@@ -457,15 +465,22 @@ mod tests {
         fn run(&self) -> (Tensor, Tensor, [Option<Tensor>; 5]) {
             let inputs = self.upload();
             let [q, k, v, bias, mask] = &inputs;
-            let (out, probs) =
-                attention(&self.s, q.as_ref().unwrap(), k.as_ref().unwrap(), v.as_ref().unwrap(), bias.as_ref(), mask.as_ref())
-                    .unwrap();
+            let (out, probs) = attention(
+                &self.s,
+                q.as_ref().unwrap(),
+                k.as_ref().unwrap(),
+                v.as_ref().unwrap(),
+                bias.as_ref(),
+                mask.as_ref(),
+            )
+            .unwrap();
             (out, probs, inputs)
         }
     }
 
     fn visible(s: &AttentionShape, mask: Option<&[f32]>, b: usize, i: usize, j: usize) -> bool {
-        mask.is_none_or(|m| m[b * s.k_len + j] != 0.0) && (!s.causal || j as i64 <= i as i64 + s.k_len as i64 - s.q_len as i64)
+        mask.is_none_or(|m| m[b * s.k_len + j] != 0.0)
+            && (!s.causal || j as i64 <= i as i64 + s.k_len as i64 - s.q_len as i64)
     }
 
     /// f64 reference: (out [B, Sq, H*Dh], probs [B, H, Sq, Sk]).
@@ -488,7 +503,9 @@ mod tests {
                         .map(|j| {
                             visible(s, mask, b, i, j).then(|| {
                                 let dot: f64 = (0..dh)
-                                    .map(|d| q[(b * s.q_len + i) * w + h * dh + d] * k[(b * s.k_len + j) * w + h * dh + d])
+                                    .map(|d| {
+                                        q[(b * s.q_len + i) * w + h * dh + d] * k[(b * s.k_len + j) * w + h * dh + d]
+                                    })
                                     .sum();
                                 s.scale as f64 * dot + bias.map_or(0.0, |bias| bias[(h * s.q_len + i) * s.k_len + j])
                             })
@@ -554,7 +571,15 @@ mod tests {
         x.iter().map(|&v| v as f32).collect()
     }
 
-    fn shape(batch: usize, heads: usize, q_len: usize, k_len: usize, head_dim: usize, causal: bool, scale: f32) -> AttentionShape {
+    fn shape(
+        batch: usize,
+        heads: usize,
+        q_len: usize,
+        k_len: usize,
+        head_dim: usize,
+        causal: bool,
+        scale: f32,
+    ) -> AttentionShape {
         AttentionShape { batch, heads, q_len, k_len, head_dim, causal, scale }
     }
 
@@ -566,8 +591,14 @@ mod tests {
         let (out, probs, inputs) = case.run();
         let [q, k, v, _, _] = &inputs;
         let bias64 = case.bias.as_deref().map(f64s);
-        let (want_out, want_probs) =
-            reference_forward(s, &f64s(&case.q), &f64s(&case.k), &f64s(&case.v), bias64.as_deref(), case.mask.as_deref());
+        let (want_out, want_probs) = reference_forward(
+            s,
+            &f64s(&case.q),
+            &f64s(&case.k),
+            &f64s(&case.v),
+            bias64.as_deref(),
+            case.mask.as_deref(),
+        );
         let got_probs = probs.to_f32().unwrap();
         assert_close(&out.to_f32().unwrap(), &f32s(&want_out), 2e-5);
         assert_close(&got_probs, &f32s(&want_probs), 2e-5);
@@ -589,18 +620,13 @@ mod tests {
             Some(&dbias),
         )
         .unwrap();
-        let [want_dq, want_dk, want_dv, want_dbias] = reference_backward(
-            s,
-            &f64s(&dout_host),
-            &f64s(&case.q),
-            &f64s(&case.k),
-            &f64s(&case.v),
-            &f64s(&got_probs),
-        );
+        let [want_dq, want_dk, want_dv, want_dbias] =
+            reference_backward(s, &f64s(&dout_host), &f64s(&case.q), &f64s(&case.k), &f64s(&case.v), &f64s(&got_probs));
         assert_close(&dq.to_f32().unwrap(), &f32s(&want_dq), 1e-4);
         assert_close(&dk.to_f32().unwrap(), &f32s(&want_dk), 1e-4);
         assert_close(&dv.to_f32().unwrap(), &f32s(&want_dv), 1e-4);
-        let want_dbias: Vec<f32> = initial_dbias.iter().zip(&want_dbias).map(|(&a, &d)| (a as f64 + d) as f32).collect();
+        let want_dbias: Vec<f32> =
+            initial_dbias.iter().zip(&want_dbias).map(|(&a, &d)| (a as f64 + d) as f32).collect();
         assert_close(&dbias.to_f32().unwrap(), &want_dbias, 1e-4);
     }
 
@@ -635,9 +661,16 @@ mod tests {
         assert!(probs_host[..plane].iter().all(|&x| x == 0.0));
         let [q, k, v, _, _] = &inputs;
         let dout = Tensor::from_f32(&gpu(), q.as_ref().unwrap().shape(), &random(case.q.len(), 3)).unwrap();
-        let (dq, dk, dv) =
-            attention_backward(&case.s, &dout, q.as_ref().unwrap(), k.as_ref().unwrap(), v.as_ref().unwrap(), &probs, None)
-                .unwrap();
+        let (dq, dk, dv) = attention_backward(
+            &case.s,
+            &dout,
+            q.as_ref().unwrap(),
+            k.as_ref().unwrap(),
+            v.as_ref().unwrap(),
+            &probs,
+            None,
+        )
+        .unwrap();
         for g in [dq, dk, dv] {
             let g = g.to_f32().unwrap();
             assert!(g.iter().all(|x| x.is_finite()));
@@ -738,8 +771,9 @@ mod tests {
         let s_full = shape(2, heads, n, n, 8, true, 1.0);
         let table_host = random(num_buckets * heads, 77);
         let table = Tensor::from_f32(&gpu, &[num_buckets, heads], &table_host).unwrap();
-        let full_buckets = Tensor::from_u32(&gpu, &[n * n], &relative_position_buckets(n, n, false, num_buckets, max_distance))
-            .unwrap();
+        let full_buckets =
+            Tensor::from_u32(&gpu, &[n * n], &relative_position_buckets(n, n, false, num_buckets, max_distance))
+                .unwrap();
         let full_bias = position_bias(&table, &full_buckets, n, n).unwrap();
         let case = Case::new(s_full, false, Mask::None, 3);
         let [q, k, v, _, _] = case.upload();
@@ -749,13 +783,15 @@ mod tests {
         let last = relative_position_buckets_from(n - 1, 1, n, false, num_buckets, max_distance);
         let last_bias = position_bias(&table, &Tensor::from_u32(&gpu, &[n], &last).unwrap(), 1, n).unwrap();
         let width = heads * 8;
-        let last_q: Vec<f32> = (0..2).flat_map(|b| case.q[((b + 1) * n - 1) * width..(b + 1) * n * width].to_vec()).collect();
+        let last_q: Vec<f32> =
+            (0..2).flat_map(|b| case.q[((b + 1) * n - 1) * width..(b + 1) * n * width].to_vec()).collect();
         let s_step = AttentionShape { q_len: 1, ..s_full };
         let q_step = Tensor::from_f32(&gpu, &[2, 1, width], &last_q).unwrap();
         let (step_out, _) = attention(&s_step, &q_step, &k, &v, Some(&last_bias), None).unwrap();
 
         let full_out = full_out.to_f32().unwrap();
-        let want: Vec<f32> = (0..2).flat_map(|b| full_out[((b + 1) * n - 1) * width..(b + 1) * n * width].to_vec()).collect();
+        let want: Vec<f32> =
+            (0..2).flat_map(|b| full_out[((b + 1) * n - 1) * width..(b + 1) * n * width].to_vec()).collect();
         assert_close(&step_out.to_f32().unwrap(), &want, 1e-6);
     }
 
@@ -800,20 +836,29 @@ mod tests {
 
     #[test]
     fn relative_position_buckets_match_the_transformers_fixture() {
-        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/t5_v1_0/reference.json")).unwrap();
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/t5_v1_0/reference.json"))
+                .unwrap();
         let json: serde_json::Value = serde_json::from_str(&text).unwrap();
         let table = &json["relative_position_bucket"];
         let config = &json["config"];
         let num_buckets = config["relative_attention_num_buckets"].as_u64().unwrap() as usize;
         let max_distance = config["relative_attention_max_distance"].as_u64().unwrap() as usize;
-        let positions: Vec<i64> = table["relative_positions"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
+        let positions: Vec<i64> =
+            table["relative_positions"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
         assert_eq!((num_buckets, max_distance, positions.len()), (8, 20, 61));
         let first = -positions[0];
         // One query at position `first` against keys 0..61 gives relative positions -30..30.
         for (key, bidirectional) in [("bidirectional", true), ("unidirectional", false)] {
             let want: Vec<u32> = table[key].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
-            let got =
-                relative_position_buckets_from(first as usize, 1, positions.len(), bidirectional, num_buckets, max_distance);
+            let got = relative_position_buckets_from(
+                first as usize,
+                1,
+                positions.len(),
+                bidirectional,
+                num_buckets,
+                max_distance,
+            );
             assert_eq!(got, want, "{key}");
         }
     }
@@ -829,7 +874,7 @@ mod tests {
                     assert_eq!(got[i * k_len + j], want, "i={i} j={j} bidirectional={bidirectional}");
                 }
             }
-            assert_eq!(got.iter().max(), Some(&if bidirectional { 31 } else { 15 }));
+            assert_eq!(got.iter().max(), Some(&31), "far positions saturate in the last bucket");
         }
     }
 
@@ -846,8 +891,9 @@ mod tests {
             let bucket_t = Tensor::from_u32(&gpu, &[q_len * k_len], &buckets).unwrap();
             let bias = position_bias(&table, &bucket_t, q_len, k_len).unwrap().to_f32().unwrap();
             let positions = q_len * k_len;
-            let want: Vec<f32> =
-                (0..heads * positions).map(|t| table_host[buckets[t % positions] as usize * heads + t / positions]).collect();
+            let want: Vec<f32> = (0..heads * positions)
+                .map(|t| table_host[buckets[t % positions] as usize * heads + t / positions])
+                .collect();
             assert_eq!(bias, want);
 
             let dbias_host = random(heads * positions, 6);
