@@ -3,6 +3,7 @@
 //! CPU references for the tests live beside each launcher.
 
 pub mod adamw;
+pub mod attention;
 pub mod elementwise;
 pub mod embedding;
 pub mod loss;
@@ -18,6 +19,7 @@ use crate::gpu::Shader;
 /// Every WGSL file of the crate, for validation and cross-compilation tests.
 pub const ALL_SHADERS: &[&Shader] = &[
     &adamw::SHADER,
+    &attention::SHADER,
     &elementwise::SHADER,
     &embedding::SHADER,
     &loss::SHADER,
