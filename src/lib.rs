@@ -13,6 +13,7 @@ pub mod kernels;
 pub mod model;
 pub mod optim;
 pub mod rng;
+pub mod subspace;
 pub mod tensor;
 
 pub use gpu::{Gpu, GpuOptions};

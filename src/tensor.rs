@@ -154,9 +154,10 @@ impl Tensor {
         Ok(())
     }
 
-    /// Records a zero fill into the current step.
+    /// Records a zero fill into the current step (any dtype).
     pub fn fill_zero(&self) -> Result<()> {
-        crate::kernels::elementwise::fill(self, 0.0)
+        self.gpu().record_clear(self.buffer(), self.bound_size());
+        Ok(())
     }
 
     /// Records a copy of `src` into this tensor (same byte size).
@@ -189,5 +190,25 @@ impl Tensor {
             bail!("to_f32 on a {:?} tensor", self.dtype);
         }
         self.to_vec()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::testing::gpu;
+
+    #[test]
+    fn zero_fill_copy_and_reshape_work_for_every_dtype() {
+        let gpu = gpu();
+        let t = Tensor::from_u32(&gpu, &[2, 3], &[1, 2, 3, 4, 5, 6]).unwrap();
+        let c = Tensor::uninit(&gpu, &[6], DType::U32).unwrap();
+        c.copy_from(&t).unwrap();
+        t.fill_zero().unwrap();
+        assert_eq!(t.to_vec::<u32>().unwrap(), vec![0; 6]);
+        assert_eq!(c.to_vec::<u32>().unwrap(), vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(c.reshape(&[3, 2]).unwrap().shape(), &[3, 2]);
+        assert!(c.reshape(&[4]).is_err());
+        assert!(t.write(&[1u32; 5]).unwrap_err().to_string().contains("holds 24"));
     }
 }

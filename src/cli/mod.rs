@@ -1,5 +1,6 @@
 //! The `sculpt` command line.
 
+mod bench;
 mod info;
 
 use anyhow::Result;
@@ -22,6 +23,8 @@ pub struct Cli {
 enum Command {
     /// Print the adapter, backend, driver, limits and features.
     Info(info::Args),
+    /// Measure kernel throughput on this adapter (`sculpt bench matmul`).
+    Bench(bench::Args),
 }
 
 impl Cli {
@@ -34,5 +37,6 @@ pub fn main() -> Result<()> {
     let cli = Cli::parse();
     match &cli.command {
         Command::Info(args) => info::run(&cli.gpu()?, args),
+        Command::Bench(args) => bench::run(&cli.gpu()?, args),
     }
 }

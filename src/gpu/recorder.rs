@@ -18,6 +18,10 @@ pub(crate) enum Op {
         buffers: Vec<BoundBuffer>,
         workgroups: [u32; 3],
     },
+    Clear {
+        buffer: wgpu::Buffer,
+        size: u64,
+    },
     Copy {
         src: wgpu::Buffer,
         src_offset: u64,
@@ -70,6 +74,11 @@ impl Gpu {
     ) {
         let mut rec = self.inner.recorder.lock().unwrap();
         rec.ops.push(Op::Copy { src: src.clone(), src_offset, dst: dst.clone(), dst_offset, size });
+    }
+
+    /// Records a zero fill of the first `size` bytes (a multiple of 4) of a buffer.
+    pub(crate) fn record_clear(&self, buffer: &wgpu::Buffer, size: u64) {
+        self.inner.recorder.lock().unwrap().ops.push(Op::Clear { buffer: buffer.clone(), size });
     }
 
     /// True while recorded work has not been submitted.
@@ -160,6 +169,10 @@ impl Gpu {
         let mut dispatch_index = 0u32;
         while i < ops.len() {
             match &ops[i] {
+                Op::Clear { buffer, size } => {
+                    encoder.clear_buffer(buffer, 0, Some(*size));
+                    i += 1;
+                }
                 Op::Copy { src, src_offset, dst, dst_offset, size } => {
                     encoder.copy_buffer_to_buffer(src, *src_offset, dst, *dst_offset, *size);
                     i += 1;
@@ -215,8 +228,8 @@ impl Gpu {
             encoder.copy_buffer_to_buffer(resolve, 0, read, 0, 8 * *count as u64);
         }
         let freed = std::mem::take(&mut rec.deferred_free);
-        // Submit before another thread's flush can stage its own params into the shared arena
-        // (queued writes land before the next submit, which would otherwise be this one).
+        // Submit while holding the recorder: another thread's flush writes the shared params
+        // arena, and a queue write staged before this submit would run before these dispatches.
         self.inner.queue.submit([encoder.finish()]);
         drop(rec);
         if let Some((_, _, read, _)) = &queries {

@@ -3,9 +3,11 @@
 //! CPU references for the tests live beside each launcher.
 
 pub mod adamw;
+pub mod attention;
 pub mod elementwise;
 pub mod embedding;
 pub mod loss;
+pub mod matmul;
 pub mod norm;
 pub mod reduce;
 pub mod softmax;
@@ -17,9 +19,11 @@ use crate::gpu::Shader;
 /// Every WGSL file of the crate, for validation and cross-compilation tests.
 pub const ALL_SHADERS: &[&Shader] = &[
     &adamw::SHADER,
+    &attention::SHADER,
     &elementwise::SHADER,
     &embedding::SHADER,
     &loss::SHADER,
+    &matmul::SHADER,
     &norm::SHADER,
     &reduce::SHADER,
     &softmax::SHADER,
@@ -61,6 +65,9 @@ pub(crate) mod testing {
         let mut rng = crate::rng::Rng::new(seed);
         (0..n).map(|_| rng.uniform() * 2.0 - 1.0).collect()
     }
+
+    /// Row and column counts around the 256-wide workgroup and its tree steps.
+    pub const AWKWARD_DIMS: &[usize] = &[1, 3, 17, 63, 64, 65, 127, 255, 1000, 4099];
 
     /// Values rounded to 4 decimals, `cols` per line, for insta snapshots that agree across
     /// devices (llvmpipe's reciprocals are approximate in the last bits).

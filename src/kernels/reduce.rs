@@ -219,15 +219,13 @@ pub(crate) mod reference {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::testing::{assert_close, gpu, random};
-
-    pub(crate) const DIMS: &[usize] = &[1, 3, 17, 63, 64, 65, 127, 255, 1000, 4099];
+    use crate::kernels::testing::{assert_close, gpu, random, AWKWARD_DIMS};
 
     #[test]
     fn row_reductions_match_reference() {
         let gpu = gpu();
         for &rows in &[1, 3, 17, 64, 65] {
-            for &cols in DIMS {
+            for &cols in AWKWARD_DIMS {
                 let xs = random(rows * cols, (rows * 31 + cols) as u64);
                 let x = Tensor::from_f32(&gpu, &[rows, cols], &xs).unwrap();
                 for op in [RowOp::Sum, RowOp::SumSquares, RowOp::Max] {
@@ -261,7 +259,7 @@ mod tests {
     #[test]
     fn col_sum_overwrites_or_accumulates() {
         let gpu = gpu();
-        for &rows in DIMS {
+        for &rows in AWKWARD_DIMS {
             for &cols in &[1, 3, 31, 32, 33, 65, 255] {
                 let xs = random(rows * cols, (rows * 7 + cols) as u64);
                 let x = Tensor::from_f32(&gpu, &[rows, cols], &xs).unwrap();
