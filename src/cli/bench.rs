@@ -23,11 +23,18 @@ enum BenchKind {
         #[arg(long)]
         json: bool,
     },
+    /// T5-small-shaped encoder + decoder forward time and its matmul share.
+    Forward {
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn run(gpu: &Gpu, args: &Args) -> Result<()> {
     match args.kind {
         BenchKind::Matmul { json } => matmul(gpu, json),
+        BenchKind::Forward { json } => super::bench_forward::bench_forward(gpu, json),
     }
 }
 

@@ -1,6 +1,9 @@
 //! The `sculpt` command line.
 
 mod bench;
+pub mod bench_forward;
+pub mod eval;
+mod generate;
 mod info;
 
 use anyhow::Result;
@@ -25,6 +28,10 @@ enum Command {
     Info(info::Args),
     /// Measure kernel throughput on this adapter (`sculpt bench matmul`).
     Bench(bench::Args),
+    /// Greedy decoding of one input with a T5 model.
+    Generate(generate::Args),
+    /// Mean loss and exact-match accuracy of a T5 model on JSONL examples.
+    Eval(eval::Args),
 }
 
 impl Cli {
@@ -38,5 +45,7 @@ pub fn main() -> Result<()> {
     match &cli.command {
         Command::Info(args) => info::run(&cli.gpu()?, args),
         Command::Bench(args) => bench::run(&cli.gpu()?, args),
+        Command::Generate(args) => generate::run(&cli.gpu()?, args),
+        Command::Eval(args) => eval::run(&cli.gpu()?, args),
     }
 }

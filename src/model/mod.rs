@@ -1,8 +1,21 @@
 //! Models on top of the kernels: configuration, checkpoint I/O, tokenizer and the T5 family.
 
 pub mod config;
+pub mod t5;
 pub mod tokenizer;
 pub mod weights;
 
 pub use config::{FeedForward, T5Config};
+pub use t5::{Batch, ForwardOutput, T5Model};
 pub use tokenizer::Tokenizer;
+
+use std::path::Path;
+
+use anyhow::Result;
+
+/// A T5 folder: model weights on the GPU and its tokenizer, checked to fit each other.
+pub fn load_t5(gpu: &crate::Gpu, dir: &Path) -> Result<(T5Model, Tokenizer)> {
+    let model = T5Model::load(gpu, dir)?;
+    let tokenizer = Tokenizer::load(dir, model.config.vocab_size)?;
+    Ok((model, tokenizer))
+}

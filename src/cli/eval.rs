@@ -1,0 +1,81 @@
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+use crate::kernels::loss::count_valid_labels;
+use crate::model::Batch;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Hugging Face T5 folder (config.json, model.safetensors, tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// JSON Lines of {"input": ..., "target": ...}.
+    #[arg(long)]
+    data: PathBuf,
+    /// Examples per forward pass for the loss.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Longest greedy output for exact match.
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: usize,
+    /// One JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Token-level mean loss (as one big batch would give) and exact-match accuracy of greedy outputs.
+#[derive(Debug, serde::Serialize)]
+pub struct EvalResult {
+    pub examples: usize,
+    pub loss: f64,
+    pub exact_match: f64,
+}
+
+pub fn evaluate(
+    model: &crate::model::T5Model,
+    tokenizer: &crate::model::Tokenizer,
+    examples: &[crate::data::jsonl::Example],
+    batch_size: usize,
+    max_new_tokens: usize,
+) -> Result<EvalResult> {
+    let c = &model.config;
+    let mut loss_sum = 0.0f64;
+    let mut tokens = 0usize;
+    let mut correct = 0usize;
+    for chunk in examples.chunks(batch_size.max(1)) {
+        let pairs = chunk
+            .iter()
+            .map(|e| Ok((tokenizer.encode(&e.input)?, tokenizer.encode(&e.target)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let batch = Batch::new(&pairs, c.pad_token_id, c.decoder_start_token_id)?;
+        let out = model.forward(&batch)?;
+        let loss = out.loss.context("every target has at least its </s> token")?.to_f32()?[0];
+        let valid = count_valid_labels(&batch.labels, c.vocab_size)?;
+        loss_sum += loss as f64 * valid as f64;
+        tokens += valid;
+        for (example, (source, _)) in chunk.iter().zip(&pairs) {
+            let output = tokenizer.decode(&model.generate(source, max_new_tokens)?)?;
+            correct += usize::from(output.trim() == example.target.trim());
+        }
+    }
+    Ok(EvalResult {
+        examples: examples.len(),
+        loss: loss_sum / tokens as f64,
+        exact_match: correct as f64 / examples.len() as f64,
+    })
+}
+
+pub fn run(gpu: &crate::Gpu, args: &Args) -> Result<()> {
+    let (model, tokenizer) = crate::model::load_t5(gpu, &args.model)?;
+    let examples = crate::data::jsonl::read_jsonl(&args.data)?;
+    let r = evaluate(&model, &tokenizer, &examples, args.batch_size, args.max_new_tokens)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!("examples     {}", r.examples);
+        println!("loss         {:.6}", r.loss);
+        println!("exact match  {:.4}", r.exact_match);
+    }
+    Ok(())
+}

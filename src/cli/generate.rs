@@ -1,0 +1,24 @@
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Hugging Face T5 folder (config.json, model.safetensors, tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// Text to transform.
+    #[arg(long)]
+    input: String,
+    /// Stop after this many output tokens if `</s>` has not come.
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: usize,
+}
+
+pub fn run(gpu: &crate::Gpu, args: &Args) -> Result<()> {
+    let (model, tokenizer) = crate::model::load_t5(gpu, &args.model)?;
+    let ids = tokenizer.encode(&args.input)?;
+    let output = model.generate(&ids, args.max_new_tokens)?;
+    println!("{}", tokenizer.decode(&output)?);
+    Ok(())
+}

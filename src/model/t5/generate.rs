@@ -1,0 +1,143 @@
+//! Greedy decoding: the encoder runs once, the decoder one position at a time with a
+//! key/value cache (self-attention keys/values grow by one row a step; the cross-attention
+//! keys/values of the encoder output are projected once).
+
+use anyhow::{bail, Result};
+
+use super::forward::KeyValues;
+use super::{block_param, Stack, T5Model, SHARED};
+use crate::kernels::attention::{position_bias, relative_position_buckets_from, AttentionShape};
+use crate::kernels::embedding::embedding;
+use crate::kernels::matmul::linear;
+use crate::kernels::norm::rms_norm;
+use crate::tensor::{DType, Tensor};
+
+/// The self-attention keys and values of the positions decoded so far, [1, t, H*d_kv].
+#[derive(Default)]
+pub struct KvCache {
+    pub k: Option<Tensor>,
+    pub v: Option<Tensor>,
+}
+
+impl KvCache {
+    /// Appends one new position's k and v ([1, 1, H*d_kv]) behind the cached ones.
+    pub fn append(&mut self, k_new: &Tensor, v_new: &Tensor) -> Result<()> {
+        self.k = Some(append_rows(self.k.as_ref(), k_new)?);
+        self.v = Some(append_rows(self.v.as_ref(), v_new)?);
+        Ok(())
+    }
+}
+
+/// [1, t, w] followed by [1, n, w] as a new [1, t + n, w] tensor (two buffer copies).
+fn append_rows(cache: Option<&Tensor>, new: &Tensor) -> Result<Tensor> {
+    let shape = new.shape();
+    if shape.len() != 3 || shape[0] != 1 {
+        bail!("the key/value cache holds one sequence, got new rows of shape {shape:?}");
+    }
+    let old_rows = cache.map_or(0, |c| c.shape()[1]);
+    let out = Tensor::uninit(new.gpu(), &[1, old_rows + shape[1], shape[2]], DType::F32)?;
+    let gpu = new.gpu();
+    if let Some(c) = cache {
+        gpu.record_copy(c.buffer(), 0, out.buffer(), 0, c.byte_size());
+    }
+    gpu.record_copy(new.buffer(), 0, out.buffer(), old_rows as u64 * shape[2] as u64 * 4, new.byte_size());
+    Ok(out)
+}
+
+impl T5Model {
+    /// Greedy output ids for one tokenized input (which should end with `</s>`), without the
+    /// decoder start token; stops after `</s>` (included) or `max_new_tokens` tokens.
+    pub fn generate(&self, input_ids: &[u32], max_new_tokens: usize) -> Result<Vec<u32>> {
+        if input_ids.is_empty() {
+            bail!("generate needs at least one input token");
+        }
+        let gpu = self.gpu();
+        let c = &self.config;
+        let (d, inner, src_len) = (c.d_model, c.inner_dim(), input_ids.len());
+        let encoder = self.encode(input_ids, &vec![1; src_len], 1, src_len)?;
+        let encoder_out = encoder.stack.last_hidden_state().reshape(&[src_len, d])?;
+        let num_layers = self.num_layers(Stack::Decoder);
+        let mut cross = Vec::with_capacity(num_layers);
+        for layer in 0..num_layers {
+            let w = |p: &str| self.param(&block_param(Stack::Decoder, layer, &format!("layer.1.EncDecAttention.{p}")));
+            cross.push((
+                linear(&encoder_out, w("k"))?.reshape(&[1, src_len, inner])?,
+                linear(&encoder_out, w("v"))?.reshape(&[1, src_len, inner])?,
+            ));
+        }
+        let mut caches: Vec<KvCache> = (0..num_layers).map(|_| KvCache::default()).collect();
+        let table = self.param(&block_param(Stack::Decoder, 0, "layer.0.SelfAttention.relative_attention_bias"));
+        let mut token = c.decoder_start_token_id;
+        let mut output = Vec::new();
+        for step in 0..max_new_tokens {
+            let position_count = step + 1;
+            // Bias row of the newest query against every position so far.
+            let buckets = relative_position_buckets_from(
+                step,
+                1,
+                position_count,
+                false,
+                c.relative_attention_num_buckets,
+                c.relative_attention_max_distance,
+            );
+            let row = Tensor::from_u32(gpu, &[position_count], &buckets)?;
+            let bias = position_bias(table, &row, 1, position_count)?;
+            let self_shape = AttentionShape {
+                batch: 1,
+                heads: c.num_heads,
+                q_len: 1,
+                k_len: position_count,
+                head_dim: c.d_kv,
+                causal: false,
+                scale: 1.0,
+            };
+            let cross_shape = AttentionShape { k_len: src_len, ..self_shape };
+            let mut h = embedding(self.param(SHARED), &Tensor::from_u32(gpu, &[1], &[token])?)?;
+            for (layer, cache) in caches.iter_mut().enumerate() {
+                let (_, out) = self.attention_sublayer(
+                    Stack::Decoder,
+                    layer,
+                    "layer.0.SelfAttention",
+                    "layer.0.layer_norm",
+                    &h,
+                    KeyValues::Append(cache),
+                    &self_shape,
+                    Some(&bias),
+                    None,
+                )?;
+                let (k, v) = &cross[layer];
+                let (_, out) = self.attention_sublayer(
+                    Stack::Decoder,
+                    layer,
+                    "layer.1.EncDecAttention",
+                    "layer.1.layer_norm",
+                    &out,
+                    KeyValues::Given(k, v),
+                    &cross_shape,
+                    None,
+                    Some(&encoder.key_mask),
+                )?;
+                h = self.feed_forward_sublayer(Stack::Decoder, layer, 2, &out)?.1;
+            }
+            let (normed, _) = rms_norm(&h, self.param("decoder.final_layer_norm.weight"), c.layer_norm_epsilon as f32)?;
+            let logits = linear(&self.lm_head_input(&normed)?, self.lm_head())?.to_f32()?;
+            token = argmax(&logits);
+            output.push(token);
+            if token == c.eos_token_id {
+                break;
+            }
+        }
+        Ok(output)
+    }
+}
+
+/// Index of the largest value; the first one on ties, as torch.argmax.
+fn argmax(values: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in values.iter().enumerate() {
+        if v > values[best] {
+            best = i;
+        }
+    }
+    best as u32
+}

@@ -1,0 +1,182 @@
+//! Forward pass and greedy generation against the float64 PyTorch references of the two
+//! fixture models (tests/fixtures/README.md).
+
+use std::path::{Path, PathBuf};
+
+use safetensors::{Dtype, SafeTensors};
+use sculpt::model::{load_t5, Batch};
+use sculpt::{Gpu, Tensor};
+
+fn fixture(model: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(model)
+}
+
+struct Reference {
+    bytes: Vec<u8>,
+    json: serde_json::Value,
+}
+
+impl Reference {
+    fn load(dir: &Path) -> Reference {
+        let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
+        let json = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+        Reference { bytes, json }
+    }
+    fn tensor(&self, name: &str) -> (Vec<usize>, Vec<f64>) {
+        let st = SafeTensors::deserialize(&self.bytes).unwrap();
+        let view = st.tensor(name).unwrap_or_else(|_| panic!("reference tensor {name}"));
+        let data = match view.dtype() {
+            Dtype::F32 => {
+                view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect()
+            }
+            Dtype::I64 => {
+                view.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64).collect()
+            }
+            other => panic!("{name}: unexpected dtype {other:?}"),
+        };
+        (view.shape().to_vec(), data)
+    }
+    fn ints(&self, name: &str) -> Vec<i64> {
+        self.tensor(name).1.into_iter().map(|v| v as i64).collect()
+    }
+}
+
+/// max |got - want| / max |want|
+fn relative_error(got: &Tensor, want: &(Vec<usize>, Vec<f64>), what: &str) -> f64 {
+    assert_eq!(got.shape(), want.0.as_slice(), "{what}: shape");
+    let got = got.to_f32().unwrap();
+    let scale = want.1.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let err = got.iter().zip(&want.1).fold(0.0f64, |m, (&g, &w)| m.max((g as f64 - w).abs()));
+    err / scale
+}
+
+fn reference_batch(r: &Reference) -> Batch {
+    let (shape, _) = r.tensor("input_ids");
+    let (target_shape, _) = r.tensor("labels");
+    let u = |name: &str| r.ints(name).into_iter().map(|v| v as u32).collect::<Vec<_>>();
+    Batch {
+        batch_size: shape[0],
+        source_len: shape[1],
+        target_len: target_shape[1],
+        input_ids: u("input_ids"),
+        attention_mask: u("attention_mask"),
+        decoder_input_ids: u("decoder_input_ids"),
+        labels: r.ints("labels").into_iter().map(|v| v as i32).collect(),
+    }
+}
+
+fn check_forward(model_name: &str) {
+    let gpu = Gpu::shared().unwrap();
+    let dir = fixture(model_name);
+    let r = Reference::load(&dir);
+    let (model, tokenizer) = load_t5(&gpu, &dir).unwrap();
+    let batch = reference_batch(&r);
+
+    // The tokenizer and batching reproduce transformers' padded batch.
+    let pairs: Vec<_> = r.json["batch"]["examples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let text = |k: &str| tokenizer.encode(e[k].as_str().unwrap()).unwrap();
+            (text("source"), text("target"))
+        })
+        .collect();
+    let c = &model.config;
+    assert_eq!(Batch::new(&pairs, c.pad_token_id, c.decoder_start_token_id).unwrap(), batch, "{model_name}: batch");
+
+    let out = model.forward(&batch).unwrap();
+    let mut report = Vec::new();
+    let mut check = |got: &Tensor, name: &str, tol: f64| {
+        let err = relative_error(got, &r.tensor(name), name);
+        report.push(format!("{name} {err:.2e}"));
+        assert!(err <= tol, "{model_name}: {name} relative error {err:e} > {tol:e}");
+    };
+    check(&out.logits, "logits", 1e-4);
+    for (stack, states, blocks) in [
+        ("encoder", out.encoder_hidden_states(), &out.encoder.stack.block_outputs),
+        ("decoder", out.decoder_hidden_states(), &out.decoder.block_outputs),
+    ] {
+        assert_eq!(states.len(), r.json[format!("num_{stack}_hidden_states")].as_u64().unwrap() as usize);
+        for (i, t) in states.iter().enumerate() {
+            check(t, &format!("{stack}_hidden_states.{i}"), 1e-4);
+        }
+        for (i, t) in blocks.iter().enumerate() {
+            check(t, &format!("{stack}_block_output.{i}"), 1e-4);
+        }
+    }
+    let loss = out.loss.as_ref().unwrap().to_f32().unwrap()[0] as f64;
+    let want = r.tensor("loss").1[0];
+    let loss_err = (loss - want).abs() / want.abs();
+    eprintln!("{model_name}: loss {loss} vs {want} (relative {loss_err:.2e}); {}", report.join(", "));
+    assert!(loss_err <= 1e-5, "{model_name}: loss {loss} vs reference {want}");
+}
+
+fn check_generate(model_name: &str) {
+    let gpu = Gpu::shared().unwrap();
+    let dir = fixture(model_name);
+    let r = Reference::load(&dir);
+    let (model, tokenizer) = load_t5(&gpu, &dir).unwrap();
+    let max_new = r.json["generate_settings"]["max_new_tokens"].as_u64().unwrap() as usize;
+    let cases = r.json["generate"].as_array().unwrap();
+    assert!(!cases.is_empty());
+    for case in cases {
+        let ids = |k: &str| case[k].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect::<Vec<_>>();
+        let input_ids = tokenizer.encode(case["input"].as_str().unwrap()).unwrap();
+        assert_eq!(input_ids, ids("input_ids"), "{model_name}: tokenizer on {}", case["input"]);
+        let output = model.generate(&input_ids, max_new).unwrap();
+        assert_eq!(output, ids("output_ids"), "{model_name}: greedy output for {}", case["input"]);
+        assert_eq!(tokenizer.decode(&output).unwrap(), case["output_text"].as_str().unwrap());
+    }
+}
+
+#[test]
+fn t5_v1_0_forward_matches_pytorch() {
+    check_forward("t5_v1_0");
+}
+
+#[test]
+fn t5_v1_1_forward_matches_pytorch() {
+    check_forward("t5_v1_1");
+}
+
+#[test]
+fn t5_v1_0_greedy_generation_matches_transformers() {
+    check_generate("t5_v1_0");
+}
+
+#[test]
+fn t5_v1_1_greedy_generation_matches_transformers() {
+    check_generate("t5_v1_1");
+}
+
+#[test]
+fn eval_reports_loss_and_exact_match() {
+    let gpu = Gpu::shared().unwrap();
+    let dir = fixture("t5_v1_0");
+    let r = Reference::load(&dir);
+    let (model, tokenizer) = load_t5(&gpu, &dir).unwrap();
+    // The reference batch's examples give the reference loss (token-level mean over the
+    // whole set, even when split into batches of 2 and 1).
+    let examples: Vec<sculpt::data::jsonl::Example> = r.json["batch"]["examples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| sculpt::data::jsonl::Example {
+            input: e["source"].as_str().unwrap().into(),
+            target: e["target"].as_str().unwrap().into(),
+        })
+        .collect();
+    let result = sculpt::cli::eval::evaluate(&model, &tokenizer, &examples, 2, 8).unwrap();
+    let want = r.tensor("loss").1[0];
+    assert!((result.loss - want).abs() / want < 1e-5, "{} vs {want}", result.loss);
+    // A generation case as its own target: greedy output matches exactly.
+    let case = &r.json["generate"][0];
+    let hit = sculpt::data::jsonl::Example {
+        input: case["input"].as_str().unwrap().into(),
+        target: case["output_text"].as_str().unwrap().into(),
+    };
+    let miss = sculpt::data::jsonl::Example { input: hit.input.clone(), target: "not the output".into() };
+    let result = sculpt::cli::eval::evaluate(&model, &tokenizer, &[hit, miss], 8, 8).unwrap();
+    assert_eq!((result.examples, result.exact_match), (2, 0.5));
+}
