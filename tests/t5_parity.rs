@@ -180,3 +180,76 @@ fn eval_reports_loss_and_exact_match() {
     let result = sculpt::cli::eval::evaluate(&model, &tokenizer, &[hit, miss], 8, 8).unwrap();
     assert_eq!((result.examples, result.exact_match), (2, 0.5));
 }
+
+/// ‖got − want‖ / ‖want‖ over a whole tensor.
+fn relative_norm_error(got: &[f32], want: &[f64]) -> f64 {
+    let diff: f64 = got.iter().zip(want).map(|(&g, &w)| (g as f64 - w).powi(2)).sum::<f64>().sqrt();
+    let norm: f64 = want.iter().map(|w| w * w).sum::<f64>().sqrt();
+    diff / norm.max(1e-30)
+}
+
+fn check_gradients_and_adamw(model_name: &str) {
+    use sculpt::model::t5::Gradients;
+    use sculpt::optim::{AdamW, AdamWConfig, Schedule, Unconstrained};
+
+    let gpu = Gpu::shared().unwrap();
+    let dir = fixture(model_name);
+    let r = Reference::load(&dir);
+    let (model, _) = load_t5(&gpu, &dir).unwrap();
+    let batch = reference_batch(&r);
+    let grads = Gradients::zeros_like(&model).unwrap();
+
+    let out = model.forward(&batch).unwrap();
+    model.backward(&batch, &out, &grads).unwrap();
+    assert_eq!(grads.grads.len(), r.json["parameter_names"].as_array().unwrap().len(), "one gradient per parameter");
+    let mut worst = (0.0f64, String::new());
+    for (name, g) in &grads.grads {
+        let (shape, want) = r.tensor(&format!("grad.{name}"));
+        assert_eq!(g.shape(), shape.as_slice(), "{name}");
+        let err = relative_norm_error(&g.to_f32().unwrap(), &want);
+        if err > worst.0 {
+            worst = (err, name.clone());
+        }
+    }
+    assert!(worst.0 <= 1e-4, "{model_name}: gradient of {} off by {:.2e} relative", worst.1, worst.0);
+
+    // Three AdamW steps with weight decay, clipping and warmup, on the same batch.
+    let a = &r.json["adamw"];
+    let f = |k: &str| a[k].as_f64().unwrap() as f32;
+    let config = AdamWConfig {
+        lr: f("lr"),
+        beta1: a["betas"][0].as_f64().unwrap() as f32,
+        beta2: a["betas"][1].as_f64().unwrap() as f32,
+        eps: f("eps"),
+        weight_decay: f("weight_decay"),
+        max_grad_norm: f("max_grad_norm"),
+        schedule: Schedule::Linear { warmup: a["warmup_steps"].as_u64().unwrap(), total: 1_000_000 },
+    };
+    let mut optimizer = AdamW::new(config, &model.params).unwrap();
+    for s in 0..3 {
+        grads.zero().unwrap();
+        let out = model.forward(&batch).unwrap();
+        model.backward(&batch, &out, &grads).unwrap();
+        let sumsq = optimizer.step(&model.params, &grads.grads, &Unconstrained).unwrap();
+        let loss = out.loss.unwrap().to_f32().unwrap()[0] as f64;
+        let want_loss = r.tensor(&format!("adamw_loss.{s}")).1[0];
+        assert!((loss - want_loss).abs() <= 1e-5 * want_loss.abs(), "step {s}: loss {loss} vs {want_loss}");
+        let norm = (sumsq.to_f32().unwrap()[0] as f64).sqrt();
+        let want_norm = r.tensor(&format!("adamw_grad_norm.{s}")).1[0];
+        assert!((norm - want_norm).abs() <= 1e-4 * want_norm, "step {s}: grad norm {norm} vs {want_norm}");
+    }
+    for (name, p) in &model.params {
+        let err = relative_norm_error(&p.to_f32().unwrap(), &r.tensor(&format!("adamw.{name}")).1);
+        assert!(err <= 1e-5, "{model_name}: {name} after 3 AdamW steps off by {err:.2e} relative");
+    }
+}
+
+#[test]
+fn t5_v1_0_gradients_and_adamw_match_pytorch() {
+    check_gradients_and_adamw("t5_v1_0");
+}
+
+#[test]
+fn t5_v1_1_gradients_and_adamw_match_pytorch() {
+    check_gradients_and_adamw("t5_v1_1");
+}

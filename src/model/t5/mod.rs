@@ -1,6 +1,7 @@
 //! T5 encoder-decoder (v1.0 and v1.1 / flan-t5) on the GPU kernels, with Hugging Face
 //! parameter names so that checkpoints load and save unchanged.
 
+mod backward;
 mod forward;
 mod generate;
 
@@ -9,6 +10,7 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 
+pub use backward::Gradients;
 pub use forward::{AttentionActivations, EncoderOutput, FeedForwardActivations, ForwardOutput, LayerActivations};
 
 use super::config::{FeedForward, T5Config};
