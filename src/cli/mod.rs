@@ -1,6 +1,7 @@
 //! The `sculpt` command line.
 
 mod info;
+pub mod svd;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -22,6 +23,8 @@ pub struct Cli {
 enum Command {
     /// Print the adapter, backend, driver, limits and features.
     Info(info::Args),
+    /// Singular spectra of a model's or a file's matrices (block Jacobi SVD on the GPU).
+    Svd(svd::Args),
 }
 
 impl Cli {
@@ -34,5 +37,6 @@ pub fn main() -> Result<()> {
     let cli = Cli::parse();
     match &cli.command {
         Command::Info(args) => info::run(&cli.gpu()?, args),
+        Command::Svd(args) => svd::run(&cli.gpu()?, args),
     }
 }

@@ -3,13 +3,14 @@
 //! CPU references for the tests live beside each launcher.
 
 pub mod elementwise;
+pub mod jacobi;
 
 use anyhow::{anyhow, Result};
 
 use crate::gpu::Shader;
 
 /// Every WGSL file of the crate, for validation and cross-compilation tests.
-pub const ALL_SHADERS: &[&Shader] = &[&elementwise::SHADER];
+pub const ALL_SHADERS: &[&Shader] = &[&elementwise::SHADER, &jacobi::SHADER];
 
 /// Parses and validates a shader with naga, so that an error names the file and line.
 pub fn validate_wgsl(shader: &Shader) -> Result<(naga::Module, naga::valid::ModuleInfo)> {
