@@ -178,7 +178,7 @@ fn eigen(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
                                 t = 1.0;
                             }
                         }
-                        c = inverseSqrt(1.0 + t * t);
+                        c = 1.0 / sqrt(1.0 + t * t); // not inverseSqrt: it may be approximate
                         s = t * c;
                     }
                     rot_c[lid] = c;
@@ -229,8 +229,26 @@ fn eigen(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
         }
     }
     workgroupBarrier();
+    // One Newton-Schulz step Q <- Q (3I - QᵀQ) / 2 removes the rounding drift of the
+    // rotation product (error δ -> O(δ²)); otherwise V loses orthogonality over the sweeps.
     for (var e = lid; e < P * P; e += 256u) {
-        eig_q[pair * P * P + e] = tile[e];
+        let a = e / P;
+        let c = e % P;
+        var dot = 0.0;
+        for (var r = 0u; r < P; r++) {
+            dot += tile[r * P + a] * tile[r * P + c];
+        }
+        mat[e] = dot;
+    }
+    workgroupBarrier();
+    for (var e = lid; e < P * P; e += 256u) {
+        let row = e / P;
+        let c = e % P;
+        var qs = 0.0;
+        for (var k = 0u; k < P; k++) {
+            qs += tile[row * P + k] * mat[k * P + c];
+        }
+        eig_q[pair * P * P + e] = 1.5 * tile[e] - 0.5 * qs;
     }
     if lid == 0u {
         eig_rotated[pair] = select(0u, 1u, bitcast<f32>(off) > p.tol);

@@ -111,7 +111,7 @@ fn tiled_loops(len: usize) -> u64 {
 fn eigen_loops(len: usize) -> u64 {
     let per_thread = (PAIR * PAIR / 256) as u64;
     let per_step = (2 * (BLOCK * PAIR).div_ceil(256)) as u64;
-    per_thread * (1 + chunks(len) as u64) + per_thread + INNER_SWEEPS as u64 * (1 + (PAIR as u64 - 1) * (1 + per_step))
+    per_thread * (1 + chunks(len) as u64) + per_thread + 2 * per_thread * (1 + PAIR as u64) + INNER_SWEEPS as u64 * (1 + (PAIR as u64 - 1) * (1 + per_step))
 }
 
 fn norm_loops(len: usize) -> u64 {
