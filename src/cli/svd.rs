@@ -146,7 +146,10 @@ pub fn run(gpu: &Gpu, args: &Args) -> Result<()> {
         let views = outputs
             .iter()
             .map(|(name, shape, data)| {
-                Ok((name.clone(), safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytemuck::cast_slice(data))?))
+                Ok((
+                    name.clone(),
+                    safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytemuck::cast_slice(data))?,
+                ))
             })
             .collect::<Result<Vec<_>>>()?;
         safetensors::serialize_to_file(views, None, out).with_context(|| format!("writing {}", out.display()))?;

@@ -111,7 +111,10 @@ fn tiled_loops(len: usize) -> u64 {
 fn eigen_loops(len: usize) -> u64 {
     let per_thread = (PAIR * PAIR / 256) as u64;
     let per_step = (2 * (BLOCK * PAIR).div_ceil(256)) as u64;
-    per_thread * (1 + chunks(len) as u64) + per_thread + 2 * per_thread * (1 + PAIR as u64) + INNER_SWEEPS as u64 * (1 + (PAIR as u64 - 1) * (1 + per_step))
+    per_thread * (1 + chunks(len) as u64)
+        + per_thread
+        + 2 * per_thread * (1 + PAIR as u64)
+        + INNER_SWEEPS as u64 * (1 + (PAIR as u64 - 1) * (1 + per_step))
 }
 
 fn norm_loops(len: usize) -> u64 {
@@ -140,7 +143,14 @@ fn round_launch(
     })
 }
 
-fn flat_launch(gpu: &Gpu, entry: &'static str, params: &ShapeParams, read: &[&Tensor], write: &Tensor, n: usize) -> Result<()> {
+fn flat_launch(
+    gpu: &Gpu,
+    entry: &'static str,
+    params: &ShapeParams,
+    read: &[&Tensor],
+    write: &Tensor,
+    n: usize,
+) -> Result<()> {
     gpu.launch(&Launch {
         shader: &SHADER,
         entry,
@@ -285,7 +295,10 @@ pub fn svd_batched(mats: &Tensor) -> Result<SvdResult> {
         off = work.off.to_f32()?[0];
         sweeps += 1;
         if !off.is_finite() {
-            bail!("Jacobi SVD of {:?}: the input holds NaN or Inf (or values whose squares overflow f32)", mats.shape());
+            bail!(
+                "Jacobi SVD of {:?}: the input holds NaN or Inf (or values whose squares overflow f32)",
+                mats.shape()
+            );
         }
     }
     finish(gpu, &plan, &work, sweeps, off)
@@ -460,8 +473,7 @@ mod tests {
             for b in 0..batch {
                 let ab = &a[b * m * n..(b + 1) * m * n];
                 let reference = faer::Mat::<f64>::from_fn(m, n, |i, j| ab[i * n + j] as f64);
-                let mut s_ref: Vec<f32> =
-                    reference.singular_values().unwrap().into_iter().map(|x| x as f32).collect();
+                let mut s_ref: Vec<f32> = reference.singular_values().unwrap().into_iter().map(|x| x as f32).collect();
                 s_ref.sort_by(|x, y| y.total_cmp(x));
                 let one = SvdResult {
                     u: Tensor::from_f32(&gpu, &[m, r], &u[b * m * r..(b + 1) * m * r]).unwrap(),
