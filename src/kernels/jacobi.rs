@@ -1,9 +1,9 @@
 //! Thin SVD of batches of same-shape f32 matrices by block one-sided Jacobi (Hestenes),
 //! entirely on the GPU. Launchers for `shaders/jacobi.wgsl` and the sweep driver.
 //!
-//! The matrix (or its transpose, so that columns are never longer than... the long side is
-//! the column length) is copied into W with contiguous columns, padded with zero columns to
-//! an even number of 16-wide blocks. A sweep visits every pair of blocks once in round-robin
+//! The matrix (or its transpose when m < n, so that the long side is the column length) is
+//! copied into W with contiguous columns, padded with zero columns to an even number of
+//! 16-wide blocks. A sweep visits every pair of blocks once in round-robin
 //! order, NB/2 independent pairs per round: Gram of the pair's 32 columns, a Jacobi
 //! eigensolve of that 32×32 Gram in workgroup memory, and the rotation applied to the pair's
 //! columns of W and V. Stopping rule as LAPACK's dgesvj: every off-diagonal cosine
