@@ -255,7 +255,8 @@ mod tests {
         assert!(glob_match("*.w?", "a.wo"));
         assert!(!glob_match("*.wi", "a.wo"));
         assert!(!glob_match("a", "ab"));
-        assert_eq!(effective_rank(&[3.0, 1.0, 0.1], 0.9), 1);
+        assert_eq!(effective_rank(&[3.0, 1.0, 0.1], 0.8), 1);
+        assert_eq!(effective_rank(&[3.0, 1.0, 0.1], 0.9), 2);
         assert_eq!(effective_rank(&[3.0, 1.0, 0.1], 0.99), 2);
     }
 }
