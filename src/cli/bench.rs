@@ -23,6 +23,12 @@ enum BenchKind {
         #[arg(long)]
         json: bool,
     },
+    /// Block-Jacobi SVD time and sweeps, in matmul units, beside faer on the CPU.
+    Svd {
+        /// One JSON object per case and line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// T5-small-shaped encoder + decoder forward time and its matmul share.
     Forward {
         /// One JSON object instead of text.
@@ -34,6 +40,7 @@ enum BenchKind {
 pub fn run(gpu: &Gpu, args: &Args) -> Result<()> {
     match args.kind {
         BenchKind::Matmul { json } => matmul(gpu, json),
+        BenchKind::Svd { json } => super::svd::bench_svd(gpu, json),
         BenchKind::Forward { json } => super::bench_forward::bench_forward(gpu, json),
     }
 }
@@ -59,7 +66,7 @@ const MAX_REPS: usize = 20;
 const MIN_TIME: Duration = Duration::from_millis(1500);
 
 /// Best time of one call of `f` after one warm-up call (pipeline builds, page faults).
-fn best_time(mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+pub(super) fn best_time(mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     f()?;
     let start = Instant::now();
     let mut best = f64::INFINITY;

@@ -5,6 +5,7 @@ pub mod bench_forward;
 pub mod eval;
 mod generate;
 mod info;
+pub mod svd;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -32,6 +33,8 @@ enum Command {
     Generate(generate::Args),
     /// Mean loss and exact-match accuracy of a T5 model on JSONL examples.
     Eval(eval::Args),
+    /// Singular spectra of a model's or a file's matrices (block Jacobi SVD on the GPU).
+    Svd(svd::Args),
 }
 
 impl Cli {
@@ -47,5 +50,6 @@ pub fn main() -> Result<()> {
         Command::Bench(args) => bench::run(&cli.gpu()?, args),
         Command::Generate(args) => generate::run(&cli.gpu()?, args),
         Command::Eval(args) => eval::run(&cli.gpu()?, args),
+        Command::Svd(args) => svd::run(&cli.gpu()?, args),
     }
 }

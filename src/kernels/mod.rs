@@ -6,6 +6,7 @@ pub mod adamw;
 pub mod attention;
 pub mod elementwise;
 pub mod embedding;
+pub mod jacobi;
 pub mod loss;
 pub mod matmul;
 pub mod norm;
@@ -22,6 +23,7 @@ pub const ALL_SHADERS: &[&Shader] = &[
     &attention::SHADER,
     &elementwise::SHADER,
     &embedding::SHADER,
+    &jacobi::SHADER,
     &loss::SHADER,
     &matmul::SHADER,
     &norm::SHADER,

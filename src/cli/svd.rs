@@ -1,0 +1,245 @@
+//! `sculpt svd`: singular spectra of a model's (or a file's) matrices, and `sculpt bench svd`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::subspace::targets::glob_match;
+use anyhow::{bail, Context, Result};
+use safetensors::{Dtype, SafeTensors};
+
+use crate::kernels::jacobi::{svd_batched, SvdResult};
+use crate::{Gpu, Tensor};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A Hugging Face model folder holding model.safetensors.
+    #[arg(long, conflicts_with = "file", required_unless_present = "file")]
+    model: Option<PathBuf>,
+    /// With --model: only tensors whose name matches this glob (`*` and `?`).
+    #[arg(long)]
+    pattern: Option<String>,
+    /// One safetensors file.
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// With --file: only this tensor.
+    #[arg(long)]
+    tensor: Option<String>,
+    /// Write `<name>.U` [m, r], `<name>.S` [r], `<name>.V` [n, r] (A ≈ U diag(S) Vᵀ) here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Write a PNG of the normalised spectra (log scale) here.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// One JSON object per matrix instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A 2-D tensor of a safetensors file as f32 (f16 / bf16 converted).
+fn read_matrix(file: &SafeTensors, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+    let t = file.tensor(name)?;
+    let data = t.data();
+    let values: Vec<f32> = match t.dtype() {
+        Dtype::F32 => bytemuck::pod_collect_to_vec(data),
+        Dtype::F16 => bytemuck::pod_collect_to_vec::<u8, half::f16>(data).iter().map(|x| x.to_f32()).collect(),
+        Dtype::BF16 => bytemuck::pod_collect_to_vec::<u8, half::bf16>(data).iter().map(|x| x.to_f32()).collect(),
+        other => bail!("tensor {name} has dtype {other:?}; sculpt svd reads f32, f16 and bf16"),
+    };
+    Ok((t.shape().to_vec(), values))
+}
+
+struct Spectrum {
+    name: String,
+    shape: [usize; 2],
+    s: Vec<f32>,
+}
+
+/// Smallest k with σ₁² + … + σ_k² ≥ fraction of the total energy.
+fn effective_rank(s: &[f32], fraction: f64) -> usize {
+    let total: f64 = s.iter().map(|&x| (x as f64).powi(2)).sum();
+    let mut acc = 0.0;
+    for (k, &x) in s.iter().enumerate() {
+        acc += (x as f64).powi(2);
+        if acc >= fraction * total {
+            return k + 1;
+        }
+    }
+    0
+}
+
+pub fn run(gpu: &Gpu, args: &Args) -> Result<()> {
+    let path = match (&args.model, &args.file) {
+        (Some(dir), _) => dir.join("model.safetensors"),
+        (None, Some(file)) => file.clone(),
+        (None, None) => bail!("give --model DIR or --file FILE.safetensors"),
+    };
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let file = SafeTensors::deserialize(&bytes).with_context(|| format!("parsing {}", path.display()))?;
+    let mut names: Vec<String> = file
+        .names()
+        .into_iter()
+        .filter(|n| file.tensor(n).map(|t| t.shape().len() == 2).unwrap_or(false))
+        .filter(|n| args.tensor.as_ref().is_none_or(|t| t == n))
+        .filter(|n| args.pattern.as_ref().is_none_or(|p| glob_match(p, n)))
+        .map(|n| n.to_string())
+        .collect();
+    names.sort();
+    if names.is_empty() {
+        bail!("no 2-D tensor of {} matches the --tensor / --pattern selection", path.display());
+    }
+    // Same-shape matrices are decomposed together.
+    let mut groups: BTreeMap<(usize, usize), Vec<String>> = BTreeMap::new();
+    for name in names {
+        let shape = file.tensor(&name)?.shape().to_vec();
+        groups.entry((shape[0], shape[1])).or_default().push(name);
+    }
+    let mut spectra = Vec::new();
+    let mut outputs: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    for ((m, n), group) in groups {
+        // Batches of at most ~64M floats of input, so the working set stays modest.
+        let per_batch = ((64usize << 20) / (m * n)).max(1);
+        for names in group.chunks(per_batch) {
+            let mut data = Vec::with_capacity(names.len() * m * n);
+            for name in names {
+                data.extend(read_matrix(&file, name)?.1);
+            }
+            let mats = Tensor::from_f32(gpu, &[names.len(), m, n], &data)?;
+            let res = svd_batched(&mats).with_context(|| format!("SVD of {}", names.join(", ")))?;
+            collect(names, m, n, &res, args.out.is_some(), &mut spectra, &mut outputs)?;
+        }
+    }
+    for sp in &spectra {
+        let (smax, smin) = (sp.s[0], *sp.s.last().unwrap());
+        let (r90, r99) = (effective_rank(&sp.s, 0.90), effective_rank(&sp.s, 0.99));
+        if args.json {
+            let line = serde_json::json!({"name": sp.name, "shape": sp.shape, "sigma_max": smax, "sigma_min": smin,
+                "rank90": r90, "rank99": r99});
+            println!("{line}");
+        } else {
+            println!(
+                "{:<60} {:>5}x{:<5} σmax {smax:>10.4e}  σmin {smin:>10.4e}  rank90 {r90:>5}  rank99 {r99:>5}",
+                sp.name, sp.shape[0], sp.shape[1]
+            );
+        }
+    }
+    if let Some(out) = &args.out {
+        let views = outputs
+            .iter()
+            .map(|(name, shape, data)| {
+                Ok((
+                    name.clone(),
+                    safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytemuck::cast_slice(data))?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        safetensors::serialize_to_file(views, None, out).with_context(|| format!("writing {}", out.display()))?;
+    }
+    if let Some(plot) = &args.plot {
+        write_plot(&spectra, plot)?;
+    }
+    Ok(())
+}
+
+fn collect(
+    names: &[String],
+    m: usize,
+    n: usize,
+    res: &SvdResult,
+    keep_factors: bool,
+    spectra: &mut Vec<Spectrum>,
+    outputs: &mut Vec<(String, Vec<usize>, Vec<f32>)>,
+) -> Result<()> {
+    let r = m.min(n);
+    let s = res.s.to_f32()?;
+    let (u, v) = if keep_factors { (res.u.to_f32()?, res.v.to_f32()?) } else { (Vec::new(), Vec::new()) };
+    for (b, name) in names.iter().enumerate() {
+        spectra.push(Spectrum { name: name.clone(), shape: [m, n], s: s[b * r..(b + 1) * r].to_vec() });
+        if keep_factors {
+            outputs.push((format!("{name}.U"), vec![m, r], u[b * m * r..(b + 1) * m * r].to_vec()));
+            outputs.push((format!("{name}.S"), vec![r], s[b * r..(b + 1) * r].to_vec()));
+            outputs.push((format!("{name}.V"), vec![n, r], v[b * n * r..(b + 1) * n * r].to_vec()));
+        }
+    }
+    Ok(())
+}
+
+/// log10(σ/σ_max) against k/r, one grey polyline per matrix, on a 1e-6..1 scale.
+fn write_plot(spectra: &[Spectrum], path: &Path) -> Result<()> {
+    const W: usize = 800;
+    const H: usize = 400;
+    let mut pixels = vec![255u8; W * H];
+    for decade in 0..=6 {
+        let y = decade * (H - 1) / 6;
+        pixels[y * W..(y + 1) * W].fill(220);
+    }
+    for sp in spectra.iter().filter(|sp| sp.s[0] > 0.0) {
+        let r = sp.s.len();
+        for x in 0..W {
+            let k = (x * r / W).min(r - 1);
+            let level = (sp.s[k] / sp.s[0]).max(1e-6).log10() as f64; // 0 .. -6
+            let y = ((-level / 6.0) * (H - 1) as f64).round() as usize;
+            pixels[y.min(H - 1) * W + x] = 0;
+        }
+    }
+    let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), W as u32, H as u32);
+    encoder.set_color(png::ColorType::Grayscale);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder.write_header()?.write_image_data(&pixels)?;
+    Ok(())
+}
+
+/// `sculpt bench svd`: time, sweeps and a CPU SVD (faer, f32) per shape.
+pub fn bench_svd(gpu: &Gpu, json: bool) -> Result<()> {
+    const SHAPES: [(usize, usize); 6] = [(256, 256), (512, 512), (1024, 1024), (512, 2048), (2048, 512), (1024, 4096)];
+    for (m, n) in SHAPES {
+        let mut rng = crate::rng::Rng::new((m * 7919 + n) as u64);
+        let data: Vec<f32> = (0..m * n).map(|_| rng.normal()).collect();
+        let mats = Tensor::from_f32(gpu, &[1, m, n], &data)?;
+        gpu.flush()?;
+        let start = Instant::now();
+        let res = svd_batched(&mats)?;
+        res.s.to_f32()?;
+        let gpu_s = start.elapsed().as_secs_f64();
+        // One same-shape product: (m×n)·(n×n), the cost of one Gram of all columns.
+        let square: Vec<f32> = (0..n * n).map(|_| rng.normal()).collect();
+        let (a, b) = (mats.reshape(&[m, n])?, Tensor::from_f32(gpu, &[n, n], &square)?);
+        let matmul_s = super::bench::best_time(|| {
+            crate::kernels::matmul::matmul(&a, &b, false, false)?;
+            gpu.flush()
+        })?;
+        let cpu = faer::Mat::<f32>::from_fn(m, n, |i, j| data[i * n + j]);
+        let start = Instant::now();
+        cpu.thin_svd().map_err(|e| anyhow::anyhow!("faer SVD of {m}x{n}: {e:?}"))?;
+        let cpu_s = start.elapsed().as_secs_f64();
+        if json {
+            let line = serde_json::json!({"m": m, "n": n, "seconds": gpu_s, "sweeps": res.sweeps,
+                "matmul_equivalents": gpu_s / matmul_s, "matmul_unit": "(m x n)·(n x n) f32 GEMM on the same adapter",
+                "cpu_faer_seconds": cpu_s});
+            println!("{line}");
+        } else {
+            println!(
+                "svd {m:>5}x{n:<5} {gpu_s:>8.3} s  {:>2} sweeps  {:>7.1} matmul-equivalents  faer (CPU) {cpu_s:>8.3} s",
+                res.sweeps,
+                gpu_s / matmul_s
+            );
+        }
+    }
+    if !json {
+        println!("matmul-equivalent: one (m x n)·(n x n) GEMM on the same adapter");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_and_effective_rank() {
+        assert_eq!(effective_rank(&[3.0, 1.0, 0.1], 0.8), 1);
+        assert_eq!(effective_rank(&[3.0, 1.0, 0.1], 0.9), 2);
+        assert_eq!(effective_rank(&[3.0, 1.0, 0.1], 0.99), 2);
+    }
+}

@@ -1,0 +1,492 @@
+//! Thin SVD of batches of same-shape f32 matrices by block one-sided Jacobi (Hestenes),
+//! entirely on the GPU. Launchers for `shaders/jacobi.wgsl` and the sweep driver.
+//!
+//! The matrix (or its transpose when m < n, so that the long side is the column length) is
+//! copied into W with contiguous columns, padded with zero columns to an even number of
+//! 16-wide blocks. A sweep visits every pair of blocks once in round-robin
+//! order, NB/2 independent pairs per round: Gram of the pair's 32 columns, a Jacobi
+//! eigensolve of that 32×32 Gram in workgroup memory, and the rotation applied to the pair's
+//! columns of W and V. Stopping rule as LAPACK's dgesvj: every off-diagonal cosine
+//! |wᵢᵀwⱼ|/(‖wᵢ‖‖wⱼ‖) below √M·ε (then the sweep rotated nothing), at most 30 sweeps.
+//! σ are the final column norms, U the normalised columns, sorted by descending σ.
+
+use anyhow::{bail, Result};
+use bytemuck::{Pod, Zeroable};
+
+use crate::gpu::{grid_1d, Gpu, Launch, Shader};
+use crate::tensor::{DType, Tensor};
+
+pub static SHADER: Shader = crate::shader!("jacobi");
+
+/// Columns per block; a pair's 2B×2B Gram and rotation take 4 KiB each of workgroup memory.
+pub const BLOCK: usize = 16;
+const PAIR: usize = 2 * BLOCK;
+/// Rows per shared-memory tile in `gram` and `rotate`.
+const TILE: usize = 32;
+/// Rows one workgroup of `gram` / `rotate` covers; longer columns are split over workgroups.
+const CHUNK: usize = 256;
+/// Inner Jacobi sweeps of the small eigensolve at most (it usually stops after 3 to 5).
+const INNER_SWEEPS: usize = 10;
+pub const MAX_SWEEPS: usize = 30;
+/// Unit roundoff of f32 (LAPACK's ε).
+const EPS: f32 = f32::EPSILON / 2.0;
+/// Two 1024-float arrays (tile, Gram/rotation) + the eigensolve's rotation scratch.
+const SHARED_BYTES: u64 = 2 * 4096 + 2 * 64 + 8;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct RoundParams {
+    m: u32,
+    np: u32,
+    nb: u32,
+    round: u32,
+    chunk: u32,
+    chunks: u32,
+    tol: f32,
+    sweeps: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Default)]
+struct ShapeParams {
+    batch: u32,
+    len: u32,
+    np: u32,
+    cols: u32,
+    transpose: u32,
+    ld: u32,
+}
+
+/// A = U diag(S) Vᵀ for each matrix of the batch; r = min(m, n).
+pub struct SvdResult {
+    /// [batch, m, r]; columns with σ = 0 are zero.
+    pub u: Tensor,
+    /// [batch, r], descending.
+    pub s: Tensor,
+    /// [batch, n, r]
+    pub v: Tensor,
+    /// Sweeps run, the last one included (it found nothing left to rotate).
+    pub sweeps: usize,
+    /// Largest off-diagonal cosine seen in the last sweep.
+    pub off: f32,
+}
+
+/// The sizes of one decomposition: W holds `cols` columns of length `len`, padded to `np`.
+#[derive(Clone, Copy, Debug)]
+struct Plan {
+    batch: usize,
+    len: usize,
+    cols: usize,
+    np: usize,
+    nb: usize,
+    /// W's columns are A's columns (m ≥ n); otherwise A's rows (work on Aᵀ).
+    tall: bool,
+}
+
+impl Plan {
+    fn new(batch: usize, m: usize, n: usize) -> Plan {
+        let (len, cols) = if m >= n { (m, n) } else { (n, m) };
+        let nb = cols.div_ceil(BLOCK).max(2).next_multiple_of(2);
+        Plan { batch, len, cols, np: nb * BLOCK, nb, tall: m >= n }
+    }
+    fn pairs(&self) -> usize {
+        self.nb / 2
+    }
+    fn tol(&self) -> f32 {
+        (self.len as f32).sqrt() * EPS
+    }
+}
+
+fn chunks(len: usize) -> usize {
+    len.div_ceil(CHUNK)
+}
+
+/// Worst-case loop iterations of one invocation of `gram` / `rotate` over `len` rows.
+fn tiled_loops(len: usize) -> u64 {
+    let rows = len.min(CHUNK);
+    let per_tile = (PAIR * TILE / 256 + PAIR.max(TILE)) as u64;
+    rows.div_ceil(TILE) as u64 * per_tile + (PAIR * PAIR / 256) as u64
+}
+
+fn eigen_loops(len: usize) -> u64 {
+    let per_thread = (PAIR * PAIR / 256) as u64;
+    let per_step = (2 * (BLOCK * PAIR).div_ceil(256)) as u64;
+    per_thread * (1 + chunks(len) as u64)
+        + per_thread
+        + 2 * per_thread * (1 + PAIR as u64)
+        + INNER_SWEEPS as u64 * (1 + (PAIR as u64 - 1) * (1 + per_step))
+}
+
+fn norm_loops(len: usize) -> u64 {
+    len.div_ceil(256) as u64 + 8
+}
+
+fn round_launch(
+    gpu: &Gpu,
+    entry: &'static str,
+    params: &RoundParams,
+    read: &[&Tensor],
+    write: &[&Tensor],
+    workgroups: [u32; 3],
+    loop_iterations: u64,
+) -> Result<()> {
+    gpu.launch(&Launch {
+        shader: &SHADER,
+        entry,
+        constants: &[],
+        params: bytemuck::bytes_of(params),
+        read,
+        write,
+        workgroups,
+        loop_iterations,
+        workgroup_bytes: SHARED_BYTES,
+    })
+}
+
+fn flat_launch(
+    gpu: &Gpu,
+    entry: &'static str,
+    params: &ShapeParams,
+    read: &[&Tensor],
+    write: &Tensor,
+    n: usize,
+) -> Result<()> {
+    gpu.launch(&Launch {
+        shader: &SHADER,
+        entry,
+        constants: &[],
+        params: bytemuck::bytes_of(params),
+        read,
+        write: &[write],
+        workgroups: grid_1d((n as u64).div_ceil(256)),
+        loop_iterations: 0,
+        workgroup_bytes: SHARED_BYTES,
+    })
+}
+
+/// Scratch of one decomposition, allocated once and reused by every round.
+struct Work {
+    w: Tensor,
+    v: Tensor,
+    partial: Tensor,
+    q: Tensor,
+    rotated: Tensor,
+    off: Tensor,
+}
+
+impl Work {
+    /// Scratch for `plan`, with W = A (or Aᵀ) and V = I recorded.
+    fn load(plan: &Plan, mats: &Tensor) -> Result<Work> {
+        let gpu = mats.gpu();
+        let batch = plan.batch;
+        if (batch * plan.np * plan.len.max(plan.np)) as u64 > u32::MAX as u64 {
+            bail!("Jacobi SVD: {:?} is too large for 32-bit indexing; split the batch", mats.shape());
+        }
+        let work = Work {
+            w: Tensor::uninit(gpu, &[batch, plan.np, plan.len], DType::F32)?,
+            v: Tensor::uninit(gpu, &[batch, plan.np, plan.np], DType::F32)?,
+            partial: Tensor::uninit(gpu, &[batch, plan.pairs(), chunks(plan.len), PAIR, PAIR], DType::F32)?,
+            q: Tensor::uninit(gpu, &[batch, plan.pairs(), PAIR, PAIR], DType::F32)?,
+            rotated: Tensor::uninit(gpu, &[batch, plan.pairs()], DType::U32)?,
+            off: Tensor::uninit(gpu, &[1], DType::F32)?,
+        };
+        let shape = ShapeParams {
+            batch: batch as u32,
+            len: plan.len as u32,
+            np: plan.np as u32,
+            cols: plan.cols as u32,
+            transpose: plan.tall as u32,
+            ld: 0,
+        };
+        flat_launch(gpu, "load", &shape, &[mats], &work.w, batch * plan.np * plan.len)?;
+        flat_launch(gpu, "identity", &shape, &[], &work.v, batch * plan.np * plan.np)?;
+        Ok(work)
+    }
+}
+
+fn gram_launch(gpu: &Gpu, plan: &Plan, work: &Work, params: &RoundParams) -> Result<()> {
+    let c = chunks(plan.len) as u32;
+    let grid = [plan.pairs() as u32, c, plan.batch as u32];
+    round_launch(gpu, "gram", params, &[&work.w], &[&work.partial], grid, tiled_loops(plan.len))
+}
+
+fn round_params(plan: &Plan, m: usize, round: usize) -> RoundParams {
+    RoundParams {
+        m: m as u32,
+        np: plan.np as u32,
+        nb: plan.nb as u32,
+        round: round as u32,
+        chunk: CHUNK as u32,
+        chunks: chunks(m) as u32,
+        tol: plan.tol(),
+        sweeps: INNER_SWEEPS as u32,
+    }
+}
+
+/// Records one round (a set of disjoint block pairs) on W and V.
+fn record_round(gpu: &Gpu, plan: &Plan, work: &Work, round: usize) -> Result<()> {
+    let pairs = plan.pairs() as u32;
+    let batch = plan.batch as u32;
+    let pw = round_params(plan, plan.len, round);
+    let c = chunks(plan.len) as u32;
+    gram_launch(gpu, plan, work, &pw)?;
+    round_launch(
+        gpu,
+        "eigen",
+        &pw,
+        &[&work.partial],
+        &[&work.q, &work.rotated, &work.off],
+        [pairs, 1, batch],
+        eigen_loops(plan.len),
+    )?;
+    round_launch(gpu, "rotate", &pw, &[&work.q, &work.rotated], &[&work.w], [pairs, c, batch], tiled_loops(plan.len))?;
+    let pv = round_params(plan, plan.np, round);
+    let cv = chunks(plan.np) as u32;
+    round_launch(gpu, "rotate", &pv, &[&work.q, &work.rotated], &[&work.v], [pairs, cv, batch], tiled_loops(plan.np))
+}
+
+/// Thin SVD of every matrix of `mats` [batch, m, n] (f32). Errors on NaN/Inf input and when
+/// the off-diagonal measure has not fallen below √max(m,n)·ε after 30 sweeps.
+pub fn svd_batched(mats: &Tensor) -> Result<SvdResult> {
+    let &[batch, m, n] = mats.shape() else {
+        bail!("svd_batched expects a [batch, m, n] tensor, got shape {:?}", mats.shape());
+    };
+    if mats.dtype() != DType::F32 {
+        bail!("svd_batched expects f32 matrices, got {:?}", mats.dtype());
+    }
+    if batch == 0 || m == 0 || n == 0 {
+        bail!("svd_batched: empty matrices of shape {:?}", mats.shape());
+    }
+    let gpu = mats.gpu();
+    let plan = Plan::new(batch, m, n);
+    let work = Work::load(&plan, mats)?;
+    let tol = plan.tol();
+    let mut sweeps = 0;
+    let mut off = f32::INFINITY;
+    while off > tol {
+        if sweeps == MAX_SWEEPS {
+            bail!(
+                "Jacobi SVD of {:?} did not converge in {MAX_SWEEPS} sweeps: largest off-diagonal cosine {off:.3e}, threshold {tol:.3e}",
+                mats.shape()
+            );
+        }
+        work.off.fill_zero()?;
+        for round in 0..plan.nb - 1 {
+            record_round(gpu, &plan, &work, round)?;
+        }
+        off = work.off.to_f32()?[0];
+        sweeps += 1;
+        if !off.is_finite() {
+            bail!(
+                "Jacobi SVD of {:?}: the input holds NaN or Inf (or values whose squares overflow f32)",
+                mats.shape()
+            );
+        }
+    }
+    finish(gpu, &plan, &work, sweeps, off)
+}
+
+/// Column norms → σ, sorted descending; U = normalised columns, V gathered in the same order.
+fn finish(gpu: &Gpu, plan: &Plan, work: &Work, sweeps: usize, off: f32) -> Result<SvdResult> {
+    let (batch, r) = (plan.batch, plan.cols);
+    let norms = Tensor::uninit(gpu, &[batch, plan.np], DType::F32)?;
+    let shape = ShapeParams { batch: batch as u32, len: plan.len as u32, np: plan.np as u32, ..Default::default() };
+    gpu.launch(&Launch {
+        shader: &SHADER,
+        entry: "norms",
+        constants: &[],
+        params: bytemuck::bytes_of(&shape),
+        read: &[&work.w],
+        write: &[&norms],
+        workgroups: grid_1d((batch * plan.np) as u64),
+        loop_iterations: norm_loops(plan.len),
+        workgroup_bytes: SHARED_BYTES,
+    })?;
+    let norms = norms.to_f32()?;
+    let (mut perm, mut sigma, mut inv) = (Vec::with_capacity(batch * r), Vec::new(), Vec::new());
+    for b in 0..batch {
+        let col = &norms[b * plan.np..b * plan.np + r];
+        let mut order: Vec<u32> = (0..r as u32).collect();
+        order.sort_by(|&i, &j| col[j as usize].total_cmp(&col[i as usize]));
+        for &i in &order {
+            let s = col[i as usize];
+            if !s.is_finite() {
+                bail!("Jacobi SVD: non-finite column norm (the input holds values whose squares overflow f32)");
+            }
+            sigma.push(s);
+            // Zero (or underflowed) columns give zero U columns rather than 0/0.
+            inv.push(if s > 1e-15 { 1.0 / s } else { 0.0 });
+        }
+        perm.extend(order);
+    }
+    let perm = Tensor::from_u32(gpu, &[batch, r], &perm)?;
+    let s = Tensor::from_f32(gpu, &[batch, r], &sigma)?;
+    let inv = Tensor::from_f32(gpu, &[batch, r], &inv)?;
+    let ones = Tensor::from_f32(gpu, &[batch, r], &vec![1.0; batch * r])?;
+    let gather = |src: &Tensor, len: usize, ld: usize, scale: &Tensor| -> Result<Tensor> {
+        let out = Tensor::uninit(gpu, &[batch, len, r], DType::F32)?;
+        let p = ShapeParams {
+            batch: batch as u32,
+            len: len as u32,
+            np: plan.np as u32,
+            cols: r as u32,
+            transpose: 0,
+            ld: ld as u32,
+        };
+        flat_launch(gpu, "gather", &p, &[src, &perm, scale], &out, batch * len * r)?;
+        Ok(out)
+    };
+    let left = gather(&work.w, plan.len, plan.len, &inv)?;
+    let right = gather(&work.v, plan.cols, plan.np, &ones)?;
+    let (u, v) = if plan.tall { (left, right) } else { (right, left) };
+    Ok(SvdResult { u, s, v, sweeps, off })
+}
+
+/// Thin SVD of one [m, n] matrix: u [m, r], s [r], v [n, r].
+pub fn svd(mat: &Tensor) -> Result<SvdResult> {
+    let &[m, n] = mat.shape() else {
+        bail!("svd expects an [m, n] matrix, got shape {:?}", mat.shape());
+    };
+    let res = svd_batched(&mat.reshape(&[1, m, n])?)?;
+    let r = m.min(n);
+    Ok(SvdResult {
+        u: res.u.reshape(&[m, r])?,
+        s: res.s.reshape(&[r])?,
+        v: res.v.reshape(&[n, r])?,
+        sweeps: res.sweeps,
+        off: res.off,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::testing::{gpu, random};
+
+    /// Accuracy of one decomposition, measured in f64 against A (row-major [m, n]).
+    struct Errors {
+        reconstruction: f64,
+        u_orth: f64,
+        v_orth: f64,
+    }
+
+    fn measure(a: &[f32], m: usize, n: usize, u: &[f32], s: &[f32], v: &[f32]) -> Errors {
+        let r = m.min(n);
+        let mut diff = 0.0f64;
+        let mut norm = 0.0f64;
+        for i in 0..m {
+            for j in 0..n {
+                let usv: f64 = (0..r).map(|k| u[i * r + k] as f64 * s[k] as f64 * v[j * r + k] as f64).sum();
+                diff += (a[i * n + j] as f64 - usv).powi(2);
+                norm += (a[i * n + j] as f64).powi(2);
+            }
+        }
+        // Orthonormality over the columns with σ > 0 (U's columns for σ = 0 are zero).
+        let orth = |x: &[f32], rows: usize| {
+            let mut worst = 0.0f64;
+            for p in (0..r).filter(|&p| s[p] > 0.0) {
+                for q in (0..r).filter(|&q| s[q] > 0.0) {
+                    let dot: f64 = (0..rows).map(|i| x[i * r + p] as f64 * x[i * r + q] as f64).sum();
+                    worst = worst.max((dot - if p == q { 1.0 } else { 0.0 }).abs());
+                }
+            }
+            worst
+        };
+        Errors {
+            reconstruction: if norm > 0.0 { (diff / norm).sqrt() } else { diff.sqrt() },
+            u_orth: orth(u, m),
+            v_orth: orth(v, n),
+        }
+    }
+
+    fn check(name: &str, a: &[f32], m: usize, n: usize, res: &SvdResult, s_ref: &[f32]) {
+        let (u, s, v) = (res.u.to_f32().unwrap(), res.s.to_f32().unwrap(), res.v.to_f32().unwrap());
+        assert!(u.iter().chain(&s).chain(&v).all(|x| x.is_finite()), "{name}: non-finite output");
+        let e = measure(a, m, n, &u, &s, &v);
+        let s_max = s_ref[0];
+        let s_err = s.iter().zip(s_ref).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        eprintln!(
+            "{name:>22}: sweeps {:>2}  off {:.1e}  |A-USV|/|A| {:.1e}  U {:.1e}  V {:.1e}  max|s-s_ref|/s_max {:.1e}",
+            res.sweeps,
+            res.off,
+            e.reconstruction,
+            e.u_orth,
+            e.v_orth,
+            s_err / s_max.max(f32::MIN_POSITIVE)
+        );
+        assert!(e.reconstruction <= 1e-5, "{name}: reconstruction error {:.3e}", e.reconstruction);
+        assert!(e.u_orth <= 1e-5, "{name}: |UᵀU - I| = {:.3e}", e.u_orth);
+        assert!(e.v_orth <= 1e-5, "{name}: |VᵀV - I| = {:.3e}", e.v_orth);
+        assert!(s_err <= 1e-5 * s_max, "{name}: σ error {s_err:.3e} with σ_max {s_max}");
+        assert!(s.windows(2).all(|w| w[0] >= w[1]), "{name}: σ not descending: {s:?}");
+    }
+
+    #[test]
+    fn matches_torch_fixtures() {
+        let bytes = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/svd.safetensors")).unwrap();
+        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let read = |name: &str| -> (Vec<f32>, Vec<usize>) {
+            let t = file.tensor(name).unwrap();
+            (bytemuck::pod_collect_to_vec(t.data()), t.shape().to_vec())
+        };
+        let mut cases: Vec<String> =
+            file.names().iter().filter_map(|k| k.strip_suffix(".a").map(str::to_string)).collect();
+        cases.sort();
+        assert_eq!(cases.len(), 12, "fixture cases: {cases:?}");
+        let gpu = gpu();
+        for case in &cases {
+            let (a, shape) = read(&format!("{case}.a"));
+            let (s_ref, _) = read(&format!("{case}.s"));
+            let res = svd(&Tensor::from_f32(&gpu, &shape, &a).unwrap()).unwrap();
+            check(case, &a, shape[0], shape[1], &res, &s_ref);
+        }
+    }
+
+    /// Several matrices at once, against faer's f64 singular values, for shapes that are not
+    /// multiples of the block (and wider than one block pair).
+    #[test]
+    fn batched_matches_faer() {
+        let gpu = gpu();
+        for &(batch, m, n) in &[(3, 33, 17), (2, 17, 40), (2, 65, 65)] {
+            let a = random(batch * m * n, (m * 1000 + n) as u64);
+            let res = svd_batched(&Tensor::from_f32(&gpu, &[batch, m, n], &a).unwrap()).unwrap();
+            let (u, s, v) = (res.u.to_f32().unwrap(), res.s.to_f32().unwrap(), res.v.to_f32().unwrap());
+            let r = m.min(n);
+            for b in 0..batch {
+                let ab = &a[b * m * n..(b + 1) * m * n];
+                let reference = faer::Mat::<f64>::from_fn(m, n, |i, j| ab[i * n + j] as f64);
+                let mut s_ref: Vec<f32> = reference.singular_values().unwrap().into_iter().map(|x| x as f32).collect();
+                s_ref.sort_by(|x, y| y.total_cmp(x));
+                let one = SvdResult {
+                    u: Tensor::from_f32(&gpu, &[m, r], &u[b * m * r..(b + 1) * m * r]).unwrap(),
+                    s: Tensor::from_f32(&gpu, &[r], &s[b * r..(b + 1) * r]).unwrap(),
+                    v: Tensor::from_f32(&gpu, &[n, r], &v[b * n * r..(b + 1) * n * r]).unwrap(),
+                    sweeps: res.sweeps,
+                    off: res.off,
+                };
+                check(&format!("batch {b} of {m}x{n}"), ab, m, n, &one, &s_ref);
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_nan_and_inf() {
+        let gpu = gpu();
+        for bad in [f32::NAN, f32::INFINITY] {
+            let mut a = random(20 * 6, 7);
+            a[13] = bad;
+            let err = svd(&Tensor::from_f32(&gpu, &[20, 6], &a).unwrap()).err().expect("an error");
+            assert!(err.to_string().contains("NaN or Inf"), "{err}");
+        }
+    }
+
+    /// Every kernel of a 4096×4096 decomposition stays within lavapipe's loop budget.
+    #[test]
+    fn loop_counts_fit_the_budget_up_to_4096() {
+        for len in [1, 17, 255, 256, 257, 4096] {
+            for loops in [tiled_loops(len), eigen_loops(len), norm_loops(len)] {
+                assert!(loops > 0 && loops <= crate::gpu::LOOP_BUDGET, "{len} rows: {loops} iterations");
+            }
+        }
+    }
+}
