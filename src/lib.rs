@@ -15,6 +15,7 @@ pub mod optim;
 pub mod rng;
 pub mod subspace;
 pub mod tensor;
+pub mod train;
 
 pub use gpu::{Gpu, GpuOptions};
 pub use tensor::{DType, Tensor};

@@ -89,7 +89,9 @@ impl Tensor {
 
     fn from_pod<T: bytemuck::Pod>(gpu: &Gpu, shape: &[usize], dtype: DType, data: &[T]) -> Result<Tensor> {
         let t = Tensor::uninit(gpu, shape, dtype)?;
-        t.write(data)?;
+        // A buffer fresh from the pool is not used by any recorded work, so the upload needs no
+        // flush and a step that uploads its inputs still records into one command buffer.
+        t.upload(data)?;
         Ok(t)
     }
 
@@ -130,6 +132,14 @@ impl Tensor {
     /// Overwrites the contents from the host. Work already recorded is submitted first so
     /// that it sees the old contents.
     pub fn write<T: bytemuck::Pod>(&self, data: &[T]) -> Result<()> {
+        if self.gpu().has_pending_work() {
+            self.gpu().flush()?;
+        }
+        self.upload(data)
+    }
+
+    /// Queues the host data into the buffer; it lands before the next submitted step.
+    fn upload<T: bytemuck::Pod>(&self, data: &[T]) -> Result<()> {
         let bytes: &[u8] = bytemuck::cast_slice(data);
         if bytes.len() as u64 != self.byte_size() {
             bail!(
@@ -141,9 +151,6 @@ impl Tensor {
             );
         }
         let gpu = self.gpu();
-        if gpu.has_pending_work() {
-            gpu.flush()?;
-        }
         if bytes.len().is_multiple_of(4) {
             gpu.queue().write_buffer(self.buffer(), 0, bytes);
         } else {

@@ -6,6 +6,7 @@ pub mod eval;
 mod generate;
 mod info;
 pub mod svd;
+mod train;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -33,6 +34,9 @@ enum Command {
     Generate(generate::Args),
     /// Mean loss and exact-match accuracy of a T5 model on JSONL examples.
     Eval(eval::Args),
+    /// Continual fine-tuning over a task stream; with no arguments, the built-in default
+    /// (a small T5, the synthetic stream, OSFT vs sequential fine-tuning).
+    Train(train::Args),
     /// Singular spectra of a model's or a file's matrices (block Jacobi SVD on the GPU).
     Svd(svd::Args),
 }
@@ -51,5 +55,6 @@ pub fn main() -> Result<()> {
         Command::Generate(args) => generate::run(&cli.gpu()?, args),
         Command::Eval(args) => eval::run(&cli.gpu()?, args),
         Command::Svd(args) => svd::run(&cli.gpu()?, args),
+        Command::Train(args) => train::run(&cli.gpu()?, args),
     }
 }

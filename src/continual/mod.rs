@@ -1,5 +1,6 @@
 //! The continual-learning driver: tasks in sequence, every task evaluated after each one.
 
+pub mod driver;
 pub mod metrics;
 pub mod report;
 

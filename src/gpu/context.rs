@@ -60,6 +60,8 @@ pub(crate) struct Inner {
     pub pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
     pub modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
     pub recorder: Mutex<Recorder>,
+    /// Command buffers submitted so far.
+    pub submissions: std::sync::atomic::AtomicU64,
     /// Errors reported by the device outside of any call (validation, loss).
     pub device_error: Arc<Mutex<Option<String>>>,
 }
@@ -190,6 +192,7 @@ impl Gpu {
                 pipelines: Mutex::new(HashMap::new()),
                 modules: Mutex::new(HashMap::new()),
                 recorder: Mutex::new(Recorder::default()),
+                submissions: Default::default(),
                 device_error,
             }),
         })
@@ -220,6 +223,11 @@ impl Gpu {
     pub fn queue(&self) -> &wgpu::Queue {
         &self.inner.queue
     }
+    /// Command buffers submitted so far (a training step should add one, plus read-backs).
+    pub fn submissions(&self) -> u64 {
+        self.inner.submissions.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Counters of the buffer pool (allocations, reuses, bytes).
     pub fn pool_stats(&self) -> PoolStats {
         self.inner.pool.lock().unwrap().stats()

@@ -231,6 +231,7 @@ impl Gpu {
         // Submit while holding the recorder: another thread's flush writes the shared params
         // arena, and a queue write staged before this submit would run before these dispatches.
         self.inner.queue.submit([encoder.finish()]);
+        self.inner.submissions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         drop(rec);
         if let Some((_, _, read, _)) = &queries {
             let stamps: Vec<u64> = self.map_read(read, read.size())?;

@@ -3,7 +3,9 @@
 
 pub mod project;
 pub mod rank;
+pub mod set;
 pub mod targets;
 
 pub use project::{project, Basis, FrozenSubspace, Mode};
 pub use rank::RankPolicy;
+pub use set::SubspaceSet;
