@@ -54,10 +54,12 @@ enum ProjectionMode {
 }
 
 /// The built-in model: small enough for a software GPU, big enough to learn the stream.
+/// 32 position buckets: copying and reversing need exact relative positions, which 8
+/// buckets (2 exact distances per direction) cannot tell apart.
 fn default_config(vocab: usize) -> Result<T5Config> {
     let json = format!(
         r#"{{"vocab_size": {vocab}, "d_model": 64, "d_kv": 16, "num_heads": 4, "d_ff": 128, "num_layers": 2,
-            "num_decoder_layers": 2, "relative_attention_num_buckets": 8, "relative_attention_max_distance": 16,
+            "num_decoder_layers": 2, "relative_attention_num_buckets": 32, "relative_attention_max_distance": 64,
             "feed_forward_proj": "relu", "tie_word_embeddings": false}}"#
     );
     Ok(serde_json::from_str(&json)?)
