@@ -49,15 +49,6 @@ fn a_step_allocates_nothing_after_the_first_and_submits_once_plus_readbacks() {
     assert!(seen[3].2 < seen[0].2, "the loss went down: {seen:?}");
 }
 
-fn tiny_config(vocab: usize) -> T5Config {
-    let json = format!(
-        r#"{{"vocab_size": {vocab}, "d_model": 64, "d_kv": 16, "num_heads": 4, "d_ff": 128, "num_layers": 2,
-            "num_decoder_layers": 2, "relative_attention_num_buckets": 8, "relative_attention_max_distance": 16,
-            "feed_forward_proj": "relu", "tie_word_embeddings": false}}"#
-    );
-    serde_json::from_str(&json).unwrap()
-}
-
 #[test]
 fn a_tiny_model_fits_the_copy_task() {
     let gpu = Gpu::shared().unwrap();
@@ -65,7 +56,7 @@ fn a_tiny_model_fits_the_copy_task() {
     std::fs::write(dir.join("tokenizer.json"), synthetic::tokenizer_json()).unwrap();
     let vocab = 3 + synthetic::vocabulary().len();
     let tokenizer = Tokenizer::load(&dir, vocab).unwrap();
-    let model = T5Model::random(&gpu, tiny_config(vocab), true, 0.1, 7).unwrap();
+    let model = T5Model::random(&gpu, T5Config::tiny(vocab), true, 0.1, 7).unwrap();
     let task = synthetic::stream(3, 400, 24).remove(0);
     assert_eq!(task.name, "copy");
     let pairs = encode(&tokenizer, &task.train, 32, 32).unwrap().pairs;

@@ -53,18 +53,6 @@ enum ProjectionMode {
     Paper,
 }
 
-/// The built-in model: small enough for a software GPU, big enough to learn the stream.
-/// 32 position buckets: copying and reversing need exact relative positions, which 8
-/// buckets (2 exact distances per direction) cannot tell apart.
-fn default_config(vocab: usize) -> Result<T5Config> {
-    let json = format!(
-        r#"{{"vocab_size": {vocab}, "d_model": 64, "d_kv": 16, "num_heads": 4, "d_ff": 128, "num_layers": 2,
-            "num_decoder_layers": 2, "relative_attention_num_buckets": 32, "relative_attention_max_distance": 64,
-            "feed_forward_proj": "relu", "tie_word_embeddings": false}}"#
-    );
-    Ok(serde_json::from_str(&json)?)
-}
-
 pub fn run(gpu: &crate::Gpu, args: &Args) -> Result<()> {
     let policy = match (args.rank_ratio, args.unfreeze_rank_ratio) {
         (Some(r), _) => RankPolicy::Fixed { ratio: r },
@@ -112,7 +100,7 @@ pub fn run(gpu: &crate::Gpu, args: &Args) -> Result<()> {
     };
     let mut all = Vec::new();
     for method in methods {
-        let model = T5Model::random(gpu, default_config(vocab)?, true, 0.1, args.seed)?;
+        let model = T5Model::random(gpu, T5Config::tiny(vocab), true, 0.1, args.seed)?;
         let bar = indicatif::ProgressBar::new(steps * tasks.len() as u64);
         bar.set_style(indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} eta {eta}")?);
         bar.set_prefix(format!("{method:?}").to_lowercase());

@@ -112,6 +112,18 @@ impl T5Config {
         serde_json::from_str("{}").expect("an empty config takes every default")
     }
 
+    /// The built-in small model of `sculpt train` and the training tests: small enough for a
+    /// software GPU. 32 position buckets: copying and reversing need exact relative
+    /// positions, which 8 buckets (2 exact distances per direction) cannot tell apart.
+    pub fn tiny(vocab_size: usize) -> T5Config {
+        let json = format!(
+            r#"{{"vocab_size": {vocab_size}, "d_model": 64, "d_kv": 16, "num_heads": 4, "d_ff": 128, "num_layers": 2,
+                "num_decoder_layers": 2, "relative_attention_num_buckets": 32, "relative_attention_max_distance": 64,
+                "feed_forward_proj": "relu", "tie_word_embeddings": false}}"#
+        );
+        serde_json::from_str(&json).expect("the built-in config parses")
+    }
+
     pub fn validate(&self) -> Result<()> {
         self.feed_forward()?;
         let zero = [
