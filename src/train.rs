@@ -1,6 +1,7 @@
 //! Fine-tuning on one task: tokenized examples, shuffled padded batches, forward,
-//! backward, one (optionally constrained) AdamW step per batch, and exact-match evaluation.
-//! A step records all its GPU work into one command buffer and reads back two scalars.
+//! backward (accumulated over micro-batches), one (optionally constrained) AdamW step, and
+//! evaluation (loss, exact match). A step without accumulation records all its GPU work
+//! into one command buffer and reads back two scalars.
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -14,11 +15,26 @@ use crate::rng::Rng;
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrainOptions {
     pub epochs: usize,
+    /// Examples per micro-batch (one forward and backward).
     pub batch_size: usize,
+    /// Micro-batches whose gradients are summed into one optimizer step.
+    #[serde(default = "one")]
+    pub grad_accum: usize,
     /// Longer sources and targets are cut (keeping the final `</s>`) and counted.
     pub max_source_len: usize,
     pub max_target_len: usize,
     pub adamw: AdamWConfig,
+}
+
+fn one() -> usize {
+    1
+}
+
+impl TrainOptions {
+    /// Optimizer steps in one pass over `examples` examples.
+    pub fn steps_per_epoch(&self, examples: usize) -> usize {
+        examples.div_ceil(self.batch_size * self.grad_accum)
+    }
 }
 
 impl Default for TrainOptions {
@@ -26,6 +42,7 @@ impl Default for TrainOptions {
         TrainOptions {
             epochs: 1,
             batch_size: 8,
+            grad_accum: 1,
             max_source_len: 512,
             max_target_len: 128,
             adamw: AdamWConfig::default(),
@@ -73,11 +90,12 @@ pub struct StepLog {
     pub loss: f32,
     pub lr: f32,
     pub grad_norm: f32,
+    /// Tokens of the step (sources and targets, without padding).
     pub tokens: usize,
 }
 
 /// The state that a resumed run needs besides parameters and optimizer moments.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Position {
     pub epoch: usize,
     /// Batches of the current epoch already trained.
@@ -85,8 +103,9 @@ pub struct Position {
     pub rng: Rng,
 }
 
-/// Trains `epochs` passes over `pairs` from `position`, calling `on_step` after every step;
-/// `on_step` returns false to stop early (the position then says where to resume).
+/// Trains `epochs` passes over `pairs` from `position`, calling `on_step` after every
+/// optimizer step; `on_step` returns false to stop early (the position then says where to
+/// resume).
 #[allow(clippy::too_many_arguments)]
 pub fn train(
     model: &T5Model,
@@ -96,28 +115,53 @@ pub fn train(
     grads: &Gradients,
     filter: &dyn UpdateFilter,
     position: &mut Position,
-    mut on_step: impl FnMut(&StepLog, &Position) -> Result<bool>,
+    mut on_step: impl FnMut(&StepLog, &Position, &AdamW) -> Result<bool>,
 ) -> Result<()> {
     if pairs.is_empty() {
         bail!("no training examples");
     }
+    if options.batch_size == 0 || options.grad_accum == 0 {
+        bail!("the batch size and the number of accumulated micro-batches must be positive");
+    }
     let c = &model.config;
-    let batches = pairs.len().div_ceil(options.batch_size);
+    let per_step = options.batch_size * options.grad_accum;
+    let steps = options.steps_per_epoch(pairs.len());
     while position.epoch < options.epochs {
         // The order of an epoch is drawn from the generator state at its start, so a resumed
         // epoch replays the same order.
         let mut order: Vec<usize> = (0..pairs.len()).collect();
         position.rng.clone().shuffle(&mut order);
-        while position.batch < batches {
-            let chunk = &order
-                [position.batch * options.batch_size..((position.batch + 1) * options.batch_size).min(order.len())];
-            let examples: Vec<(Vec<u32>, Vec<u32>)> = chunk.iter().map(|&i| pairs[i].clone()).collect();
-            let batch = Batch::new(&examples, c.pad_token_id, c.decoder_start_token_id)?;
+        while position.batch < steps {
+            let chunk = &order[position.batch * per_step..((position.batch + 1) * per_step).min(order.len())];
+            let mut batches = chunk
+                .chunks(options.batch_size)
+                .map(|ids| {
+                    let examples: Vec<(Vec<u32>, Vec<u32>)> = ids.iter().map(|&i| pairs[i].clone()).collect();
+                    Batch::new(&examples, c.pad_token_id, c.decoder_start_token_id)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let valid: Vec<usize> = batches.iter().map(|b| b.labels.iter().filter(|&&l| l >= 0).count()).collect();
+            let total: usize = valid.iter().sum();
             grads.zero()?;
-            let out = model.forward(&batch)?;
-            model.backward(&batch, &out, grads)?;
+            let mut losses = Vec::with_capacity(batches.len());
+            let mut tokens = 0;
+            for (i, batch) in batches.iter_mut().enumerate() {
+                batch.grad_scale = valid[i] as f32 / total.max(1) as f32;
+                let out = model.forward(batch)?;
+                model.backward(batch, &out, grads)?;
+                losses.push(out.loss.expect("training batches have labels"));
+                tokens += batch.attention_mask.iter().sum::<u32>() as usize + valid[i];
+                if i + 1 < valid.len() {
+                    // Run each micro-batch as it is recorded, so that only one micro-batch's
+                    // activations are alive at a time (the point of accumulating).
+                    model.gpu().flush()?;
+                }
+            }
             let sumsq = optimizer.step(&model.params, &grads.grads, filter)?;
-            let loss = out.loss.as_ref().expect("training batches have labels").to_f32()?[0];
+            let mut loss = 0.0;
+            for (l, n) in losses.iter().zip(&valid) {
+                loss += l.to_f32()?[0] * *n as f32 / total.max(1) as f32;
+            }
             let grad_norm = sumsq.to_f32()?[0].sqrt();
             if !loss.is_finite() || !grad_norm.is_finite() {
                 bail!(
@@ -132,9 +176,9 @@ pub fn train(
                 loss,
                 lr: optimizer.config.step(optimizer.step).lr,
                 grad_norm,
-                tokens: batch.input_ids.len() + batch.labels.len(),
+                tokens,
             };
-            if !on_step(&log, position)? {
+            if !on_step(&log, position, optimizer)? {
                 return Ok(());
             }
         }
@@ -143,6 +187,21 @@ pub fn train(
         position.rng.next_u64();
     }
     Ok(())
+}
+
+/// Mean loss per target token over `pairs`, in batches of `batch_size`.
+pub fn eval_loss(model: &T5Model, pairs: &[(Vec<u32>, Vec<u32>)], batch_size: usize) -> Result<f64> {
+    let c = &model.config;
+    let (mut sum, mut count) = (0.0f64, 0usize);
+    for chunk in pairs.chunks(batch_size.max(1)) {
+        let batch = Batch::new(chunk, c.pad_token_id, c.decoder_start_token_id)?;
+        let valid = batch.labels.iter().filter(|&&l| l >= 0).count();
+        if let Some(loss) = model.forward(&batch)?.loss {
+            sum += loss.to_f32()?[0] as f64 * valid as f64;
+            count += valid;
+        }
+    }
+    Ok(sum / count.max(1) as f64)
 }
 
 /// Exact match of greedy outputs against the targets, in [0, 1].
@@ -156,4 +215,47 @@ pub fn exact_match(model: &T5Model, tokenizer: &Tokenizer, examples: &[Example],
         hits += usize::from(tokenizer.decode(&out)?.trim() == ex.target.trim());
     }
     Ok(hits as f64 / examples.len().max(1) as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::testing::{assert_close, gpu};
+    use crate::model::T5Config;
+    use crate::optim::Unconstrained;
+
+    /// Gradients and loss of one optimizer step over `pairs`, in micro-batches of `batch_size`.
+    fn one_step(pairs: &[(Vec<u32>, Vec<u32>)], batch_size: usize, grad_accum: usize) -> (Vec<Vec<f32>>, f32) {
+        let model = T5Model::random(&gpu(), T5Config::tiny(20), true, 0.1, 9).unwrap();
+        let options = TrainOptions { batch_size, grad_accum, ..Default::default() };
+        let mut optimizer = AdamW::new(options.adamw, &model.params).unwrap();
+        let grads = Gradients::zeros_like(&model).unwrap();
+        let mut position = Position { epoch: 0, batch: 0, rng: Rng::new(4) };
+        let mut loss = f32::NAN;
+        train(&model, pairs, &options, &mut optimizer, &grads, &Unconstrained, &mut position, |log, _, _| {
+            loss = log.loss;
+            Ok(true)
+        })
+        .unwrap();
+        assert_eq!(optimizer.step, 1);
+        (grads.grads.values().map(|g| g.to_f32().unwrap()).collect(), loss)
+    }
+
+    #[test]
+    fn accumulated_micro_batches_give_the_gradient_of_one_big_batch() {
+        let mut rng = Rng::new(11);
+        // Uneven lengths, so that micro-batches hold different numbers of target tokens.
+        let pairs: Vec<(Vec<u32>, Vec<u32>)> = (0..7)
+            .map(|i| {
+                let mut ids = |n: usize| (0..n).map(|_| 3 + rng.below(17) as u32).chain([1]).collect::<Vec<_>>();
+                (ids(2 + i % 3), ids(1 + (i * 5) % 4))
+            })
+            .collect();
+        let (big, big_loss) = one_step(&pairs, 7, 1);
+        let (accumulated, accumulated_loss) = one_step(&pairs, 2, 4);
+        for (a, b) in accumulated.iter().zip(&big) {
+            assert_close(a, b, 1e-4);
+        }
+        assert!((big_loss - accumulated_loss).abs() <= 1e-5 * big_loss.abs(), "{big_loss} vs {accumulated_loss}");
+    }
 }

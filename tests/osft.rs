@@ -67,7 +67,7 @@ fn run(filter: Option<Mode>) -> Vec<(String, (f64, f64, f64))> {
     let grads = Gradients::zeros_like(&model).unwrap();
     let mut position = Position { epoch: 0, batch: 0, rng: Rng::new(5) };
     let f: &dyn UpdateFilter = if filter.is_some() { &set } else { &Unconstrained };
-    train(&model, &pairs, &options, &mut optimizer, &grads, f, &mut position, |_, _| Ok(true)).unwrap();
+    train(&model, &pairs, &options, &mut optimizer, &grads, f, &mut position, |_, _, _| Ok(true)).unwrap();
     set.frozen
         .iter()
         .map(|(name, s)| {

@@ -62,6 +62,7 @@ fn reference_batch(r: &Reference) -> Batch {
         attention_mask: u("attention_mask"),
         decoder_input_ids: u("decoder_input_ids"),
         labels: r.ints("labels").into_iter().map(|v| v as i32).collect(),
+        grad_scale: 1.0,
     }
 }
 

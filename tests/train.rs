@@ -33,7 +33,7 @@ fn a_step_allocates_nothing_after_the_first_and_submits_once_plus_readbacks() {
     let grads = Gradients::zeros_like(&model).unwrap();
     let mut position = Position { epoch: 0, batch: 0, rng: Rng::new(1) };
     let mut seen = Vec::new();
-    train(&model, &pairs, &options, &mut optimizer, &grads, &Unconstrained, &mut position, |log, _| {
+    train(&model, &pairs, &options, &mut optimizer, &grads, &Unconstrained, &mut position, |log, _, _| {
         seen.push((gpu.pool_stats().allocations, gpu.submissions(), log.loss));
         Ok(true)
     })
@@ -63,6 +63,7 @@ fn a_tiny_model_fits_the_copy_task() {
     let options = TrainOptions {
         epochs: 4,
         batch_size: 16,
+        grad_accum: 1,
         max_source_len: 32,
         max_target_len: 32,
         adamw: AdamWConfig {
@@ -76,7 +77,7 @@ fn a_tiny_model_fits_the_copy_task() {
     let grads = Gradients::zeros_like(&model).unwrap();
     let mut position = Position { epoch: 0, batch: 0, rng: Rng::new(2) };
     let mut losses = Vec::new();
-    train(&model, &pairs, &options, &mut optimizer, &grads, &Unconstrained, &mut position, |log, _| {
+    train(&model, &pairs, &options, &mut optimizer, &grads, &Unconstrained, &mut position, |log, _, _| {
         losses.push(log.loss);
         Ok(true)
     })

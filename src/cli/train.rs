@@ -1,27 +1,50 @@
-//! `sculpt train`: with no arguments, the built-in default — a small T5 made on the spot,
-//! the synthetic task stream, both OSFT and sequential fine-tuning from the same start,
-//! and the two accuracy matrices side by side.
+//! `sculpt train`: continual fine-tuning of a T5 model folder on JSONL data, or, with no
+//! data arguments, the built-in default — a small T5 made on the spot, the synthetic task
+//! stream, both OSFT and sequential fine-tuning from the same start, and the two accuracy
+//! matrices side by side. Every run folder holds `run.json` (the arguments), `log.jsonl`,
+//! checkpoints and the results; `--resume DIR` continues a stopped run.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::{write_atomic, CHECKPOINTS};
 use crate::continual::driver::{run_stream, Method, StreamOptions};
-use crate::data::synthetic;
-use crate::model::{T5Config, T5Model, Tokenizer};
+use crate::continual::report::Results;
+use crate::data::read_jsonl;
+use crate::data::synthetic::{self, TaskData};
+use crate::model::{load_t5, T5Config, T5Model, Tokenizer};
 use crate::optim::{AdamWConfig, Schedule};
-use crate::subspace::targets::T5_DEFAULT;
+use crate::subspace::targets::{T5_CROSS_ATTENTION, T5_DEFAULT};
 use crate::subspace::{Mode, RankPolicy};
 use crate::train::TrainOptions;
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Args {
-    /// Method to run; without it both run from the same initial weights and are compared.
+    /// A Hugging Face T5 folder (config.json, model.safetensors, tokenizer.json) to fine-tune.
+    #[arg(long, requires = "train")]
+    model: Option<PathBuf>,
+    /// Training data: JSONL lines {"input": ..., "target": ...} (needs --model).
+    #[arg(long, requires = "model")]
+    train: Option<PathBuf>,
+    /// Evaluation data in the same form (default: exact match on up to 64 training examples).
+    #[arg(long, requires = "train")]
+    eval: Option<PathBuf>,
+    /// Continue the stopped run in this folder, with the arguments it was started with.
+    #[arg(long)]
+    #[serde(skip)]
+    resume: Option<PathBuf>,
+    /// Delete an earlier run in --out and start again.
+    #[arg(long)]
+    #[serde(skip)]
+    overwrite: bool,
+    /// Method to run (default: both on the built-in stream, osft on user data).
     #[arg(long, value_enum)]
     method: Option<Method>,
-    /// Where results.json, results.md and accuracy.png go (one folder per method).
-    #[arg(long, default_value = "runs/default")]
-    out: PathBuf,
+    /// The run folder (default: runs/default for the built-in job, runs/train otherwise).
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// Fraction of min(m, n) frozen in every target matrix (fixed policy; default: adaptive).
     #[arg(long, conflicts_with = "unfreeze_rank_ratio")]
     rank_ratio: Option<f64>,
@@ -31,6 +54,9 @@ pub struct Args {
     /// strict: (I − UUᵀ) ΔW (I − VVᵀ); paper: ΔW − UUᵀ ΔW VVᵀ.
     #[arg(long, value_enum, default_value = "strict")]
     projection: ProjectionMode,
+    /// Also constrain the cross-attention matrices.
+    #[arg(long)]
+    cross_attention: bool,
     /// Leave the first task unconstrained.
     #[arg(long)]
     free_first_task: bool,
@@ -40,85 +66,232 @@ pub struct Args {
     epochs: usize,
     #[arg(long, default_value_t = 3e-3)]
     lr: f32,
-    /// Training and evaluation examples per synthetic task.
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f32,
+    /// Fraction of the steps of a task spent warming the learning rate up (then linear decay).
+    #[arg(long, default_value_t = 0.1)]
+    warmup_ratio: f64,
+    /// Examples per micro-batch.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Micro-batches accumulated into one optimizer step.
+    #[arg(long, default_value_t = 1)]
+    grad_accum: usize,
+    /// Longer sources and targets are cut (and counted).
+    #[arg(long, default_value_t = 512)]
+    max_source_len: usize,
+    #[arg(long, default_value_t = 128)]
+    max_target_len: usize,
+    /// Evaluate the current task every N steps (0: at task ends only).
+    #[arg(long, default_value_t = 0)]
+    eval_every: u64,
+    /// Save a checkpoint every N steps (0: after every task only).
+    #[arg(long, default_value_t = 0)]
+    save_every: u64,
+    /// Training and evaluation examples per synthetic task (built-in job).
     #[arg(long, default_value_t = 96)]
     train_examples: usize,
     #[arg(long, default_value_t = 24)]
     eval_examples: usize,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
 enum ProjectionMode {
     Strict,
     Paper,
 }
 
-pub fn run(gpu: &crate::Gpu, args: &Args) -> Result<()> {
-    let policy = match (args.rank_ratio, args.unfreeze_rank_ratio) {
-        (Some(r), _) => RankPolicy::Fixed { ratio: r },
-        (None, Some(u)) => RankPolicy::from_unfreeze_ratio(u)?,
-        (None, None) => RankPolicy::default(),
-    };
-    policy.validate()?;
-    if args.epochs == 0 || args.train_examples == 0 || args.eval_examples == 0 {
-        bail!("--epochs, --train-examples and --eval-examples must be positive");
+const RUN_FILE: &str = "run.json";
+
+impl Args {
+    fn is_builtin(&self) -> bool {
+        self.model.is_none()
     }
-    std::fs::create_dir_all(&args.out)?;
-    std::fs::write(args.out.join("tokenizer.json"), synthetic::tokenizer_json())?;
-    let vocab = 3 + synthetic::vocabulary().len();
-    let tokenizer = Tokenizer::load(&args.out, vocab)?;
-    let tasks = synthetic::stream(args.seed, args.train_examples, args.eval_examples);
-    let batch_size = 16;
-    let steps = (args.epochs * args.train_examples.div_ceil(batch_size)) as u64;
-    let options = |method| StreamOptions {
-        method,
-        policy,
-        mode: match args.projection {
-            ProjectionMode::Strict => Mode::Strict,
-            ProjectionMode::Paper => Mode::Paper,
-        },
-        targets: T5_DEFAULT.iter().map(|s| s.to_string()).collect(),
-        train: TrainOptions {
-            epochs: args.epochs,
-            batch_size,
-            max_source_len: 32,
-            max_target_len: 32,
-            adamw: AdamWConfig {
-                lr: args.lr,
-                weight_decay: 0.0,
-                schedule: Schedule::Linear { warmup: steps / 10, total: steps },
-                ..Default::default()
+
+    fn methods(&self) -> Vec<Method> {
+        match (self.method, self.is_builtin()) {
+            (Some(m), _) => vec![m],
+            (None, true) => vec![Method::Osft, Method::Seqft],
+            (None, false) => vec![Method::Osft],
+        }
+    }
+
+    fn out(&self) -> PathBuf {
+        self.out.clone().unwrap_or_else(|| if self.is_builtin() { "runs/default" } else { "runs/train" }.into())
+    }
+
+    fn stream_options(&self, method: Method, examples: usize) -> Result<StreamOptions> {
+        let policy = match (self.rank_ratio, self.unfreeze_rank_ratio) {
+            (Some(r), _) => RankPolicy::Fixed { ratio: r },
+            (None, Some(u)) => RankPolicy::from_unfreeze_ratio(u)?,
+            (None, None) => RankPolicy::default(),
+        };
+        policy.validate()?;
+        if self.epochs == 0 || self.batch_size == 0 || self.grad_accum == 0 {
+            bail!("--epochs, --batch-size and --grad-accum must be positive");
+        }
+        if !(0.0..1.0).contains(&self.warmup_ratio) {
+            bail!("--warmup-ratio must be in [0, 1), got {}", self.warmup_ratio);
+        }
+        let mut train = TrainOptions {
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            grad_accum: self.grad_accum,
+            max_source_len: self.max_source_len,
+            max_target_len: self.max_target_len,
+            adamw: AdamWConfig { lr: self.lr, weight_decay: self.weight_decay, ..Default::default() },
+        };
+        let steps = (self.epochs * train.steps_per_epoch(examples)) as u64;
+        train.adamw.schedule = Schedule::Linear { warmup: (steps as f64 * self.warmup_ratio) as u64, total: steps };
+        let mut targets: Vec<String> = T5_DEFAULT.iter().map(|s| s.to_string()).collect();
+        if self.cross_attention {
+            targets.extend(T5_CROSS_ATTENTION.iter().map(|s| s.to_string()));
+        }
+        Ok(StreamOptions {
+            method,
+            policy,
+            mode: match self.projection {
+                ProjectionMode::Strict => Mode::Strict,
+                ProjectionMode::Paper => Mode::Paper,
             },
-        },
-        importance_samples: 32,
-        free_first_task: args.free_first_task,
-        seed: args.seed,
-    };
-    let methods = match args.method {
-        Some(m) => vec![m],
-        None => vec![Method::Osft, Method::Seqft],
-    };
+            targets,
+            train,
+            importance_samples: 32,
+            free_first_task: self.free_first_task,
+            seed: self.seed,
+            eval_every: self.eval_every,
+            save_every: self.save_every,
+        })
+    }
+
+    /// The starting model, its tokenizer and the tasks. The built-in job writes its
+    /// tokenizer into `out`.
+    fn setup(&self, gpu: &crate::Gpu, out: &Path) -> Result<(T5Model, Tokenizer, Vec<TaskData>)> {
+        let (Some(model_dir), Some(train)) = (&self.model, &self.train) else {
+            if self.train_examples == 0 || self.eval_examples == 0 {
+                bail!("--train-examples and --eval-examples must be positive");
+            }
+            write_atomic(&out.join("tokenizer.json"), synthetic::tokenizer_json().as_bytes())?;
+            let vocab = 3 + synthetic::vocabulary().len();
+            let tokenizer = Tokenizer::load(out, vocab)?;
+            let model = T5Model::random(gpu, T5Config::tiny(vocab), true, 0.1, self.seed)?;
+            return Ok((model, tokenizer, synthetic::stream(self.seed, self.train_examples, self.eval_examples)));
+        };
+        let (model, tokenizer) = load_t5(gpu, model_dir)?;
+        let train_examples = read_jsonl(train)?;
+        let eval = match &self.eval {
+            Some(path) => read_jsonl(path)?,
+            None => {
+                log::warn!("no --eval file: exact match is measured on training examples");
+                train_examples[..train_examples.len().min(64)].to_vec()
+            }
+        };
+        let name = train.file_stem().map_or("task".into(), |s| s.to_string_lossy().to_string());
+        Ok((model, tokenizer, vec![TaskData { name, train: train_examples, eval }]))
+    }
+}
+
+/// Makes `dir` the folder of a run with `args`: a new folder gets `run.json`; a folder of
+/// the same run is continued; another run's folder is refused unless `overwrite`.
+fn claim_run_dir(dir: &Path, args: &Args, overwrite: bool) -> Result<()> {
+    let run_file = dir.join(RUN_FILE);
+    if run_file.exists() {
+        let previous: Args = read_run(dir)?;
+        if overwrite {
+            std::fs::remove_dir_all(dir).with_context(|| format!("cannot remove {}", dir.display()))?;
+        } else if previous != *args {
+            bail!(
+                "{} holds a run with other arguments; continue it with --resume {}, or pass another --out (or --overwrite to delete it)",
+                dir.display(),
+                dir.display()
+            );
+        } else {
+            log::info!("{} holds this run already: continuing it", dir.display());
+        }
+    } else if dir.join(CHECKPOINTS).exists() && !overwrite {
+        bail!("{} has checkpoints but no {RUN_FILE}; pass another --out", dir.display());
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create the run folder {}", dir.display()))?;
+    write_atomic(&run_file, serde_json::to_string_pretty(args)?.as_bytes())
+}
+
+fn read_run(dir: &Path) -> Result<Args> {
+    let path = dir.join(RUN_FILE);
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("{}: cannot read; is {} a sculpt run folder?", path.display(), dir.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: damaged run description", path.display()))
+}
+
+/// One method's run in `dir`.
+fn run_method(gpu: &crate::Gpu, args: &Args, method: Method, dir: &Path) -> Result<Results> {
+    let (model, tokenizer, tasks) = args.setup(gpu, dir)?;
+    let examples = tasks.iter().map(|t| t.train.len()).max().unwrap_or(0);
+    let options = args.stream_options(method, examples)?;
+    let steps: usize = tasks.iter().map(|t| args.epochs * options.train.steps_per_epoch(t.train.len())).sum();
+    let bar = indicatif::ProgressBar::new(steps as u64);
+    bar.set_style(indicatif::ProgressStyle::with_template(
+        "{prefix} [{bar:30}] {pos}/{len} {msg} {per_sec} eta {eta}",
+    )?);
+    bar.set_prefix(format!("{method:?}").to_lowercase());
+    let start = std::time::Instant::now();
+    let mut tokens = 0usize;
+    let results = run_stream(&model, &tokenizer, &tasks, &options, Some(dir), |task, log| {
+        tokens += log.tokens;
+        bar.inc(1);
+        let rate = tokens as f64 / start.elapsed().as_secs_f64().max(1e-9);
+        bar.set_message(format!("task {} loss {:.3} {rate:.0} tok/s", tasks[task].name, log.loss));
+        true
+    })?
+    .context("the run stopped early")?;
+    bar.finish_and_clear();
+    results.write(dir)?;
+    Ok(results)
+}
+
+pub fn run(gpu: &crate::Gpu, args: &Args) -> Result<()> {
+    if let Some(dir) = &args.resume {
+        return resume(gpu, dir);
+    }
+    let out = args.out();
+    let methods = args.methods();
     let mut all = Vec::new();
-    for method in methods {
-        let model = T5Model::random(gpu, T5Config::tiny(vocab), true, 0.1, args.seed)?;
-        let bar = indicatif::ProgressBar::new(steps * tasks.len() as u64);
-        bar.set_style(indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} eta {eta}")?);
-        bar.set_prefix(format!("{method:?}").to_lowercase());
-        let results = run_stream(&model, &tokenizer, &tasks, &options(method), |task, log| {
-            bar.inc(1);
-            bar.set_message(format!("task {task} loss {:.3}", log.loss));
-        })?;
-        bar.finish_and_clear();
-        results.write(&args.out.join(&results.method))?;
+    for &method in &methods {
+        // Several methods share --out, one folder each.
+        let dir = if methods.len() > 1 { out.join(format!("{method:?}").to_lowercase()) } else { out.clone() };
+        let mut own = args.clone();
+        own.method = Some(method);
+        own.out = Some(dir.clone());
+        claim_run_dir(&dir, &own, args.overwrite)?;
+        let results = run_method(gpu, &own, method, &dir)?;
         println!("{}", results.markdown());
         all.push(results);
     }
-    if all.len() == 2 {
+    if all.len() > 1 {
         println!("| method | AA | BWT |\n|---|---|---|");
         for r in &all {
             println!("| {} | {:.1} | {:+.1} |", r.method, 100.0 * r.aa, 100.0 * r.bwt);
         }
     }
-    println!("results in {}", args.out.display());
+    println!("results in {}", out.display());
+    Ok(())
+}
+
+/// Continues the run in `dir` (or, for the built-in job's folder, each method's run in it).
+fn resume(gpu: &crate::Gpu, dir: &Path) -> Result<()> {
+    let runs: Vec<PathBuf> = if dir.join(RUN_FILE).exists() {
+        vec![dir.to_path_buf()]
+    } else {
+        ["osft", "seqft"].iter().map(|m| dir.join(m)).filter(|d| d.join(RUN_FILE).exists()).collect()
+    };
+    if runs.is_empty() {
+        bail!("{} holds no {RUN_FILE}: not a sculpt run folder (give the --out of the run to continue)", dir.display());
+    }
+    for run_dir in runs {
+        let args = read_run(&run_dir)?;
+        let method = args.method.context("run.json names no method")?;
+        let results = run_method(gpu, &args, method, &run_dir)?;
+        println!("{}", results.markdown());
+    }
     Ok(())
 }

@@ -1,21 +1,28 @@
 //! The task loop: before each task the frozen subspaces are refreshed (OSFT) from the
 //! current weights, the task is trained, and every task of the stream is evaluated.
+//! With an output folder, the run writes a JSONL log and checkpoints (after every task
+//! and every `save_every` steps), and a run started again on the same folder continues
+//! from its newest checkpoint to the same end as a run that never stopped.
 
 use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::report::Results;
+use crate::checkpoint::{self, TrainingState};
 use crate::data::synthetic::TaskData;
 use crate::data::Example;
 use crate::model::t5::{Batch, Gradients, T5Model};
+use crate::model::weights::Weights;
 use crate::model::Tokenizer;
 use crate::optim::{AdamW, Unconstrained, UpdateFilter};
 use crate::rng::Rng;
 use crate::subspace::rank::normalise_importance;
 use crate::subspace::{Mode, RankPolicy, SubspaceSet};
-use crate::train::{encode, exact_match, train, Position, TrainOptions};
+use crate::train::{encode, eval_loss, exact_match, train, Position, StepLog, TrainOptions};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -38,6 +45,10 @@ pub struct StreamOptions {
     /// Leave the first task unconstrained.
     pub free_first_task: bool,
     pub seed: u64,
+    /// Evaluate the current task (loss, exact match) every this many steps; 0: at task ends only.
+    pub eval_every: u64,
+    /// Write a mid-task checkpoint every this many steps; 0: at task ends only.
+    pub save_every: u64,
 }
 
 /// Mean cosine similarity between the input and output hidden states of every block
@@ -76,43 +87,183 @@ fn evaluate_all(model: &T5Model, tokenizer: &Tokenizer, tasks: &[TaskData], max_
     tasks.iter().map(|t| exact_match(model, tokenizer, &t.eval, max_source_len)).collect()
 }
 
+/// The frozen subspaces for task `i` (None: the task trains unconstrained).
+fn subspaces_for(
+    model: &T5Model,
+    tokenizer: &Tokenizer,
+    tasks: &[TaskData],
+    i: usize,
+    options: &StreamOptions,
+) -> Result<Option<SubspaceSet>> {
+    if options.method != Method::Osft || (i == 0 && options.free_first_task) {
+        return Ok(None);
+    }
+    // Importance from samples of the previous task (the first task: its own data).
+    let source = if i == 0 { &tasks[0].train } else { &tasks[i - 1].train };
+    let samples = &source[..options.importance_samples.min(source.len())];
+    let importance = layer_importance(model, tokenizer, samples)?;
+    let of = |name: &str| importance.iter().find(|(p, _)| name.starts_with(p.as_str())).map_or(0.5, |(_, v)| *v);
+    Ok(Some(SubspaceSet::build(&model.params, &options.targets, options.policy, options.mode, of)?))
+}
+
+/// One JSON object per line: every step, every evaluation, every task end.
+struct Log {
+    file: Option<std::fs::File>,
+}
+
+impl Log {
+    /// Opens `DIR/log.jsonl`, keeping only the records up to `global_step` (a resumed run
+    /// rewrites what came after its checkpoint).
+    fn open(dir: Option<&Path>, global_step: u64) -> Result<Log> {
+        let Some(dir) = dir else { return Ok(Log { file: None }) };
+        let path = dir.join("log.jsonl");
+        let kept: String = std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| {
+                serde_json::from_str::<serde_json::Value>(line)
+                    .ok()
+                    .and_then(|v| v["global_step"].as_u64())
+                    .is_some_and(|s| s <= global_step)
+            })
+            .map(|line| format!("{line}\n"))
+            .collect();
+        checkpoint::write_atomic(&path, kept.as_bytes())?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("cannot open the log {}", path.display()))?;
+        Ok(Log { file: Some(file) })
+    }
+
+    fn write(&mut self, record: serde_json::Value) -> Result<()> {
+        if let Some(f) = &mut self.file {
+            writeln!(f, "{record}").context("cannot write to log.jsonl")?;
+        }
+        Ok(())
+    }
+}
+
+/// Puts the weights of `checkpoint` into `model`.
+fn restore_weights(model: &T5Model, checkpoint: &Path) -> Result<()> {
+    let weights = Weights::load(checkpoint)?;
+    for (name, param) in &model.params {
+        param.write(&weights.get(name, param.shape())?.data)?;
+    }
+    Ok(())
+}
+
 /// Trains the tasks in order on `model` and returns the accuracy matrix and its metrics.
+/// With `out`, writes `out/log.jsonl` and checkpoints under `out/checkpoints`, and, when
+/// `out` already holds checkpoints, continues from the newest one. `on_step(task, step)`
+/// returns false to stop the run: a checkpoint is written (with `out`) and the result is None.
 pub fn run_stream(
     model: &T5Model,
     tokenizer: &Tokenizer,
     tasks: &[TaskData],
     options: &StreamOptions,
-    mut on_step: impl FnMut(usize, &crate::train::StepLog),
-) -> Result<Results> {
+    out: Option<&Path>,
+    mut on_step: impl FnMut(usize, &StepLog) -> bool,
+) -> Result<Option<Results>> {
     let max_src = options.train.max_source_len;
-    let before = evaluate_all(model, tokenizer, tasks, max_src)?;
-    let mut accuracy = Vec::with_capacity(tasks.len());
+    let resume = match out {
+        Some(dir) => {
+            checkpoint::remove_partials(&dir.join(checkpoint::CHECKPOINTS))?;
+            checkpoint::latest(dir)?
+        }
+        None => None,
+    };
+    let mut state = match &resume {
+        Some((path, state)) => {
+            log::info!("resuming from {} (task {}, step {})", path.display(), state.task, state.step);
+            restore_weights(model, path)?;
+            state.clone()
+        }
+        None => TrainingState {
+            task: 0,
+            task_done: false,
+            step: 0,
+            global_step: 0,
+            position: Position { epoch: 0, batch: 0, rng: Rng::new(0) },
+            run_rng: Rng::new(options.seed),
+            before: Some(evaluate_all(model, tokenizer, tasks, max_src)?),
+            accuracy: Vec::new(),
+        },
+    };
+    let mut log = Log::open(out, state.global_step)?;
     let grads = Gradients::zeros_like(model)?;
-    let mut rng = Rng::new(options.seed);
-    for (i, task) in tasks.iter().enumerate() {
-        let filter: Box<dyn UpdateFilter> = if options.method == Method::Osft && !(i == 0 && options.free_first_task) {
-            // Importance from samples of the previous task (the first task: its own data).
-            let source = if i == 0 { &task.train } else { &tasks[i - 1].train };
-            let samples = &source[..options.importance_samples.min(source.len())];
-            let importance = layer_importance(model, tokenizer, samples)?;
-            let of =
-                |name: &str| importance.iter().find(|(p, _)| name.starts_with(p.as_str())).map_or(0.5, |(_, v)| *v);
-            Box::new(SubspaceSet::build(&model.params, &options.targets, options.policy, options.mode, of)?)
-        } else {
-            Box::new(Unconstrained)
+    let first = if state.task_done { state.task + 1 } else { state.task };
+    for (i, task) in tasks.iter().enumerate().skip(first) {
+        let subspaces = subspaces_for(model, tokenizer, tasks, i, options)?;
+        let filter: &dyn UpdateFilter = match &subspaces {
+            Some(set) => set,
+            None => &Unconstrained,
         };
         let pairs = encode(tokenizer, &task.train, max_src, options.train.max_target_len)?.pairs;
         let mut optimizer = AdamW::new(options.train.adamw, &model.params)?;
-        let mut position = Position { epoch: 0, batch: 0, rng: Rng::new(rng.next_u64()) };
-        train(model, &pairs, &options.train, &mut optimizer, &grads, filter.as_ref(), &mut position, |log, _| {
-            on_step(i, log);
-            Ok(true)
+        let mid_task = resume.as_ref().filter(|(_, s)| s.task == i && !s.task_done);
+        match mid_task {
+            Some((path, s)) => checkpoint::load_optimizer(path, &mut optimizer, s.step)?,
+            None => {
+                state.position = Position { epoch: 0, batch: 0, rng: Rng::new(state.run_rng.next_u64()) };
+                state.task = i;
+                state.task_done = false;
+                state.step = 0;
+            }
+        }
+        let mut position = state.position.clone();
+        let mut stopped = false;
+        train(model, &pairs, &options.train, &mut optimizer, &grads, filter, &mut position, |step, position, opt| {
+            state.global_step += 1;
+            state.step = step.step;
+            state.position = position.clone();
+            stopped = !on_step(i, step);
+            log.write(serde_json::json!({
+                "global_step": state.global_step, "task": task.name, "step": step.step, "epoch": step.epoch,
+                "loss": step.loss, "lr": step.lr, "grad_norm": step.grad_norm, "tokens": step.tokens,
+            }))?;
+            if options.eval_every > 0 && step.step % options.eval_every == 0 {
+                let record = evaluate_task(model, tokenizer, task, options)?;
+                log.write(serde_json::json!({"global_step": state.global_step, "task": task.name, "eval": record}))?;
+            }
+            let due = options.save_every > 0 && step.step % options.save_every == 0;
+            if let Some(dir) = out.filter(|_| due || stopped) {
+                let name = format!("task-{i:02}-step-{:06}", step.step);
+                let saved = checkpoint::save(dir, &name, model, tokenizer, &state, Some(opt), &[])?;
+                checkpoint::prune_mid_task(dir, &saved)?;
+            }
+            Ok(!stopped)
         })?;
-        accuracy.push(evaluate_all(model, tokenizer, tasks, max_src)?);
+        if stopped {
+            return Ok(None);
+        }
+        let row = evaluate_all(model, tokenizer, tasks, max_src)?;
+        log.write(serde_json::json!({"global_step": state.global_step, "task": task.name, "accuracy": row}))?;
+        state.accuracy.push(row);
+        state.task_done = true;
+        if let Some(dir) = out {
+            let saved = checkpoint::save(dir, &format!("task-{i:02}-end"), model, tokenizer, &state, None, &[])?;
+            checkpoint::prune_mid_task(dir, &saved)?;
+        }
     }
     let method = match options.method {
         Method::Osft => "osft",
         Method::Seqft => "seqft",
     };
-    Ok(Results::new(method, tasks.iter().map(|t| t.name.clone()).collect(), accuracy, Some(before)))
+    Ok(Some(Results::new(method, tasks.iter().map(|t| t.name.clone()).collect(), state.accuracy, state.before)))
+}
+
+/// Loss and exact match of the current task's evaluation set.
+fn evaluate_task(
+    model: &T5Model,
+    tokenizer: &Tokenizer,
+    task: &TaskData,
+    options: &StreamOptions,
+) -> Result<serde_json::Value> {
+    let t = &options.train;
+    let pairs = encode(tokenizer, &task.eval, t.max_source_len, t.max_target_len)?.pairs;
+    let loss = eval_loss(model, &pairs, t.batch_size)?;
+    let em = exact_match(model, tokenizer, &task.eval, t.max_source_len)?;
+    log::info!("{}: eval loss {loss:.4}, exact match {:.1}%", task.name, 100.0 * em);
+    Ok(serde_json::json!({"loss": loss, "exact_match": em}))
 }

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The feed-forward block of a T5 layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -15,8 +15,9 @@ pub enum FeedForward {
 }
 
 /// The fields of a T5 `config.json` that the forward pass needs. Missing fields take
-/// transformers' `T5Config` defaults (t5-small).
-#[derive(Clone, Debug, Deserialize)]
+/// transformers' `T5Config` defaults (t5-small); other fields are kept as they are, so a
+/// saved checkpoint has the config it was loaded with.
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct T5Config {
     #[serde(default = "defaults::vocab_size")]
     pub vocab_size: usize,
@@ -29,7 +30,7 @@ pub struct T5Config {
     #[serde(default = "defaults::num_layers")]
     pub num_layers: usize,
     /// transformers: `num_decoder_layers` defaults to `num_layers`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     num_decoder_layers: Option<usize>,
     #[serde(default = "defaults::num_heads")]
     pub num_heads: usize,
@@ -45,7 +46,7 @@ pub struct T5Config {
     pub tie_word_embeddings: bool,
     /// Absent in most configs; when absent the d_model^-0.5 output scaling follows
     /// `tie_word_embeddings` (transformers' rule).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     scale_decoder_outputs: Option<bool>,
     #[serde(default)]
     pub decoder_start_token_id: u32,
@@ -53,6 +54,9 @@ pub struct T5Config {
     pub pad_token_id: u32,
     #[serde(default = "defaults::eos_token_id")]
     pub eos_token_id: u32,
+    /// Every other field of the file (architectures, dropout_rate, task_specific_params...).
+    #[serde(flatten)]
+    extra: serde_json::Map<String, serde_json::Value>,
 }
 
 mod defaults {
@@ -122,6 +126,22 @@ impl T5Config {
                 "feed_forward_proj": "relu", "tie_word_embeddings": false}}"#
         );
         serde_json::from_str(&json).expect("the built-in config parses")
+    }
+
+    /// The `config.json` transformers loads: this config with the model-type fields that
+    /// `T5ForConditionalGeneration` needs when the source config lacked them.
+    pub fn to_hf_json(&self) -> Result<String> {
+        let mut value = serde_json::to_value(self)?;
+        let object = value.as_object_mut().expect("a config serializes to an object");
+        object.insert("num_decoder_layers".into(), self.num_decoder_layers().into());
+        for (key, default) in [
+            ("architectures", serde_json::json!(["T5ForConditionalGeneration"])),
+            ("model_type", "t5".into()),
+            ("is_encoder_decoder", true.into()),
+        ] {
+            object.entry(key).or_insert(default);
+        }
+        Ok(serde_json::to_string_pretty(&value)?)
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -196,6 +216,19 @@ mod tests {
         let explicit: T5Config =
             serde_json::from_str(r#"{"tie_word_embeddings": false, "scale_decoder_outputs": true}"#).unwrap();
         assert!(explicit.scale_decoder_outputs());
+    }
+
+    #[test]
+    fn hf_json_round_trips_and_keeps_unknown_fields() {
+        let c: T5Config = serde_json::from_str(r#"{"d_model": 8, "dropout_rate": 0.25, "n_positions": 512}"#).unwrap();
+        let text = c.to_hf_json().unwrap();
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(value["dropout_rate"], 0.25);
+        assert_eq!(value["model_type"], "t5");
+        assert_eq!(value["num_decoder_layers"], 6);
+        let back: T5Config = serde_json::from_str(&text).unwrap();
+        assert_eq!((back.d_model, back.num_decoder_layers()), (8, 6));
+        assert_eq!(back.to_hf_json().unwrap(), text);
     }
 
     #[test]

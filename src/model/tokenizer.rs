@@ -31,6 +31,20 @@ impl Tokenizer {
         Ok(Tokenizer { inner, path })
     }
 
+    /// The tokenizer's files in its folder (tokenizer.json and, where present, the files
+    /// transformers' tokenizers read beside it), copied into checkpoints.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let mut files = vec![self.path.clone()];
+        for name in ["tokenizer_config.json", "special_tokens_map.json", "spiece.model", "generation_config.json"] {
+            let path = dir.join(name);
+            if path.is_file() {
+                files.push(path);
+            }
+        }
+        files
+    }
+
     /// Token ids of `text`, ending with `</s>`.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let encoding =

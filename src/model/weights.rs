@@ -117,6 +117,12 @@ fn to_f32(dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>> {
 /// Writes f32 GPU tensors to a safetensors file under the given names. The file appears
 /// whole or not at all (temporary file, then rename).
 pub fn save(path: &Path, tensors: &[(String, &Tensor)]) -> Result<()> {
+    crate::checkpoint::write_atomic(path, &serialize(tensors)?)
+}
+
+/// The bytes of a safetensors file holding `tensors` (f32), tagged as PyTorch's format so
+/// that transformers takes it as its own.
+pub fn serialize(tensors: &[(String, &Tensor)]) -> Result<Vec<u8>> {
     let mut host: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         if t.dtype() != DType::F32 {
@@ -131,8 +137,8 @@ pub fn save(path: &Path, tensors: &[(String, &Tensor)]) -> Result<()> {
             Ok((name.as_str(), safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytes)?))
         })
         .collect::<Result<Vec<_>>>()?;
-    let bytes = safetensors::tensor::serialize(views, None)?;
-    crate::checkpoint::write_atomic(path, &bytes)
+    let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    Ok(safetensors::tensor::serialize(views, Some(metadata))?)
 }
 
 #[cfg(test)]

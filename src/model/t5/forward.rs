@@ -129,7 +129,7 @@ impl T5Model {
         let num_valid = count_valid_labels(&batch.labels, self.config.vocab_size)?;
         let (loss, dlogits) = if num_valid > 0 {
             let labels = Tensor::from_i32(self.gpu(), &[rows], &batch.labels)?;
-            let (loss, dlogits) = cross_entropy(&logits, &labels, num_valid, 1.0)?;
+            let (loss, dlogits) = cross_entropy(&logits, &labels, num_valid, batch.grad_scale)?;
             (Some(loss), Some(dlogits))
         } else {
             (None, None)

@@ -111,8 +111,8 @@ impl T5Model {
     pub fn load(gpu: &Gpu, dir: &Path) -> Result<T5Model> {
         let config = T5Config::load(dir)?;
         let weights = Weights::load(dir)?;
-        // A checkpoint with its own lm_head uses it; otherwise the head is `shared`.
-        let untied_head = weights.contains(LM_HEAD);
+        // As in transformers, the config decides: a tied model ignores a stored lm_head.
+        let untied_head = !config.tie_word_embeddings;
         let mut params = BTreeMap::new();
         for (name, shape) in Self::parameter_shapes(&config, untied_head)? {
             let host = weights.get(&name, &shape)?;
@@ -139,6 +139,13 @@ impl T5Model {
 
     fn new(gpu: &Gpu, config: T5Config, params: BTreeMap<String, Tensor>) -> Result<T5Model> {
         let feed_forward = config.feed_forward()?;
+        if params.contains_key(LM_HEAD) == config.tie_word_embeddings {
+            bail!(
+                "tie_word_embeddings is {} but the model {} a separate {LM_HEAD}",
+                config.tie_word_embeddings,
+                if config.tie_word_embeddings { "has" } else { "lacks" }
+            );
+        }
         if config.relative_attention_max_distance == 0 {
             bail!("relative_attention_max_distance must be positive");
         }
@@ -157,6 +164,15 @@ impl T5Model {
     /// The output projection: `lm_head.weight` when the checkpoint has one, else `shared.weight`.
     pub fn lm_head(&self) -> &Tensor {
         self.params.get(LM_HEAD).unwrap_or(&self.params[SHARED])
+    }
+
+    /// The files of a Hugging Face model folder: config.json and model.safetensors.
+    pub fn hf_files(&self) -> Result<[(&'static str, Vec<u8>); 2]> {
+        let tensors: Vec<(String, &Tensor)> = self.params.iter().map(|(n, t)| (n.clone(), t)).collect();
+        Ok([
+            ("config.json", self.config.to_hf_json()?.into_bytes()),
+            ("model.safetensors", super::weights::serialize(&tensors)?),
+        ])
     }
 
     pub fn num_layers(&self, stack: Stack) -> usize {
@@ -181,6 +197,9 @@ pub struct Batch {
     pub decoder_input_ids: Vec<u32>,
     /// [batch_size * target_len], -100 where no loss is taken (padding).
     pub labels: Vec<i32>,
+    /// Factor on the loss gradient: 1 for a whole batch; a micro-batch of an accumulated
+    /// step takes its share of the step's labels, so the summed gradients equal one big batch's.
+    pub grad_scale: f32,
 }
 
 impl Batch {
@@ -203,6 +222,7 @@ impl Batch {
             attention_mask: Vec::new(),
             decoder_input_ids: Vec::new(),
             labels: Vec::new(),
+            grad_scale: 1.0,
         };
         for (source, target) in pairs {
             if source.is_empty() {

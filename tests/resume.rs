@@ -1,0 +1,111 @@
+//! Checkpoints: a run stopped at any step and continued from its run folder ends with
+//! the same weights and accuracies as a run that never stopped, and every checkpoint is a
+//! Hugging Face folder that loads back with the same weights.
+
+use std::path::{Path, PathBuf};
+
+use sculpt::checkpoint;
+use sculpt::continual::driver::{run_stream, Method, StreamOptions};
+use sculpt::continual::report::Results;
+use sculpt::data::synthetic;
+use sculpt::model::{load_t5, T5Config, T5Model, Tokenizer};
+use sculpt::optim::{AdamWConfig, Schedule};
+use sculpt::subspace::targets::T5_DEFAULT;
+use sculpt::subspace::{Mode, RankPolicy};
+use sculpt::train::TrainOptions;
+use sculpt::Gpu;
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sculpt-resume-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn options(method: Method) -> StreamOptions {
+    StreamOptions {
+        method,
+        policy: RankPolicy::default(),
+        mode: Mode::Strict,
+        targets: T5_DEFAULT.iter().map(|s| s.to_string()).collect(),
+        train: TrainOptions {
+            epochs: 2,
+            batch_size: 4,
+            grad_accum: 2,
+            max_source_len: 16,
+            max_target_len: 16,
+            adamw: AdamWConfig { lr: 3e-3, schedule: Schedule::Linear { warmup: 1, total: 4 }, ..Default::default() },
+        },
+        importance_samples: 4,
+        free_first_task: false,
+        seed: 5,
+        eval_every: 3,
+        save_every: 3,
+    }
+}
+
+/// Runs two small synthetic tasks (4 steps each) in `out`, stopping after global step
+/// `stop_after` when given; returns the final weights and results when the run finished.
+fn run(out: &Path, method: Method, stop_after: Option<u64>) -> Option<(Vec<Vec<f32>>, Results)> {
+    let gpu = Gpu::shared().unwrap();
+    std::fs::write(out.join("tokenizer.json"), synthetic::tokenizer_json()).unwrap();
+    let vocab = 3 + synthetic::vocabulary().len();
+    let tokenizer = Tokenizer::load(out, vocab).unwrap();
+    let model = T5Model::random(&gpu, T5Config::tiny(vocab), true, 0.1, 3).unwrap();
+    let tasks: Vec<_> = synthetic::stream(1, 16, 4).into_iter().take(2).collect();
+    let mut steps = 0;
+    let results = run_stream(&model, &tokenizer, &tasks, &options(method), Some(out), |_, _| {
+        steps += 1;
+        Some(steps) != stop_after
+    })
+    .unwrap()?;
+    Some((model.params.values().map(|p| p.to_f32().unwrap()).collect(), results))
+}
+
+fn check_resume(method: Method) {
+    let straight = run(&scratch(&format!("{method:?}-straight")), method, None).expect("finished");
+    // Stops mid-task (2, 5), at a task's last step (4) and after a saved step (3).
+    for stop in [2, 3, 4, 5] {
+        let dir = scratch(&format!("{method:?}-stop{stop}"));
+        assert!(run(&dir, method, Some(stop)).is_none(), "the run stopped");
+        let (_, state) = checkpoint::latest(&dir).unwrap().expect("a checkpoint was written at the stop");
+        assert_eq!(state.global_step, stop);
+        let resumed = run(&dir, method, None).expect("the resumed run finished");
+        assert_eq!(resumed.0, straight.0, "{method:?} stopped after step {stop}: weights differ from a straight run");
+        assert_eq!(resumed.1, straight.1, "{method:?} stopped after step {stop}: results differ");
+        let log = std::fs::read_to_string(dir.join("log.jsonl")).unwrap();
+        let steps: Vec<u64> = log
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v.get("loss").is_some())
+            .map(|v| v["global_step"].as_u64().unwrap())
+            .collect();
+        assert_eq!(steps, (1..=8).collect::<Vec<_>>(), "the log has every step once");
+    }
+}
+
+#[test]
+fn a_stopped_seqft_run_resumes_to_the_same_end() {
+    check_resume(Method::Seqft);
+}
+
+#[test]
+fn a_checkpoint_is_a_model_folder_that_loads_back_with_the_same_weights() {
+    let dir = scratch("hf");
+    let (weights, _) = run(&dir, Method::Seqft, None).unwrap();
+    let last = dir.join(checkpoint::CHECKPOINTS).join("task-01-end");
+    let names: Vec<String> = std::fs::read_dir(dir.join(checkpoint::CHECKPOINTS))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["task-00-end", "task-01-end"], "mid-task checkpoints are pruned at task ends");
+    for file in ["config.json", "model.safetensors", "tokenizer.json", checkpoint::STATE_FILE] {
+        assert!(last.join(file).is_file(), "{file} in the checkpoint");
+    }
+    let gpu = Gpu::shared().unwrap();
+    let (model, _) = load_t5(&gpu, &last).unwrap();
+    let loaded: Vec<Vec<f32>> = model.params.values().map(|p| p.to_f32().unwrap()).collect();
+    assert_eq!(loaded, weights);
+}
