@@ -30,18 +30,18 @@ enum BenchKind {
         json: bool,
     },
     /// T5-small-shaped encoder + decoder forward time and its matmul share.
-    Forward {
-        /// One JSON object instead of text.
-        #[arg(long)]
-        json: bool,
-    },
+    Forward(super::bench_model::ModelArgs),
+    /// A whole training step (tokens/s, matmul share), plain and with OSFT's projection,
+    /// and the SVD pass at a task start.
+    Step(super::bench_model::ModelArgs),
 }
 
 pub fn run(gpu: &Gpu, args: &Args) -> Result<()> {
     match args.kind {
         BenchKind::Matmul { json } => matmul(gpu, json),
         BenchKind::Svd { json } => super::svd::bench_svd(gpu, json),
-        BenchKind::Forward { json } => super::bench_forward::bench_forward(gpu, json),
+        BenchKind::Forward(args) => super::bench_model::forward(gpu, &args),
+        BenchKind::Step(args) => super::bench_model::step(gpu, &args),
     }
 }
 

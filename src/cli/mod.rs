@@ -1,7 +1,7 @@
 //! The `sculpt` command line.
 
 mod bench;
-pub mod bench_forward;
+pub mod bench_model;
 pub mod eval;
 mod generate;
 mod info;

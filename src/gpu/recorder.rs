@@ -141,7 +141,7 @@ impl Gpu {
         let profiling = rec.profiling;
         let mut names = Vec::new();
         let n_dispatch = ops.iter().filter(|op| matches!(op, Op::Dispatch { .. })).count();
-        let queries = profiling.then(|| {
+        let queries = (profiling && n_dispatch > 0).then(|| {
             let count = (2 * n_dispatch) as u32;
             let set = device.create_query_set(&wgpu::QuerySetDescriptor {
                 label: None,

@@ -1,0 +1,225 @@
+//! `sculpt bench forward|step`: a T5-shaped random model (t5-small by default) on
+//! batch × tokens source and target tokens. `forward` times encoder + decoder + LM head +
+//! loss; `step` times a whole training step (forward, backward, AdamW) without and with
+//! OSFT's projection, and the SVD pass that builds the frozen subspaces at a task start.
+//! Both report the share of GPU time spent in matmul kernels (timestamp queries).
+
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use crate::model::t5::Gradients;
+use crate::model::{Batch, T5Config, T5Model};
+use crate::optim::{AdamW, AdamWConfig, Unconstrained, UpdateFilter};
+use crate::subspace::targets::T5_DEFAULT;
+use crate::subspace::{Mode, RankPolicy, SubspaceSet};
+
+#[derive(clap::Args, Clone, Copy)]
+pub struct ModelArgs {
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Source tokens per example (and as many target tokens).
+    #[arg(long, default_value_t = 128)]
+    tokens: usize,
+    /// Encoder and decoder layers (t5-small: 6); fewer make the figures quicker to get on a slow adapter.
+    #[arg(long, default_value_t = 6)]
+    layers: usize,
+    /// d_model (t5-small: 512), with d_ff = 4 × d_model and 8 heads; smaller is quicker on a slow adapter.
+    #[arg(long, default_value_t = 512)]
+    width: usize,
+    /// Timed repetitions (the mean is reported, after one untimed warm-up).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// One JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+struct Setup {
+    model: T5Model,
+    batch: Batch,
+}
+
+fn setup(gpu: &crate::Gpu, args: &ModelArgs) -> Result<Setup> {
+    let mut config = T5Config::t5_small();
+    config.num_layers = args.layers;
+    config.set_num_decoder_layers(args.layers);
+    if args.width == 0 || !args.width.is_multiple_of(config.num_heads) {
+        bail!("--width must be a positive multiple of {} (the heads)", config.num_heads);
+    }
+    config.d_model = args.width;
+    config.d_ff = 4 * args.width;
+    config.d_kv = args.width / config.num_heads;
+    let model = T5Model::random(gpu, config.clone(), false, 0.05, 1)?;
+    let mut rng = crate::rng::Rng::new(2);
+    let mut ids = |n: usize| -> Vec<u32> { (0..n).map(|_| 2 + rng.below(config.vocab_size - 2) as u32).collect() };
+    let pairs: Vec<(Vec<u32>, Vec<u32>)> = (0..args.batch).map(|_| (ids(args.tokens), ids(args.tokens))).collect();
+    let batch = Batch::new(&pairs, config.pad_token_id, config.decoder_start_token_id)?;
+    Ok(Setup { model, batch })
+}
+
+/// Mean wall time of `f` over `runs` calls after one warm-up (pipelines, buffer pool).
+fn mean_ms(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    let start = Instant::now();
+    for _ in 0..runs.max(1) {
+        f()?;
+    }
+    Ok(start.elapsed().as_secs_f64() * 1e3 / runs.max(1) as f64)
+}
+
+/// GPU time of one call by kernel.
+struct Profile {
+    total_ms: f64,
+    matmul_ms: f64,
+    /// (entry point, dispatches, ms), costliest first.
+    kernels: Vec<(String, u64, f64)>,
+}
+
+/// The GPU profile of one call of `f`; None when the adapter has no timestamp queries.
+fn profile(gpu: &crate::Gpu, f: impl FnOnce() -> Result<()>) -> Result<Option<Profile>> {
+    let profiling = gpu.set_profiling(true);
+    let rows = f().and_then(|_| gpu.take_profile());
+    gpu.set_profiling(false);
+    let rows = rows?;
+    if !profiling {
+        return Ok(None);
+    }
+    let (module, _) = crate::kernels::validate_wgsl(&crate::kernels::matmul::SHADER)?;
+    let matmul_entries: Vec<&str> = module.entry_points.iter().map(|e| e.name.as_str()).collect();
+    let total_ms: f64 = rows.iter().map(|r| r.2).sum();
+    let matmul_ms: f64 = rows.iter().filter(|r| matmul_entries.contains(&r.0.as_str())).map(|r| r.2).sum();
+    Ok(Some(Profile { total_ms, matmul_ms, kernels: rows }))
+}
+
+fn describe(args: &ModelArgs) -> String {
+    format!(
+        "t5-small shape ({} + {} layers, d_model {}), random weights, batch {} x {} source and target tokens",
+        args.layers, args.layers, args.width, args.batch, args.tokens
+    )
+}
+
+fn print_profile(label: &str, profile: &Option<Profile>) {
+    match profile {
+        Some(Profile { total_ms, matmul_ms, kernels }) => {
+            println!(
+                "{label:<13}{total_ms:.1} ms in kernels, {matmul_ms:.1} ms in matmul ({:.1}%)",
+                100.0 * matmul_ms / total_ms
+            );
+            for (entry, count, ms) in kernels.iter().take(8) {
+                println!("  {entry:<24} {count:>5} dispatches {ms:>9.2} ms");
+            }
+        }
+        None => println!("{label:<13}unavailable: the adapter has no timestamp queries"),
+    }
+}
+
+#[derive(Serialize)]
+struct ForwardBench {
+    batch: usize,
+    tokens: usize,
+    layers: usize,
+    forward_ms: f64,
+    profiled_ms: Option<f64>,
+    matmul_share: Option<f64>,
+}
+
+pub fn forward(gpu: &crate::Gpu, args: &ModelArgs) -> Result<()> {
+    let Setup { model, batch } = setup(gpu, args)?;
+    let run = || -> Result<()> {
+        model.forward(&batch)?.loss.context("random targets have labels")?.to_f32()?;
+        Ok(())
+    };
+    let forward_ms = mean_ms(args.runs, run)?;
+    let prof = profile(gpu, run)?;
+    let result = ForwardBench {
+        batch: args.batch,
+        tokens: args.tokens,
+        layers: args.layers,
+        forward_ms,
+        profiled_ms: prof.as_ref().map(|p| p.total_ms),
+        matmul_share: prof.as_ref().map(|p| p.matmul_ms / p.total_ms),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&result)?);
+        return Ok(());
+    }
+    println!("{}", describe(args));
+    println!("forward      {forward_ms:.1} ms (encoder + decoder + LM head + loss, mean of {})", args.runs);
+    print_profile("GPU time", &prof);
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct StepBench {
+    batch: usize,
+    tokens: usize,
+    layers: usize,
+    /// Plain fine-tuning step: forward, backward, AdamW.
+    step_ms: f64,
+    tokens_per_s: f64,
+    matmul_share: Option<f64>,
+    /// The same step with every target matrix's update projected (strict mode).
+    osft_step_ms: f64,
+    osft_tokens_per_s: f64,
+    /// (osft − plain) / osft, measured side by side.
+    projection_share: f64,
+    /// Batched SVD of every target matrix and the subspace build at a task start.
+    svd_pass_ms: f64,
+}
+
+pub fn step(gpu: &crate::Gpu, args: &ModelArgs) -> Result<()> {
+    let Setup { model, batch } = setup(gpu, args)?;
+    let grads = Gradients::zeros_like(&model)?;
+    let mut optimizer = AdamW::new(AdamWConfig { lr: 1e-5, ..Default::default() }, &model.params)?;
+    let mut run = |filter: &dyn UpdateFilter| -> Result<()> {
+        grads.zero()?;
+        let out = model.forward(&batch)?;
+        model.backward(&batch, &out, &grads)?;
+        let sumsq = optimizer.step(&model.params, &grads.grads, filter)?;
+        out.loss.context("random targets have labels")?.to_f32()?;
+        sumsq.to_f32()?;
+        Ok(())
+    };
+    let step_ms = mean_ms(args.runs, || run(&Unconstrained))?;
+    let prof = profile(gpu, || run(&Unconstrained))?;
+
+    let start = Instant::now();
+    let targets: Vec<String> = T5_DEFAULT.iter().map(|s| s.to_string()).collect();
+    let set = SubspaceSet::build(&model.params, &targets, RankPolicy::default(), Mode::Strict, |_| 0.5)?;
+    gpu.flush()?;
+    let svd_pass_ms = start.elapsed().as_secs_f64() * 1e3;
+    let osft_step_ms = mean_ms(args.runs, || run(&set))?;
+
+    let tokens = (2 * args.batch * args.tokens) as f64;
+    let result = StepBench {
+        batch: args.batch,
+        tokens: args.tokens,
+        layers: args.layers,
+        step_ms,
+        tokens_per_s: tokens / step_ms * 1e3,
+        matmul_share: prof.as_ref().map(|p| p.matmul_ms / p.total_ms),
+        osft_step_ms,
+        osft_tokens_per_s: tokens / osft_step_ms * 1e3,
+        projection_share: ((osft_step_ms - step_ms) / osft_step_ms).max(0.0),
+        svd_pass_ms,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&result)?);
+        return Ok(());
+    }
+    println!("{}", describe(args));
+    println!(
+        "step         {step_ms:.1} ms, {:.0} tokens/s (forward + backward + AdamW, mean of {})",
+        result.tokens_per_s, args.runs
+    );
+    print_profile("GPU time", &prof);
+    println!(
+        "osft step    {osft_step_ms:.1} ms, {:.0} tokens/s; projection {:.1}% of the step",
+        result.osft_tokens_per_s,
+        100.0 * result.projection_share
+    );
+    println!("svd pass     {svd_pass_ms:.1} ms ({} target matrices)", set.frozen.len());
+    Ok(())
+}
