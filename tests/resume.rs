@@ -109,3 +109,32 @@ fn a_checkpoint_is_a_model_folder_that_loads_back_with_the_same_weights() {
     let loaded: Vec<Vec<f32>> = model.params.values().map(|p| p.to_f32().unwrap()).collect();
     assert_eq!(loaded, weights);
 }
+
+/// The fixture model saved as a checkpoint loads back with the same logits. The folder is
+/// kept in the target dir so that transformers can be checked on it too:
+/// `python tools/make_fixtures.py check-checkpoint target/tmp/fixture-checkpoint/checkpoints/t5_v1_1`.
+#[test]
+fn a_saved_fixture_model_gives_the_same_logits() {
+    let gpu = Gpu::shared().unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/t5_v1_1");
+    let (model, tokenizer) = load_t5(&gpu, &fixture).unwrap();
+    let run_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fixture-checkpoint");
+    let _ = std::fs::remove_dir_all(&run_dir);
+    let state = checkpoint::TrainingState {
+        task: 0,
+        task_done: true,
+        step: 0,
+        global_step: 0,
+        position: sculpt::train::Position { epoch: 0, batch: 0, rng: sculpt::rng::Rng::new(0) },
+        run_rng: sculpt::rng::Rng::new(0),
+        before: None,
+        accuracy: Vec::new(),
+    };
+    let saved = checkpoint::save(&run_dir, "t5_v1_1", &model, &tokenizer, &state, None, &[]).unwrap();
+    assert_eq!(checkpoint::read_state(&saved).unwrap(), state);
+    let (reloaded, _) = load_t5(&gpu, &saved).unwrap();
+    let pairs = vec![(tokenizer.encode("copy: a b c").unwrap(), tokenizer.encode("a b c").unwrap())];
+    let batch = sculpt::model::Batch::new(&pairs, 0, 0).unwrap();
+    let logits = |m: &T5Model| m.forward(&batch).unwrap().logits.to_f32().unwrap();
+    assert_eq!(logits(&reloaded), logits(&model));
+}

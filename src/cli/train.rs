@@ -5,6 +5,7 @@
 //! checkpoints and the results; `--resume DIR` continues a stopped run.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -223,8 +224,22 @@ fn read_run(dir: &Path) -> Result<Args> {
     serde_json::from_str(&text).with_context(|| format!("{}: damaged run description", path.display()))
 }
 
-/// One method's run in `dir`.
-fn run_method(gpu: &crate::Gpu, args: &Args, method: Method, dir: &Path) -> Result<Results> {
+/// Set by the first Ctrl-C: the run stops at the next step boundary with a checkpoint.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+fn catch_ctrl_c() -> Result<()> {
+    ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, Ordering::SeqCst) {
+            eprintln!("\nsecond Ctrl-C: exiting without a checkpoint (the previous one is intact)");
+            std::process::exit(130);
+        }
+        eprintln!("\nCtrl-C: saving a checkpoint at the end of this step (press again to quit at once)");
+    })
+    .context("cannot install the Ctrl-C handler")
+}
+
+/// One method's run in `dir`; None when Ctrl-C stopped it.
+fn run_method(gpu: &crate::Gpu, args: &Args, method: Method, dir: &Path) -> Result<Option<Results>> {
     let (model, tokenizer, tasks) = args.setup(gpu, dir)?;
     let examples = tasks.iter().map(|t| t.train.len()).max().unwrap_or(0);
     let options = args.stream_options(method, examples)?;
@@ -241,15 +256,18 @@ fn run_method(gpu: &crate::Gpu, args: &Args, method: Method, dir: &Path) -> Resu
         bar.inc(1);
         let rate = tokens as f64 / start.elapsed().as_secs_f64().max(1e-9);
         bar.set_message(format!("task {} loss {:.3} {rate:.0} tok/s", tasks[task].name, log.loss));
-        true
-    })?
-    .context("the run stopped early")?;
+        !INTERRUPTED.load(Ordering::SeqCst)
+    })?;
     bar.finish_and_clear();
-    results.write(dir)?;
+    match &results {
+        Some(results) => results.write(dir)?,
+        None => println!("stopped with a checkpoint; continue with: sculpt train --resume {}", dir.display()),
+    }
     Ok(results)
 }
 
 pub fn run(gpu: &crate::Gpu, args: &Args) -> Result<()> {
+    catch_ctrl_c()?;
     if let Some(dir) = &args.resume {
         return resume(gpu, dir);
     }
@@ -263,7 +281,7 @@ pub fn run(gpu: &crate::Gpu, args: &Args) -> Result<()> {
         own.method = Some(method);
         own.out = Some(dir.clone());
         claim_run_dir(&dir, &own, args.overwrite)?;
-        let results = run_method(gpu, &own, method, &dir)?;
+        let Some(results) = run_method(gpu, &own, method, &dir)? else { return Ok(()) };
         println!("{}", results.markdown());
         all.push(results);
     }
@@ -290,7 +308,7 @@ fn resume(gpu: &crate::Gpu, dir: &Path) -> Result<()> {
     for run_dir in runs {
         let args = read_run(&run_dir)?;
         let method = args.method.context("run.json names no method")?;
-        let results = run_method(gpu, &args, method, &run_dir)?;
+        let Some(results) = run_method(gpu, &args, method, &run_dir)? else { return Ok(()) };
         println!("{}", results.markdown());
     }
     Ok(())

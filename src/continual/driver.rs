@@ -22,7 +22,7 @@ use crate::optim::{AdamW, Unconstrained, UpdateFilter};
 use crate::rng::Rng;
 use crate::subspace::rank::normalise_importance;
 use crate::subspace::{Mode, RankPolicy, SubspaceSet};
-use crate::train::{encode, eval_loss, exact_match, train, Position, StepLog, TrainOptions};
+use crate::train::{encode, eval_loss, exact_match, train, Encoded, Position, StepLog, TrainOptions};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -199,12 +199,13 @@ pub fn run_stream(
             Some(set) => set,
             None => &Unconstrained,
         };
-        let pairs = encode(tokenizer, &task.train, max_src, options.train.max_target_len)?.pairs;
+        let encoded = encode(tokenizer, &task.train, max_src, options.train.max_target_len)?;
         let mut optimizer = AdamW::new(options.train.adamw, &model.params)?;
         let mid_task = resume.as_ref().filter(|(_, s)| s.task == i && !s.task_done);
         match mid_task {
             Some((path, s)) => checkpoint::load_optimizer(path, &mut optimizer, s.step)?,
             None => {
+                report_truncation(&mut log, &state, task, &encoded, options)?;
                 state.position = Position { epoch: 0, batch: 0, rng: Rng::new(state.run_rng.next_u64()) };
                 state.task = i;
                 state.task_done = false;
@@ -213,27 +214,38 @@ pub fn run_stream(
         }
         let mut position = state.position.clone();
         let mut stopped = false;
-        train(model, &pairs, &options.train, &mut optimizer, &grads, filter, &mut position, |step, position, opt| {
-            state.global_step += 1;
-            state.step = step.step;
-            state.position = position.clone();
-            stopped = !on_step(i, step);
-            log.write(serde_json::json!({
-                "global_step": state.global_step, "task": task.name, "step": step.step, "epoch": step.epoch,
-                "loss": step.loss, "lr": step.lr, "grad_norm": step.grad_norm, "tokens": step.tokens,
-            }))?;
-            if options.eval_every > 0 && step.step % options.eval_every == 0 {
-                let record = evaluate_task(model, tokenizer, task, options)?;
-                log.write(serde_json::json!({"global_step": state.global_step, "task": task.name, "eval": record}))?;
-            }
-            let due = options.save_every > 0 && step.step % options.save_every == 0;
-            if let Some(dir) = out.filter(|_| due || stopped) {
-                let name = format!("task-{i:02}-step-{:06}", step.step);
-                let saved = checkpoint::save(dir, &name, model, tokenizer, &state, Some(opt), &[])?;
-                checkpoint::prune_mid_task(dir, &saved)?;
-            }
-            Ok(!stopped)
-        })?;
+        train(
+            model,
+            &encoded.pairs,
+            &options.train,
+            &mut optimizer,
+            &grads,
+            filter,
+            &mut position,
+            |step, position, opt| {
+                state.global_step += 1;
+                state.step = step.step;
+                state.position = position.clone();
+                stopped = !on_step(i, step);
+                log.write(serde_json::json!({
+                    "global_step": state.global_step, "task": task.name, "step": step.step, "epoch": step.epoch,
+                    "loss": step.loss, "lr": step.lr, "grad_norm": step.grad_norm, "tokens": step.tokens,
+                }))?;
+                if options.eval_every > 0 && step.step % options.eval_every == 0 {
+                    let record = evaluate_task(model, tokenizer, task, options)?;
+                    log.write(
+                        serde_json::json!({"global_step": state.global_step, "task": task.name, "eval": record}),
+                    )?;
+                }
+                let due = options.save_every > 0 && step.step % options.save_every == 0;
+                if let Some(dir) = out.filter(|_| due || stopped) {
+                    let name = format!("task-{i:02}-step-{:06}", step.step);
+                    let saved = checkpoint::save(dir, &name, model, tokenizer, &state, Some(opt), &[])?;
+                    checkpoint::prune_mid_task(dir, &saved)?;
+                }
+                Ok(!stopped)
+            },
+        )?;
         if stopped {
             return Ok(None);
         }
@@ -251,6 +263,28 @@ pub fn run_stream(
         Method::Seqft => "seqft",
     };
     Ok(Some(Results::new(method, tasks.iter().map(|t| t.name.clone()).collect(), state.accuracy, state.before)))
+}
+
+/// Says (and logs) how many training examples were cut to the length limits.
+fn report_truncation(
+    log: &mut Log,
+    state: &TrainingState,
+    task: &TaskData,
+    encoded: &Encoded,
+    options: &StreamOptions,
+) -> Result<()> {
+    let (sources, targets) = (encoded.truncated_sources, encoded.truncated_targets);
+    if sources + targets > 0 {
+        log::warn!(
+            "{}: of {} examples, {sources} sources longer than {} tokens and {targets} targets longer than {} were cut",
+            task.name,
+            encoded.pairs.len(),
+            options.train.max_source_len,
+            options.train.max_target_len
+        );
+    }
+    log.write(serde_json::json!({"global_step": state.global_step, "task": task.name,
+        "examples": encoded.pairs.len(), "truncated_sources": sources, "truncated_targets": targets}))
 }
 
 /// Loss and exact match of the current task's evaluation set.
