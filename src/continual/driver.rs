@@ -7,11 +7,10 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use super::report::Results;
-use crate::data::synthetic::TaskData;
-use crate::data::Example;
+use crate::data::{Example, Task};
 use crate::model::t5::{Batch, Gradients, T5Model};
 use crate::model::Tokenizer;
-use crate::optim::{AdamW, Unconstrained, UpdateFilter};
+use crate::optim::{AdamW, Schedule, Unconstrained, UpdateFilter};
 use crate::rng::Rng;
 use crate::subspace::rank::normalise_importance;
 use crate::subspace::{Mode, RankPolicy, SubspaceSet};
@@ -72,15 +71,31 @@ pub fn layer_importance(model: &T5Model, tokenizer: &Tokenizer, samples: &[Examp
     Ok(raw.into_iter().map(|r| r.0).zip(normalised).collect())
 }
 
-fn evaluate_all(model: &T5Model, tokenizer: &Tokenizer, tasks: &[TaskData], max_source_len: usize) -> Result<Vec<f64>> {
+fn evaluate_all(model: &T5Model, tokenizer: &Tokenizer, tasks: &[Task], max_source_len: usize) -> Result<Vec<f64>> {
     tasks.iter().map(|t| exact_match(model, tokenizer, &t.eval, max_source_len)).collect()
+}
+
+/// The run's training options with a task's overrides. A linear schedule runs over the
+/// task's own steps, keeping its warmup fraction, since tasks differ in size and epochs.
+pub fn task_options(run: &TrainOptions, task: &Task) -> TrainOptions {
+    let mut options = run.clone();
+    let s = &task.settings;
+    options.epochs = s.epochs.unwrap_or(options.epochs);
+    options.batch_size = s.batch_size.unwrap_or(options.batch_size);
+    options.adamw.lr = s.lr.unwrap_or(options.adamw.lr);
+    if let Schedule::Linear { warmup, total } = run.adamw.schedule {
+        let steps = (options.epochs * task.train.len().div_ceil(options.batch_size)) as u64;
+        let warmup = (warmup as f64 / total.max(1) as f64 * steps as f64).round() as u64;
+        options.adamw.schedule = Schedule::Linear { warmup, total: steps };
+    }
+    options
 }
 
 /// Trains the tasks in order on `model` and returns the accuracy matrix and its metrics.
 pub fn run_stream(
     model: &T5Model,
     tokenizer: &Tokenizer,
-    tasks: &[TaskData],
+    tasks: &[Task],
     options: &StreamOptions,
     mut on_step: impl FnMut(usize, &crate::train::StepLog),
 ) -> Result<Results> {
@@ -101,10 +116,11 @@ pub fn run_stream(
         } else {
             Box::new(Unconstrained)
         };
-        let pairs = encode(tokenizer, &task.train, max_src, options.train.max_target_len)?.pairs;
-        let mut optimizer = AdamW::new(options.train.adamw, &model.params)?;
+        let train_options = task_options(&options.train, task);
+        let pairs = encode(tokenizer, &task.train, max_src, train_options.max_target_len)?.pairs;
+        let mut optimizer = AdamW::new(train_options.adamw, &model.params)?;
         let mut position = Position { epoch: 0, batch: 0, rng: Rng::new(rng.next_u64()) };
-        train(model, &pairs, &options.train, &mut optimizer, &grads, filter.as_ref(), &mut position, |log, _| {
+        train(model, &pairs, &train_options, &mut optimizer, &grads, filter.as_ref(), &mut position, |log, _| {
             on_step(i, log);
             Ok(true)
         })?;
@@ -115,4 +131,30 @@ pub fn run_stream(
         Method::Seqft => "seqft",
     };
     Ok(Results::new(method, tasks.iter().map(|t| t.name.clone()).collect(), accuracy, Some(before)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::TaskSettings;
+
+    #[test]
+    fn task_overrides_replace_the_run_options_and_stretch_the_schedule() {
+        let mut run = TrainOptions { epochs: 2, batch_size: 4, ..Default::default() };
+        run.adamw.schedule = Schedule::Linear { warmup: 2, total: 20 }; // 2 epochs of 10 batches
+        let example = Example { input: "x".into(), target: "y".into() };
+        let mut task = Task {
+            name: "t".into(),
+            train: vec![example; 40],
+            eval: Vec::new(),
+            labels: None,
+            settings: TaskSettings::default(),
+        };
+        let same = task_options(&run, &task);
+        assert_eq!((same.epochs, same.batch_size, same.adamw), (2, 4, run.adamw));
+        task.settings = TaskSettings { epochs: Some(3), lr: Some(0.5), batch_size: Some(8) };
+        let own = task_options(&run, &task);
+        assert_eq!((own.epochs, own.batch_size, own.adamw.lr), (3, 8, 0.5));
+        assert_eq!(own.adamw.schedule, Schedule::Linear { warmup: 2, total: 15 });
+    }
 }
