@@ -117,6 +117,11 @@ fn to_f32(dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>> {
 /// Writes f32 GPU tensors to a safetensors file under the given names. The file appears
 /// whole or not at all (temporary file, then rename).
 pub fn save(path: &Path, tensors: &[(String, &Tensor)]) -> Result<()> {
+    crate::checkpoint::write_atomic(path, &serialize(tensors, None)?)
+}
+
+/// Safetensors bytes of f32 GPU tensors under the given names, with optional `__metadata__`.
+pub fn serialize(tensors: &[(String, &Tensor)], metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
     let mut host: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         if t.dtype() != DType::F32 {
@@ -131,8 +136,7 @@ pub fn save(path: &Path, tensors: &[(String, &Tensor)]) -> Result<()> {
             Ok((name.as_str(), safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytes)?))
         })
         .collect::<Result<Vec<_>>>()?;
-    let bytes = safetensors::tensor::serialize(views, None)?;
-    crate::checkpoint::write_atomic(path, &bytes)
+    Ok(safetensors::tensor::serialize(views, metadata)?)
 }
 
 #[cfg(test)]
