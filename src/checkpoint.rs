@@ -84,7 +84,7 @@ pub fn save(
             .iter()
             .flat_map(|(n, m)| [(format!("{n}.exp_avg"), &m.exp_avg), (format!("{n}.exp_avg_sq"), &m.exp_avg_sq)])
             .collect();
-        dir.write(OPTIMIZER_FILE, &weights::serialize(&tensors)?)?;
+        dir.write(OPTIMIZER_FILE, &weights::serialize(&tensors, None)?)?;
     }
     for (file, bytes) in extra {
         dir.write(file, bytes)?;

@@ -13,8 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{write_atomic, CHECKPOINTS};
 use crate::continual::driver::{run_stream, Method, StreamOptions};
 use crate::continual::report::Results;
-use crate::data::read_jsonl;
-use crate::data::synthetic::{self, TaskData};
+use crate::data::{cl_benchmark, read_jsonl, synthetic, Stream, Task, TaskSettings};
 use crate::model::{load_t5, T5Config, T5Model, Tokenizer};
 use crate::optim::{AdamWConfig, Schedule};
 use crate::subspace::targets::{T5_CROSS_ATTENTION, T5_DEFAULT};
@@ -23,13 +22,31 @@ use crate::train::TrainOptions;
 
 #[derive(clap::Args, Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Args {
-    /// A Hugging Face T5 folder (config.json, model.safetensors, tokenizer.json) to fine-tune.
-    #[arg(long, requires = "train")]
+    /// A Hugging Face T5 folder (config.json, model.safetensors, tokenizer.json) to fine-tune
+    /// on --train, --stream or --preset.
+    #[arg(long)]
     model: Option<PathBuf>,
-    /// Training data: JSONL lines {"input": ..., "target": ...} (needs --model).
-    #[arg(long, requires = "model")]
+    /// Training data of one task: JSONL lines {"input": ..., "target": ...} (needs --model).
+    #[arg(long, requires = "model", conflicts_with_all = ["stream", "preset"])]
     train: Option<PathBuf>,
-    /// Evaluation data in the same form (default: exact match on up to 64 training examples).
+    /// A stream file: the tasks in order, each with its data, instruction template, labels
+    /// and settings (needs --model).
+    #[arg(long, requires = "model", conflicts_with = "preset")]
+    stream: Option<PathBuf>,
+    /// A CL_Benchmark task order from the literature (order1-3: the standard 4-task
+    /// benchmark, order4-6: the long 15-task one) over the data in --data (needs --model).
+    #[arg(long, requires_all = ["model", "data"])]
+    preset: Option<String>,
+    /// The CL_Benchmark folder (O-LoRA layout) of --preset.
+    #[arg(long, requires = "preset")]
+    data: Option<PathBuf>,
+    /// At most this many training / evaluation examples per --preset task.
+    #[arg(long, requires = "preset")]
+    max_train: Option<usize>,
+    #[arg(long, requires = "preset")]
+    max_eval: Option<usize>,
+    /// Evaluation data of --train in the same form (default: exact match on up to 64
+    /// training examples).
     #[arg(long, requires = "train")]
     eval: Option<PathBuf>,
     /// Continue the stopped run in this folder, with the arguments it was started with.
@@ -168,8 +185,8 @@ impl Args {
 
     /// The starting model, its tokenizer and the tasks. The built-in job writes its
     /// tokenizer into `out`.
-    fn setup(&self, gpu: &crate::Gpu, out: &Path) -> Result<(T5Model, Tokenizer, Vec<TaskData>)> {
-        let (Some(model_dir), Some(train)) = (&self.model, &self.train) else {
+    fn setup(&self, gpu: &crate::Gpu, out: &Path) -> Result<(T5Model, Tokenizer, Vec<Task>)> {
+        let Some(model_dir) = &self.model else {
             if self.train_examples == 0 || self.eval_examples == 0 {
                 bail!("--train-examples and --eval-examples must be positive");
             }
@@ -180,6 +197,15 @@ impl Args {
             return Ok((model, tokenizer, synthetic::stream(self.seed, self.train_examples, self.eval_examples)));
         };
         let (model, tokenizer) = load_t5(gpu, model_dir)?;
+        if let Some(stream) = &self.stream {
+            return Ok((model, tokenizer, Stream::load(stream)?));
+        }
+        if let (Some(preset), Some(data)) = (&self.preset, &self.data) {
+            return Ok((model, tokenizer, cl_benchmark::preset(preset, data, self.max_train, self.max_eval)?));
+        }
+        let Some(train) = &self.train else {
+            bail!("--model needs data: --train FILE.jsonl, --stream STREAM.json or --preset NAME --data DIR");
+        };
         let train_examples = read_jsonl(train)?;
         let eval = match &self.eval {
             Some(path) => read_jsonl(path)?,
@@ -189,7 +215,8 @@ impl Args {
             }
         };
         let name = train.file_stem().map_or("task".into(), |s| s.to_string_lossy().to_string());
-        Ok((model, tokenizer, vec![TaskData { name, train: train_examples, eval }]))
+        let task = Task { name, train: train_examples, eval, labels: None, settings: TaskSettings::default() };
+        Ok((model, tokenizer, vec![task]))
     }
 }
 

@@ -13,14 +13,14 @@ use serde::{Deserialize, Serialize};
 
 use super::report::Results;
 use crate::checkpoint::{self, TrainingState};
-use crate::data::synthetic::TaskData;
-use crate::data::Example;
+use crate::data::{Example, Task};
 use crate::model::t5::{Batch, Gradients, T5Model};
 use crate::model::weights::Weights;
 use crate::model::Tokenizer;
-use crate::optim::{AdamW, Unconstrained, UpdateFilter};
+use crate::optim::{AdamW, Schedule, Unconstrained, UpdateFilter};
 use crate::rng::Rng;
 use crate::subspace::rank::normalise_importance;
+use crate::subspace::state::SUBSPACE_FILE;
 use crate::subspace::{Mode, RankPolicy, SubspaceSet};
 use crate::train::{encode, eval_loss, exact_match, train, Encoded, Position, StepLog, TrainOptions};
 
@@ -83,7 +83,7 @@ pub fn layer_importance(model: &T5Model, tokenizer: &Tokenizer, samples: &[Examp
     Ok(raw.into_iter().map(|r| r.0).zip(normalised).collect())
 }
 
-fn evaluate_all(model: &T5Model, tokenizer: &Tokenizer, tasks: &[TaskData], max_source_len: usize) -> Result<Vec<f64>> {
+fn evaluate_all(model: &T5Model, tokenizer: &Tokenizer, tasks: &[Task], max_source_len: usize) -> Result<Vec<f64>> {
     tasks.iter().map(|t| exact_match(model, tokenizer, &t.eval, max_source_len)).collect()
 }
 
@@ -91,7 +91,7 @@ fn evaluate_all(model: &T5Model, tokenizer: &Tokenizer, tasks: &[TaskData], max_
 fn subspaces_for(
     model: &T5Model,
     tokenizer: &Tokenizer,
-    tasks: &[TaskData],
+    tasks: &[Task],
     i: usize,
     options: &StreamOptions,
 ) -> Result<Option<SubspaceSet>> {
@@ -153,6 +153,22 @@ fn restore_weights(model: &T5Model, checkpoint: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The run's training options with a task's overrides. A linear schedule runs over the
+/// task's own steps, keeping its warmup fraction, since tasks differ in size and epochs.
+pub fn task_options(run: &TrainOptions, task: &Task) -> TrainOptions {
+    let mut options = run.clone();
+    let s = &task.settings;
+    options.epochs = s.epochs.unwrap_or(options.epochs);
+    options.batch_size = s.batch_size.unwrap_or(options.batch_size);
+    options.adamw.lr = s.lr.unwrap_or(options.adamw.lr);
+    if let Schedule::Linear { warmup, total } = run.adamw.schedule {
+        let steps = (options.epochs * options.steps_per_epoch(task.train.len())) as u64;
+        let warmup = (warmup as f64 / total.max(1) as f64 * steps as f64).round() as u64;
+        options.adamw.schedule = Schedule::Linear { warmup, total: steps };
+    }
+    options
+}
+
 /// Trains the tasks in order on `model` and returns the accuracy matrix and its metrics.
 /// With `out`, writes `out/log.jsonl` and checkpoints under `out/checkpoints`, and, when
 /// `out` already holds checkpoints, continues from the newest one. `on_step(task, step)`
@@ -160,7 +176,7 @@ fn restore_weights(model: &T5Model, checkpoint: &Path) -> Result<()> {
 pub fn run_stream(
     model: &T5Model,
     tokenizer: &Tokenizer,
-    tasks: &[TaskData],
+    tasks: &[Task],
     options: &StreamOptions,
     out: Option<&Path>,
     mut on_step: impl FnMut(usize, &StepLog) -> bool,
@@ -193,14 +209,30 @@ pub fn run_stream(
     let mut log = Log::open(out, state.global_step)?;
     let grads = Gradients::zeros_like(model)?;
     let first = if state.task_done { state.task + 1 } else { state.task };
+    // A checkpoint holds the frozen subspaces of the task that follows it (mid-task: of its
+    // own task), so that a resumed run constrains exactly as an uninterrupted one.
+    let mut saved_subspaces = match &resume {
+        Some((path, _)) if path.join(SUBSPACE_FILE).exists() => {
+            Some(SubspaceSet::load(model.gpu(), &path.join(SUBSPACE_FILE))?)
+        }
+        _ => None,
+    };
     for (i, task) in tasks.iter().enumerate().skip(first) {
-        let subspaces = subspaces_for(model, tokenizer, tasks, i, options)?;
+        let subspaces = match saved_subspaces.take() {
+            Some(set) => Some(set),
+            None => subspaces_for(model, tokenizer, tasks, i, options)?,
+        };
         let filter: &dyn UpdateFilter = match &subspaces {
             Some(set) => set,
             None => &Unconstrained,
         };
-        let encoded = encode(tokenizer, &task.train, max_src, options.train.max_target_len)?;
-        let mut optimizer = AdamW::new(options.train.adamw, &model.params)?;
+        let subspace_file: Vec<(&str, Vec<u8>)> = match &subspaces {
+            Some(set) => vec![(SUBSPACE_FILE, set.to_safetensors()?)],
+            None => Vec::new(),
+        };
+        let train_options = task_options(&options.train, task);
+        let encoded = encode(tokenizer, &task.train, max_src, train_options.max_target_len)?;
+        let mut optimizer = AdamW::new(train_options.adamw, &model.params)?;
         let mid_task = resume.as_ref().filter(|(_, s)| s.task == i && !s.task_done);
         match mid_task {
             Some((path, s)) => checkpoint::load_optimizer(path, &mut optimizer, s.step)?,
@@ -217,7 +249,7 @@ pub fn run_stream(
         train(
             model,
             &encoded.pairs,
-            &options.train,
+            &train_options,
             &mut optimizer,
             &grads,
             filter,
@@ -240,7 +272,7 @@ pub fn run_stream(
                 let due = options.save_every > 0 && step.step % options.save_every == 0;
                 if let Some(dir) = out.filter(|_| due || stopped) {
                     let name = format!("task-{i:02}-step-{:06}", step.step);
-                    let saved = checkpoint::save(dir, &name, model, tokenizer, &state, Some(opt), &[])?;
+                    let saved = checkpoint::save(dir, &name, model, tokenizer, &state, Some(opt), &subspace_file)?;
                     checkpoint::prune_mid_task(dir, &saved)?;
                 }
                 Ok(!stopped)
@@ -253,8 +285,15 @@ pub fn run_stream(
         log.write(serde_json::json!({"global_step": state.global_step, "task": task.name, "accuracy": row}))?;
         state.accuracy.push(row);
         state.task_done = true;
+        if i + 1 < tasks.len() {
+            saved_subspaces = subspaces_for(model, tokenizer, tasks, i + 1, options)?;
+        }
         if let Some(dir) = out {
-            let saved = checkpoint::save(dir, &format!("task-{i:02}-end"), model, tokenizer, &state, None, &[])?;
+            let next: Vec<(&str, Vec<u8>)> = match &saved_subspaces {
+                Some(set) => vec![(SUBSPACE_FILE, set.to_safetensors()?)],
+                None => Vec::new(),
+            };
+            let saved = checkpoint::save(dir, &format!("task-{i:02}-end"), model, tokenizer, &state, None, &next)?;
             checkpoint::prune_mid_task(dir, &saved)?;
         }
     }
@@ -269,7 +308,7 @@ pub fn run_stream(
 fn report_truncation(
     log: &mut Log,
     state: &TrainingState,
-    task: &TaskData,
+    task: &Task,
     encoded: &Encoded,
     options: &StreamOptions,
 ) -> Result<()> {
@@ -291,7 +330,7 @@ fn report_truncation(
 fn evaluate_task(
     model: &T5Model,
     tokenizer: &Tokenizer,
-    task: &TaskData,
+    task: &Task,
     options: &StreamOptions,
 ) -> Result<serde_json::Value> {
     let t = &options.train;
@@ -300,4 +339,30 @@ fn evaluate_task(
     let em = exact_match(model, tokenizer, &task.eval, t.max_source_len)?;
     log::info!("{}: eval loss {loss:.4}, exact match {:.1}%", task.name, 100.0 * em);
     Ok(serde_json::json!({"loss": loss, "exact_match": em}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::TaskSettings;
+
+    #[test]
+    fn task_overrides_replace_the_run_options_and_stretch_the_schedule() {
+        let mut run = TrainOptions { epochs: 2, batch_size: 4, ..Default::default() };
+        run.adamw.schedule = Schedule::Linear { warmup: 2, total: 20 }; // 2 epochs of 10 batches
+        let example = Example { input: "x".into(), target: "y".into() };
+        let mut task = Task {
+            name: "t".into(),
+            train: vec![example; 40],
+            eval: Vec::new(),
+            labels: None,
+            settings: TaskSettings::default(),
+        };
+        let same = task_options(&run, &task);
+        assert_eq!((same.epochs, same.batch_size, same.adamw), (2, 4, run.adamw));
+        task.settings = TaskSettings { epochs: Some(3), lr: Some(0.5), batch_size: Some(8) };
+        let own = task_options(&run, &task);
+        assert_eq!((own.epochs, own.batch_size, own.adamw.lr), (3, 8, 0.5));
+        assert_eq!(own.adamw.schedule, Schedule::Linear { warmup: 2, total: 15 });
+    }
 }

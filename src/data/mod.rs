@@ -1,6 +1,10 @@
-//! Data: JSONL seq2seq examples and the built-in synthetic task stream.
+//! Data: tasks and stream files, JSONL seq2seq examples, O-LoRA's CL_Benchmark layout and
+//! the built-in synthetic task stream.
 
+pub mod cl_benchmark;
 pub mod jsonl;
+pub mod stream;
 pub mod synthetic;
 
 pub use jsonl::{read_jsonl, Example};
+pub use stream::{Stream, Task, TaskSettings};

@@ -3,6 +3,7 @@
 //! need different outputs), each with a held-out evaluation set.
 
 use super::jsonl::Example;
+use super::stream::{Task, TaskSettings};
 use crate::rng::Rng;
 
 /// The symbols every task draws from.
@@ -47,13 +48,6 @@ pub fn tokenizer_json() -> String {
     .to_string()
 }
 
-#[derive(Clone, Debug)]
-pub struct TaskData {
-    pub name: String,
-    pub train: Vec<Example>,
-    pub eval: Vec<Example>,
-}
-
 /// Every word the synthetic tasks use, for building a word-level tokenizer.
 pub fn vocabulary() -> Vec<String> {
     let mut words: Vec<String> = TASKS.iter().map(|t| format!("{t}:")).collect();
@@ -81,7 +75,7 @@ fn answer(task: &str, symbols: &[usize]) -> String {
 
 /// `n_train` + `n_eval` distinct examples per task, 3 to 5 symbols each, from `seed`.
 /// Evaluation inputs never occur in the training set of the same task.
-pub fn stream(seed: u64, n_train: usize, n_eval: usize) -> Vec<TaskData> {
+pub fn stream(seed: u64, n_train: usize, n_eval: usize) -> Vec<Task> {
     let mut rng = Rng::new(seed);
     TASKS
         .iter()
@@ -99,7 +93,7 @@ pub fn stream(seed: u64, n_train: usize, n_eval: usize) -> Vec<TaskData> {
                 }
             }
             let eval = examples.split_off(n_train);
-            TaskData { name: task.to_string(), train: examples, eval }
+            Task { name: task.to_string(), train: examples, eval, labels: None, settings: TaskSettings::default() }
         })
         .collect()
 }

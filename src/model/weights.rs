@@ -117,12 +117,14 @@ fn to_f32(dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>> {
 /// Writes f32 GPU tensors to a safetensors file under the given names. The file appears
 /// whole or not at all (temporary file, then rename).
 pub fn save(path: &Path, tensors: &[(String, &Tensor)]) -> Result<()> {
-    crate::checkpoint::write_atomic(path, &serialize(tensors)?)
+    crate::checkpoint::write_atomic(path, &serialize(tensors, None)?)
 }
 
-/// The bytes of a safetensors file holding `tensors` (f32), tagged as PyTorch's format so
-/// that transformers takes it as its own.
-pub fn serialize(tensors: &[(String, &Tensor)]) -> Result<Vec<u8>> {
+/// Safetensors bytes of f32 GPU tensors under the given names, with optional `__metadata__`;
+/// without a `format` there, the file is tagged as PyTorch's (transformers then takes it as its own).
+pub fn serialize(tensors: &[(String, &Tensor)], metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
+    let mut metadata = metadata.unwrap_or_default();
+    metadata.entry("format".to_string()).or_insert_with(|| "pt".to_string());
     let mut host: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         if t.dtype() != DType::F32 {
@@ -137,7 +139,6 @@ pub fn serialize(tensors: &[(String, &Tensor)]) -> Result<Vec<u8>> {
             Ok((name.as_str(), safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytes)?))
         })
         .collect::<Result<Vec<_>>>()?;
-    let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
     Ok(safetensors::tensor::serialize(views, Some(metadata))?)
 }
 

@@ -4,6 +4,7 @@
 pub mod project;
 pub mod rank;
 pub mod set;
+pub mod state;
 pub mod targets;
 
 pub use project::{project, Basis, FrozenSubspace, Mode};

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::project::{project, FrozenSubspace, Mode};
 use super::rank::RankPolicy;
@@ -14,7 +14,7 @@ use crate::optim::UpdateFilter;
 use crate::tensor::Tensor;
 
 /// What the rank policy chose for one matrix (logged and written to the results).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RankChoice {
     pub name: String,
     pub rows: usize,
@@ -25,6 +25,7 @@ pub struct RankChoice {
 
 pub struct SubspaceSet {
     pub mode: Mode,
+    pub policy: RankPolicy,
     pub frozen: BTreeMap<String, FrozenSubspace>,
     pub choices: Vec<RankChoice>,
 }
@@ -51,7 +52,7 @@ impl SubspaceSet {
         if by_shape.is_empty() {
             bail!("no parameter matches the target patterns {targets:?}");
         }
-        let mut set = SubspaceSet { mode, frozen: BTreeMap::new(), choices: Vec::new() };
+        let mut set = SubspaceSet { mode, policy, frozen: BTreeMap::new(), choices: Vec::new() };
         for ((m, n), names) in by_shape {
             let gpu = params[names[0]].gpu();
             let mut stacked = Vec::with_capacity(names.len() * m * n);

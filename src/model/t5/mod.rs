@@ -171,7 +171,7 @@ impl T5Model {
         let tensors: Vec<(String, &Tensor)> = self.params.iter().map(|(n, t)| (n.clone(), t)).collect();
         Ok([
             ("config.json", self.config.to_hf_json()?.into_bytes()),
-            ("model.safetensors", super::weights::serialize(&tensors)?),
+            ("model.safetensors", super::weights::serialize(&tensors, None)?),
         ])
     }
 
