@@ -7,6 +7,7 @@ mod generate;
 mod info;
 pub mod svd;
 mod train;
+pub mod verify;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -39,6 +40,8 @@ enum Command {
     Train(train::Args),
     /// Singular spectra of a model's or a file's matrices (block Jacobi SVD on the GPU).
     Svd(svd::Args),
+    /// How much of the change between two checkpoints lies in the frozen subspaces.
+    Verify(verify::Args),
 }
 
 impl Cli {
@@ -56,5 +59,6 @@ pub fn main() -> Result<()> {
         Command::Eval(args) => eval::run(&cli.gpu()?, args),
         Command::Svd(args) => svd::run(&cli.gpu()?, args),
         Command::Train(args) => train::run(&cli.gpu()?, args),
+        Command::Verify(args) => verify::run(&cli.gpu()?, args),
     }
 }
