@@ -57,6 +57,7 @@ fn main() -> Result<()> {
         train: TrainOptions {
             epochs: 2,
             batch_size: 8,
+            grad_accum: 1,
             max_source_len: 32,
             max_target_len: 16,
             adamw: AdamWConfig { lr: 3e-3, weight_decay: 0.0, ..Default::default() },
@@ -64,12 +65,17 @@ fn main() -> Result<()> {
         importance_samples: 8,
         free_first_task: false,
         seed: 0,
+        eval_every: 0,
+        save_every: 0,
     };
-    let results = run_stream(&model, &tokenizer, &tasks, &options, |task, log| {
+    // No run folder: nothing is written (give one to get checkpoints, a log and resuming).
+    let results = run_stream(&model, &tokenizer, &tasks, &options, None, |task, log| {
         if log.step % 5 == 0 {
             println!("task {task} step {} loss {:.3}", log.step, log.loss);
         }
-    })?;
+        true // false would stop the run
+    })?
+    .expect("the run was not stopped");
     println!("{}", results.markdown());
     println!("AA {:.3}  BWT {:+.3}", results.aa, results.bwt);
     Ok(())

@@ -90,6 +90,23 @@ fn a_stopped_seqft_run_resumes_to_the_same_end() {
 }
 
 #[test]
+fn a_stopped_osft_run_resumes_to_the_same_end() {
+    check_resume(Method::Osft);
+}
+
+#[test]
+fn osft_checkpoints_carry_the_subspaces_that_keep_the_next_task_out_of_them() {
+    let dir = scratch("verify");
+    run(&dir, Method::Osft, None).unwrap();
+    let ckpt = |name: &str| dir.join(checkpoint::CHECKPOINTS).join(name);
+    // task-00-end holds the subspaces frozen during task 1.
+    let v = sculpt::cli::verify::verify(&Gpu::shared().unwrap(), &ckpt("task-00-end"), &ckpt("task-01-end")).unwrap();
+    assert!(!v.matrices.is_empty());
+    assert!(v.worst() <= 1e-4, "leakage into the frozen subspaces {}", v.worst());
+    assert!(!ckpt("task-01-end").join("subspace.safetensors").exists(), "no task follows the last one");
+}
+
+#[test]
 fn a_checkpoint_is_a_model_folder_that_loads_back_with_the_same_weights() {
     let dir = scratch("hf");
     let (weights, _) = run(&dir, Method::Seqft, None).unwrap();

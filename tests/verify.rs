@@ -43,7 +43,7 @@ fn train_steps(gpu: &Gpu, tokenizer: &Tokenizer, model: &T5Model, filter: &dyn U
     let mut optimizer = AdamW::new(options.adamw, &model.params).unwrap();
     let grads = Gradients::zeros_like(model).unwrap();
     let mut position = Position { epoch: 0, batch: 0, rng: Rng::new(3) };
-    train(model, &pairs, &options, &mut optimizer, &grads, filter, &mut position, |_, _| Ok(true)).unwrap();
+    train(model, &pairs, &options, &mut optimizer, &grads, filter, &mut position, |_, _, _| Ok(true)).unwrap();
     gpu.flush().unwrap();
 }
 

@@ -37,7 +37,7 @@ enum Command {
     Eval(eval::Args),
     /// Continual fine-tuning over a task stream; with no arguments, the built-in default
     /// (a small T5, the synthetic stream, OSFT vs sequential fine-tuning).
-    Train(train::Args),
+    Train(Box<train::Args>),
     /// Singular spectra of a model's or a file's matrices (block Jacobi SVD on the GPU).
     Svd(svd::Args),
     /// How much of the change between two checkpoints lies in the frozen subspaces.
