@@ -16,8 +16,13 @@ pub const TASKS: &[&str] = &["copy", "reverse", "sort", "classify"];
 /// A word-level `tokenizer.json` over [`vocabulary`] with T5's conventions (pad 0, </s> 1,
 /// unk 2, </s> appended), loadable by the tokenizers crate and by transformers.
 pub fn tokenizer_json() -> String {
+    word_tokenizer_json(&vocabulary())
+}
+
+/// A word-level `tokenizer.json` over `words` (ids from 3, after pad, </s> and unk).
+pub fn word_tokenizer_json(words: &[String]) -> String {
     let specials = ["<pad>", "</s>", "<unk>"];
-    let words: Vec<String> = specials.iter().map(|s| s.to_string()).chain(vocabulary()).collect();
+    let words: Vec<String> = specials.iter().map(|s| s.to_string()).chain(words.iter().cloned()).collect();
     let vocab: serde_json::Map<String, serde_json::Value> =
         words.iter().enumerate().map(|(i, w)| (w.clone(), serde_json::json!(i))).collect();
     let added: Vec<serde_json::Value> = specials
