@@ -131,7 +131,12 @@ pub fn prune_mid_task(run_dir: &Path, keep: &Path) -> Result<()> {
             continue;
         }
         if !read_state(&path)?.task_done {
-            fs::remove_dir_all(&path).with_context(|| format!("cannot remove old checkpoint {}", path.display()))?;
+            // Out of sight first (one rename), so that a crash while deleting never leaves a
+            // half-deleted folder under a checkpoint name; `remove_partials` finishes the job.
+            let name = entry.file_name().to_string_lossy().to_string();
+            let doomed = path.with_file_name(format!(".{name}.partial-{}", std::process::id()));
+            fs::rename(&path, &doomed).with_context(|| format!("cannot retire old checkpoint {}", path.display()))?;
+            fs::remove_dir_all(&doomed).with_context(|| format!("cannot remove {}", doomed.display()))?;
         }
     }
     Ok(())

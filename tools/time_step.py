@@ -36,7 +36,8 @@ def main():
         torch.set_num_threads(args.threads)
     torch.manual_seed(1)
     dev = torch.device(args.device)
-    config = T5Config(num_layers=args.layers, num_decoder_layers=args.layers, dropout_rate=0.0)
+    config = T5Config(num_layers=args.layers, num_decoder_layers=args.layers, dropout_rate=0.0,
+                      decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
     model = T5ForConditionalGeneration(config).to(dev).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.01)
     ids = lambda: torch.randint(2, config.vocab_size, (args.batch, args.tokens), device=dev)  # noqa: E731

@@ -1,0 +1,110 @@
+//! Crash safety: a run killed with SIGKILL at random moments (during steps and during
+//! checkpoint writes) always leaves a newest complete checkpoint that loads, never a partial
+//! folder under a checkpoint name, and continuing it after every kill ends with the same
+//! results as a run that was never killed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sculpt::checkpoint;
+use sculpt::rng::Rng;
+
+const KILLS: usize = 20;
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sculpt-crash-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// A small built-in OSFT run (subspace files in every checkpoint) that checkpoints every step.
+fn command(out: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sculpt"));
+    cmd.args(["train", "--method", "osft", "--train-examples", "16", "--eval-examples", "4", "--batch-size", "8"])
+        .args(["--epochs", "6", "--save-every", "1", "--out"])
+        .arg(out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+fn results(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap()
+}
+
+/// Every visible checkpoint folder is complete, and the newest one loads.
+fn check_checkpoints(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir.join(checkpoint::CHECKPOINTS)) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.starts_with('.') {
+            continue; // a partial folder: never taken for a checkpoint
+        }
+        for file in ["config.json", "model.safetensors", "tokenizer.json", checkpoint::STATE_FILE] {
+            assert!(entry.path().join(file).is_file(), "checkpoint {name} lacks {file}");
+        }
+    }
+    if let Some((newest, _)) = checkpoint::latest(dir).unwrap() {
+        sculpt::model::load_t5(&sculpt::Gpu::shared().unwrap(), &newest).unwrap();
+    }
+}
+
+#[test]
+fn a_run_killed_at_random_moments_resumes_to_the_same_results() {
+    let straight = scratch("straight");
+    let start = Instant::now();
+    let out = command(&straight).output().unwrap();
+    let whole = start.elapsed();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let dir = scratch("killed");
+    let mut rng = Rng::new(42);
+    let mut finished = false;
+    let mut progress = Vec::new();
+    for kill in 0..KILLS {
+        // The first start makes the run; later ones continue it, by --resume once it has its run.json.
+        let mut cmd = if dir.join("run.json").exists() {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_sculpt"));
+            c.args(["train", "--resume"]).arg(&dir).stdout(Stdio::null()).stderr(Stdio::piped());
+            c
+        } else {
+            command(&dir)
+        };
+        let mut child = cmd.spawn().unwrap();
+        // A twentieth to an eighth of a whole run: mostly past the start-up, often mid-write.
+        let delay = whole / 20 + whole.mul_f64(0.075 * rng.uniform() as f64);
+        let start = Instant::now();
+        while start.elapsed() < delay && child.try_wait().unwrap().is_none() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            assert!(status.success(), "run {kill} failed: {}", String::from_utf8_lossy(&out.stderr));
+            finished = true;
+            break;
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        check_checkpoints(&dir);
+        progress.push(checkpoint::latest(&dir).unwrap().map_or(0, |(_, s)| s.global_step));
+    }
+    eprintln!("global step of the newest checkpoint after each kill: {progress:?} (finished early: {finished})");
+    assert!(finished || progress.len() == KILLS);
+    assert!(
+        progress.iter().filter(|&&s| s > 0).count() >= progress.len() / 2 && progress.windows(2).any(|w| w[1] > w[0]),
+        "the run made progress between kills: {progress:?}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_sculpt")).args(["train", "--resume"]).arg(&dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(results(&dir), results(&straight), "results after kills {progress:?} differ from an unkilled run");
+    let log = std::fs::read_to_string(dir.join("log.jsonl")).unwrap();
+    let steps: Vec<u64> = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("loss").is_some())
+        .map(|v| v["global_step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, (1..=steps.len() as u64).collect::<Vec<_>>(), "the log has every step once, in order");
+    assert_eq!(steps.len(), 48);
+}
