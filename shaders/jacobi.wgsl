@@ -10,7 +10,7 @@
 
 const B: u32 = 16u;
 const P: u32 = 32u; // 2B columns per pair
-const T: u32 = 32u; // rows per shared tile
+const ROT_ROWS: u32 = 64u; // rows per step of a rotate workgroup
 
 struct Params {
     m: u32,       // rows of W (column length) / of V for `rotate` on V
@@ -40,46 +40,67 @@ fn pair_column(k: u32, c: u32) -> u32 {
     return block_at(p.nb - 1u - k) * B + c - B;
 }
 
-var<workgroup> tile: array<f32, 1024>; // [P][T]: column-major tile of the pair's columns
-var<workgroup> mat: array<f32, 1024>;  // [P][P]: Gram (eigen) or rotation (rotate)
+var<workgroup> tile: array<f32, 1024>; // [P][P]: eigen's rotation Q
+var<workgroup> mat: array<f32, 1024>;  // [P][P]: eigen's Gram
+
+// Outer product u vᵀ as a matrix whose element [t][s] is u[s] v[t].
+fn outer(u: vec4<f32>, v: vec4<f32>) -> mat4x4<f32> {
+    return mat4x4<f32>(u * v.x, u * v.y, u * v.z, u * v.w);
+}
 
 // ---- gram: partial[b, k, chunk, i, j] = sum over the chunk's rows of W[:, col i] * W[:, col j]
+// Register blocks straight from storage, no workgroup memory: llvmpipe loads workgroup memory
+// lane by lane, so a staged tile costs more than it saves. Invocation (bi, bj) of 4 x 4 owns
+// the 8 x 8 block of Gram rows 8 bi.. and columns 8 bj.. (8 columns never straddle a block).
 @group(0) @binding(1) var<storage, read> gram_w: array<f32>;
 @group(0) @binding(2) var<storage, read_write> gram_out: array<f32>;
 
-@compute @workgroup_size(256)
+// Rows r of the 4 columns that start at col, col + m, col + 2m, col + 3m.
+fn gram_load(col: u32, r: u32) -> vec4<f32> {
+    return vec4<f32>(gram_w[col + r], gram_w[col + p.m + r], gram_w[col + 2u * p.m + r], gram_w[col + 3u * p.m + r]);
+}
+
+// Gram entries [i0 + s][j0 + t] = g[t][s] into the pair's P x P partial at dst.
+fn gram_store(g: mat4x4<f32>, dst: u32, i0: u32, j0: u32) {
+    for (var s = 0u; s < 4u; s++) {
+        gram_out[dst + (i0 + s) * P + j0] = g[0][s];
+        gram_out[dst + (i0 + s) * P + j0 + 1u] = g[1][s];
+        gram_out[dst + (i0 + s) * P + j0 + 2u] = g[2][s];
+        gram_out[dst + (i0 + s) * P + j0 + 3u] = g[3][s];
+    }
+}
+
+@compute @workgroup_size(16)
 fn gram(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let k = wg.x;
     let chunk = wg.y;
     let b = wg.z;
-    let i = lid / 8u;        // Gram row
-    let j0 = (lid % 8u) * 4u; // four Gram columns
+    let i0 = (lid / 4u) * 8u;
+    let j0 = (lid % 4u) * 8u;
     let base = b * p.np * p.m;
+    let ci = base + pair_column(k, i0) * p.m;
+    let cj = base + pair_column(k, j0) * p.m;
     let row0 = chunk * p.chunk;
     let row1 = min(row0 + p.chunk, p.m);
-    var acc = vec4<f32>(0.0);
-    for (var r = row0; r < row1; r += T) {
-        for (var e = lid; e < P * T; e += 256u) {
-            let c = e / T;
-            let row = r + e % T;
-            var v = 0.0;
-            if row < row1 {
-                v = gram_w[base + pair_column(k, c) * p.m + row];
-            }
-            tile[e] = v;
-        }
-        workgroupBarrier();
-        for (var t = 0u; t < T; t++) {
-            let a = tile[i * T + t];
-            acc += a * vec4<f32>(tile[j0 * T + t], tile[(j0 + 1u) * T + t], tile[(j0 + 2u) * T + t], tile[(j0 + 3u) * T + t]);
-        }
-        workgroupBarrier();
+    var g00 = mat4x4<f32>();
+    var g01 = mat4x4<f32>();
+    var g10 = mat4x4<f32>();
+    var g11 = mat4x4<f32>();
+    for (var r = row0; r < row1; r++) {
+        let xi0 = gram_load(ci, r);
+        let xi1 = gram_load(ci + 4u * p.m, r);
+        let xj0 = gram_load(cj, r);
+        let xj1 = gram_load(cj + 4u * p.m, r);
+        g00 += outer(xi0, xj0);
+        g01 += outer(xi0, xj1);
+        g10 += outer(xi1, xj0);
+        g11 += outer(xi1, xj1);
     }
-    let dst = (((b * (p.nb / 2u) + k) * p.chunks + chunk) * P + i) * P + j0;
-    gram_out[dst] = acc.x;
-    gram_out[dst + 1u] = acc.y;
-    gram_out[dst + 2u] = acc.z;
-    gram_out[dst + 3u] = acc.w;
+    let dst = ((b * (p.nb / 2u) + k) * p.chunks + chunk) * P * P;
+    gram_store(g00, dst, i0, j0);
+    gram_store(g01, dst, i0, j0 + 4u);
+    gram_store(g10, dst, i0 + 4u, j0);
+    gram_store(g11, dst, i0 + 4u, j0 + 4u);
 }
 
 // ---- eigen: one workgroup per (pair, batch); writes Q [b, k, P, P] and whether it rotated.
@@ -87,6 +108,10 @@ fn gram(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
 @group(0) @binding(2) var<storage, read_write> eig_q: array<f32>;
 @group(0) @binding(3) var<storage, read_write> eig_rotated: array<u32>;
 @group(0) @binding(4) var<storage, read_write> eig_off: array<atomic<u32>>;
+
+// One workgroup per pair: few invocations, because llvmpipe switches between the workgroup's
+// 8-lane SIMD groups at every barrier and the solve has about 3 barriers per inner step.
+const EIG_WG: u32 = 32u;
 
 var<workgroup> rot_c: array<f32, 16>;
 var<workgroup> rot_s: array<f32, 16>;
@@ -120,7 +145,7 @@ fn cosine(gij: f32, gii: f32, gjj: f32) -> f32 {
     return abs(gij) / (sqrt(gii) * sqrt(gjj));
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(EIG_WG)
 fn eigen(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let k = wg.x;
     let b = wg.z;
@@ -129,7 +154,7 @@ fn eigen(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
         atomicStore(&local_off, 0u);
     }
     // Sum the row chunks in a fixed order (deterministic); Q starts as the identity.
-    for (var e = lid; e < P * P; e += 256u) {
+    for (var e = lid; e < P * P; e += EIG_WG) {
         var g = 0.0;
         for (var c = 0u; c < p.chunks; c++) {
             g += eig_partial[(pair * p.chunks + c) * P * P + e];
@@ -138,7 +163,7 @@ fn eigen(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
         tile[e] = select(0.0, 1.0, e / P == e % P);
     }
     workgroupBarrier();
-    for (var e = lid; e < P * P; e += 256u) {
+    for (var e = lid; e < P * P; e += EIG_WG) {
         let i = e / P;
         let j = e % P;
         if i < j {
@@ -186,7 +211,7 @@ fn eigen(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
                 }
                 workgroupBarrier();
                 // Rows: G <- J^T G; and Q <- Q J (columns of Q).
-                for (var e = lid; e < 16u * P; e += 256u) {
+                for (var e = lid; e < 16u * P; e += EIG_WG) {
                     let slot = e / P;
                     let x = e % P;
                     let i = inner_index(step, slot);
@@ -204,7 +229,7 @@ fn eigen(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
                 }
                 workgroupBarrier();
                 // Columns: G <- G J; the annihilated pair is set to exact zero.
-                for (var e = lid; e < 16u * P; e += 256u) {
+                for (var e = lid; e < 16u * P; e += EIG_WG) {
                     let slot = e / P;
                     let x = e % P;
                     let i = inner_index(step, slot);
@@ -231,7 +256,7 @@ fn eigen(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
     workgroupBarrier();
     // One Newton-Schulz step Q <- Q (3I - QᵀQ) / 2 removes the rounding drift of the
     // rotation product (error δ -> O(δ²)); otherwise V loses orthogonality over the sweeps.
-    for (var e = lid; e < P * P; e += 256u) {
+    for (var e = lid; e < P * P; e += EIG_WG) {
         let a = e / P;
         let c = e % P;
         var dot = 0.0;
@@ -241,7 +266,7 @@ fn eigen(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
         mat[e] = dot;
     }
     workgroupBarrier();
-    for (var e = lid; e < P * P; e += 256u) {
+    for (var e = lid; e < P * P; e += EIG_WG) {
         let row = e / P;
         let c = e % P;
         var qs = 0.0;
@@ -256,11 +281,30 @@ fn eigen(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
 }
 
 // ---- rotate: columns of X [b, NP, m] of pair k, rows of this chunk, <- columns * Q.
-@group(0) @binding(1) var<storage, read> rot_q: array<f32>;
+// In place and from registers: invocation (rg, cg) of 8 x 4 computes rows 8 rg.. of each
+// 64-row block for output columns 8 cg..; the barrier lets every invocation read the block's
+// old values before any writes them.
+@group(0) @binding(1) var<storage, read> rot_q: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> rot_flag: array<u32>;
 @group(0) @binding(3) var<storage, read_write> rot_x: array<f32>;
 
-@compute @workgroup_size(256)
+// Rows row..row+4 of the column that starts at col.
+fn rot_load(col: u32, row: u32) -> vec4<f32> {
+    return vec4<f32>(rot_x[col + row], rot_x[col + row + 1u], rot_x[col + row + 2u], rot_x[col + row + 3u]);
+}
+
+// Row row + s of the 4 columns at col, col + m, .. <- y[t][s], rows below row1 only.
+fn rot_store(y: mat4x4<f32>, col: u32, row: u32, row1: u32) {
+    for (var s = 0u; s < 4u; s++) {
+        if row + s < row1 {
+            for (var t = 0u; t < 4u; t++) {
+                rot_x[col + t * p.m + row + s] = y[t][s];
+            }
+        }
+    }
+}
+
+@compute @workgroup_size(32)
 fn rotate(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let k = wg.x;
     let chunk = wg.y;
@@ -272,36 +316,36 @@ fn rotate(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     if workgroupUniformLoad(&uniform_word) == 0u {
         return;
     }
-    for (var e = lid; e < P * P; e += 256u) {
-        mat[e] = rot_q[pair * P * P + e];
-    }
-    let t = lid % T;        // row within the tile
-    let j0 = (lid / T) * 4u; // four output columns
+    let c0 = (lid % 4u) * 8u;
     let base = b * p.np * p.m;
+    let out = base + pair_column(k, c0) * p.m;
+    // Q[c][c0..c0 + 8] is vec4 number q + 8c and the next one.
+    let q = (pair * P * P + c0) / 4u;
     let row0 = chunk * p.chunk;
     let row1 = min(row0 + p.chunk, p.m);
-    for (var r = row0; r < row1; r += T) {
-        for (var e = lid; e < P * T; e += 256u) {
-            let row = r + e % T;
-            var v = 0.0;
-            if row < row1 {
-                v = rot_x[base + pair_column(k, e / T) * p.m + row];
-            }
-            tile[e] = v;
+    for (var r = row0; r < row1; r += ROT_ROWS) {
+        // Rows past row1 read other data (or the clamped end) and are not written.
+        let row = r + (lid / 4u) * 8u;
+        var y00 = mat4x4<f32>();
+        var y01 = mat4x4<f32>();
+        var y10 = mat4x4<f32>();
+        var y11 = mat4x4<f32>();
+        for (var c = 0u; c < P; c++) {
+            let col = base + pair_column(k, c) * p.m;
+            let x0 = rot_load(col, row);
+            let x1 = rot_load(col, row + 4u);
+            let q0 = rot_q[q + 8u * c];
+            let q1 = rot_q[q + 8u * c + 1u];
+            y00 += outer(x0, q0);
+            y01 += outer(x0, q1);
+            y10 += outer(x1, q0);
+            y11 += outer(x1, q1);
         }
         workgroupBarrier();
-        var acc = vec4<f32>(0.0);
-        for (var c = 0u; c < P; c++) {
-            let q = c * P + j0;
-            acc += tile[c * T + t] * vec4<f32>(mat[q], mat[q + 1u], mat[q + 2u], mat[q + 3u]);
-        }
-        let row = r + t;
-        if row < row1 {
-            rot_x[base + pair_column(k, j0) * p.m + row] = acc.x;
-            rot_x[base + pair_column(k, j0 + 1u) * p.m + row] = acc.y;
-            rot_x[base + pair_column(k, j0 + 2u) * p.m + row] = acc.z;
-            rot_x[base + pair_column(k, j0 + 3u) * p.m + row] = acc.w;
-        }
+        rot_store(y00, out, row, row1);
+        rot_store(y01, out + 4u * p.m, row, row1);
+        rot_store(y10, out, row + 4u, row1);
+        rot_store(y11, out + 4u * p.m, row + 4u, row1);
         workgroupBarrier();
     }
 }
