@@ -210,7 +210,41 @@ fn eigen(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
                     rot_s[lid] = s;
                 }
                 workgroupBarrier();
-                // Rows: G <- J^T G; and Q <- Q J (columns of Q).
+                // G <- Jᵀ G J in one pass: the 2 x 2 block of rows (i_a, j_a) and columns
+                // (i_b, j_b) depends only on slots a and b. An annihilated pair is set to
+                // exact zero.
+                for (var e = lid; e < 16u * 16u; e += EIG_WG) {
+                    let a = e / 16u;
+                    let b = e % 16u;
+                    let ia = inner_index(step, a);
+                    let ja = inner_index(step, P - 1u - a);
+                    let ib = inner_index(step, b);
+                    let jb = inner_index(step, P - 1u - b);
+                    let ca = rot_c[a];
+                    let sa = rot_s[a];
+                    let cb = rot_c[b];
+                    let sb = rot_s[b];
+                    let g_ii = mat[ia * P + ib];
+                    let g_ij = mat[ia * P + jb];
+                    let g_ji = mat[ja * P + ib];
+                    let g_jj = mat[ja * P + jb];
+                    // Rows first (Jᵀ from the left), then columns (J from the right).
+                    let r_ii = ca * g_ii - sa * g_ji;
+                    let r_ij = ca * g_ij - sa * g_jj;
+                    let r_ji = sa * g_ii + ca * g_ji;
+                    let r_jj = sa * g_ij + ca * g_jj;
+                    var n_ij = sb * r_ii + cb * r_ij;
+                    var n_ji = cb * r_ji - sb * r_jj;
+                    if a == b && sa != 0.0 {
+                        n_ij = 0.0;
+                        n_ji = 0.0;
+                    }
+                    mat[ia * P + ib] = cb * r_ii - sb * r_ij;
+                    mat[ia * P + jb] = n_ij;
+                    mat[ja * P + ib] = n_ji;
+                    mat[ja * P + jb] = sb * r_ji + cb * r_jj;
+                }
+                // Q <- Q J (columns of Q).
                 for (var e = lid; e < 16u * P; e += EIG_WG) {
                     let slot = e / P;
                     let x = e % P;
@@ -218,33 +252,10 @@ fn eigen(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
                     let j = inner_index(step, P - 1u - slot);
                     let c = rot_c[slot];
                     let s = rot_s[slot];
-                    let gi = mat[i * P + x];
-                    let gj = mat[j * P + x];
-                    mat[i * P + x] = c * gi - s * gj;
-                    mat[j * P + x] = s * gi + c * gj;
                     let qi = tile[x * P + i];
                     let qj = tile[x * P + j];
                     tile[x * P + i] = c * qi - s * qj;
                     tile[x * P + j] = s * qi + c * qj;
-                }
-                workgroupBarrier();
-                // Columns: G <- G J; the annihilated pair is set to exact zero.
-                for (var e = lid; e < 16u * P; e += EIG_WG) {
-                    let slot = e / P;
-                    let x = e % P;
-                    let i = inner_index(step, slot);
-                    let j = inner_index(step, P - 1u - slot);
-                    let c = rot_c[slot];
-                    let s = rot_s[slot];
-                    let gi = mat[x * P + i];
-                    let gj = mat[x * P + j];
-                    var ni = c * gi - s * gj;
-                    var nj = s * gi + c * gj;
-                    if s != 0.0 && (x == i || x == j) {
-                        if x == i { nj = 0.0; } else { ni = 0.0; }
-                    }
-                    mat[x * P + i] = ni;
-                    mat[x * P + j] = nj;
                 }
                 workgroupBarrier();
             }

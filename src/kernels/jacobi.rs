@@ -117,7 +117,8 @@ fn rotate_loops(len: usize) -> u64 {
 
 fn eigen_loops(len: usize) -> u64 {
     let per_thread = (PAIR * PAIR / EIGEN_WORKGROUP) as u64;
-    let per_step = (2 * (BLOCK * PAIR).div_ceil(EIGEN_WORKGROUP)) as u64;
+    // The fused G update over BLOCK x BLOCK slot pairs, then Q's BLOCK x PAIR entries.
+    let per_step = ((BLOCK * BLOCK).div_ceil(EIGEN_WORKGROUP) + (BLOCK * PAIR).div_ceil(EIGEN_WORKGROUP)) as u64;
     per_thread * (1 + chunks(len) as u64)
         + per_thread
         + 2 * per_thread * (1 + PAIR as u64)
