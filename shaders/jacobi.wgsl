@@ -52,12 +52,14 @@ fn outer(u: vec4<f32>, v: vec4<f32>) -> mat4x4<f32> {
 // Register blocks straight from storage, no workgroup memory: llvmpipe loads workgroup memory
 // lane by lane, so a staged tile costs more than it saves. Invocation (bi, bj) of 4 x 4 owns
 // the 8 x 8 block of Gram rows 8 bi.. and columns 8 bj.. (8 columns never straddle a block).
-@group(0) @binding(1) var<storage, read> gram_w: array<f32>;
+@group(0) @binding(1) var<storage, read> gram_w: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> gram_out: array<f32>;
 
-// Rows r of the 4 columns that start at col, col + m, col + 2m, col + 3m.
-fn gram_load(col: u32, r: u32) -> vec4<f32> {
-    return vec4<f32>(gram_w[col + r], gram_w[col + p.m + r], gram_w[col + 2u * p.m + r], gram_w[col + 3u * p.m + r]);
+// Rows 4q..4q + 4 of 4 neighbouring columns (column c at vec4 q + c * m / 4) as the columns
+// of a matrix.
+fn gram_load(q: u32) -> mat4x4<f32> {
+    let m4 = p.m / 4u;
+    return mat4x4<f32>(gram_w[q], gram_w[q + m4], gram_w[q + 2u * m4], gram_w[q + 3u * m4]);
 }
 
 // Gram entries [i0 + s][j0 + t] = g[t][s] into the pair's P x P partial at dst.
@@ -70,6 +72,7 @@ fn gram_store(g: mat4x4<f32>, dst: u32, i0: u32, j0: u32) {
     }
 }
 
+// W's column length m is a multiple of 4 (zero rows at the end), as are the chunk bounds.
 @compute @workgroup_size(16)
 fn gram(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let k = wg.x;
@@ -78,23 +81,24 @@ fn gram(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let i0 = (lid / 4u) * 8u;
     let j0 = (lid % 4u) * 8u;
     let base = b * p.np * p.m;
-    let ci = base + pair_column(k, i0) * p.m;
-    let cj = base + pair_column(k, j0) * p.m;
+    let ci = (base + pair_column(k, i0) * p.m) / 4u;
+    let cj = (base + pair_column(k, j0) * p.m) / 4u;
+    let far = p.m; // 4 columns on, in vec4
     let row0 = chunk * p.chunk;
     let row1 = min(row0 + p.chunk, p.m);
     var g00 = mat4x4<f32>();
     var g01 = mat4x4<f32>();
     var g10 = mat4x4<f32>();
     var g11 = mat4x4<f32>();
-    for (var r = row0; r < row1; r++) {
-        let xi0 = gram_load(ci, r);
-        let xi1 = gram_load(ci + 4u * p.m, r);
-        let xj0 = gram_load(cj, r);
-        let xj1 = gram_load(cj + 4u * p.m, r);
-        g00 += outer(xi0, xj0);
-        g01 += outer(xi0, xj1);
-        g10 += outer(xi1, xj0);
-        g11 += outer(xi1, xj1);
+    for (var q = row0 / 4u; q < row1 / 4u; q++) {
+        let xi0 = transpose(gram_load(ci + q));
+        let xi1 = transpose(gram_load(ci + far + q));
+        let xj0 = gram_load(cj + q);
+        let xj1 = gram_load(cj + far + q);
+        g00 += xi0 * xj0;
+        g01 += xi0 * xj1;
+        g10 += xi1 * xj0;
+        g11 += xi1 * xj1;
     }
     let dst = ((b * (p.nb / 2u) + k) * p.chunks + chunk) * P * P;
     gram_store(g00, dst, i0, j0);
@@ -297,20 +301,14 @@ fn eigen(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
 // old values before any writes them.
 @group(0) @binding(1) var<storage, read> rot_q: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> rot_flag: array<u32>;
-@group(0) @binding(3) var<storage, read_write> rot_x: array<f32>;
+@group(0) @binding(3) var<storage, read_write> rot_x: array<vec4<f32>>;
 
-// Rows row..row+4 of the column that starts at col.
-fn rot_load(col: u32, row: u32) -> vec4<f32> {
-    return vec4<f32>(rot_x[col + row], rot_x[col + row + 1u], rot_x[col + row + 2u], rot_x[col + row + 3u]);
-}
-
-// Row row + s of the 4 columns at col, col + m, .. <- y[t][s], rows below row1 only.
+// Rows row..row+4 of the 4 columns at col, col + m, .. <- y[t], when below row1 (m, row and
+// row1 are multiples of 4).
 fn rot_store(y: mat4x4<f32>, col: u32, row: u32, row1: u32) {
-    for (var s = 0u; s < 4u; s++) {
-        if row + s < row1 {
-            for (var t = 0u; t < 4u; t++) {
-                rot_x[col + t * p.m + row + s] = y[t][s];
-            }
+    if row < row1 {
+        for (var t = 0u; t < 4u; t++) {
+            rot_x[(col + t * p.m + row) / 4u] = y[t];
         }
     }
 }
@@ -343,8 +341,8 @@ fn rotate(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
         var y11 = mat4x4<f32>();
         for (var c = 0u; c < P; c++) {
             let col = base + pair_column(k, c) * p.m;
-            let x0 = rot_load(col, row);
-            let x1 = rot_load(col, row + 4u);
+            let x0 = rot_x[(col + row) / 4u];
+            let x1 = rot_x[(col + row) / 4u + 1u];
             let q0 = rot_q[q + 8u * c];
             let q1 = rot_q[q + 8u * c + 1u];
             y00 += outer(x0, q0);
@@ -368,7 +366,7 @@ struct Shape {
     np: u32,     // padded column count of W / V
     cols: u32,   // load: A's true column count in W's sense; gather: r output columns
     transpose: u32, // load: 1 when W's columns are A's columns (A stored [len, cols])
-    ld: u32,     // gather: distance between the source's columns
+    ld: u32,     // load: W's column stride; gather: distance between the source's columns
 }
 
 @group(0) @binding(0) var<uniform> sh: Shape;
@@ -377,22 +375,22 @@ fn flat(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wg.x + wg.y * nwg.x) * 256u + lid;
 }
 
-// W[b, j, i] = column j of A (or of A^T), zero for padding columns.
+// W[b, j, i] = column j of A (or of A^T), zero for padding columns and rows (i >= len).
 @group(0) @binding(1) var<storage, read> load_a: array<f32>;
 @group(0) @binding(2) var<storage, read_write> load_w: array<f32>;
 
 @compute @workgroup_size(256)
 fn load(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let idx = flat(wg, nwg, lid);
-    let per = sh.np * sh.len;
+    let per = sh.np * sh.ld;
     if idx >= sh.batch * per {
         return;
     }
     let b = idx / per;
-    let j = (idx % per) / sh.len;
-    let i = idx % sh.len;
+    let j = (idx % per) / sh.ld;
+    let i = idx % sh.ld;
     var v = 0.0;
-    if j < sh.cols {
+    if j < sh.cols && i < sh.len {
         let src = b * sh.cols * sh.len;
         if sh.transpose == 1u {
             v = load_a[src + i * sh.cols + j];
