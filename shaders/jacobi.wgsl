@@ -10,7 +10,7 @@
 
 const B: u32 = 16u;
 const P: u32 = 32u; // 2B columns per pair
-const T: u32 = 32u; // rows per shared tile
+const ROT_ROWS: u32 = 64u; // rows per step of a rotate workgroup
 
 struct Params {
     m: u32,       // rows of W (column length) / of V for `rotate` on V
@@ -40,46 +40,71 @@ fn pair_column(k: u32, c: u32) -> u32 {
     return block_at(p.nb - 1u - k) * B + c - B;
 }
 
-var<workgroup> tile: array<f32, 1024>; // [P][T]: column-major tile of the pair's columns
-var<workgroup> mat: array<f32, 1024>;  // [P][P]: Gram (eigen) or rotation (rotate)
+var<workgroup> tile: array<f32, 1024>; // [P][P]: eigen's rotation Q
+var<workgroup> mat: array<f32, 1024>;  // [P][P]: eigen's Gram
+
+// Outer product u vᵀ as a matrix whose element [t][s] is u[s] v[t].
+fn outer(u: vec4<f32>, v: vec4<f32>) -> mat4x4<f32> {
+    return mat4x4<f32>(u * v.x, u * v.y, u * v.z, u * v.w);
+}
 
 // ---- gram: partial[b, k, chunk, i, j] = sum over the chunk's rows of W[:, col i] * W[:, col j]
-@group(0) @binding(1) var<storage, read> gram_w: array<f32>;
+// Register blocks straight from storage, no workgroup memory: llvmpipe loads workgroup memory
+// lane by lane, so a staged tile costs more than it saves. Invocation (bi, bj) of 4 x 4 owns
+// the 8 x 8 block of Gram rows 8 bi.. and columns 8 bj.. (8 columns never straddle a block).
+@group(0) @binding(1) var<storage, read> gram_w: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> gram_out: array<f32>;
 
-@compute @workgroup_size(256)
+// Rows 4q..4q + 4 of 4 neighbouring columns (column c at vec4 q + c * m / 4) as the columns
+// of a matrix.
+fn gram_load(q: u32) -> mat4x4<f32> {
+    let m4 = p.m / 4u;
+    return mat4x4<f32>(gram_w[q], gram_w[q + m4], gram_w[q + 2u * m4], gram_w[q + 3u * m4]);
+}
+
+// Gram entries [i0 + s][j0 + t] = g[t][s] into the pair's P x P partial at dst.
+fn gram_store(g: mat4x4<f32>, dst: u32, i0: u32, j0: u32) {
+    for (var s = 0u; s < 4u; s++) {
+        gram_out[dst + (i0 + s) * P + j0] = g[0][s];
+        gram_out[dst + (i0 + s) * P + j0 + 1u] = g[1][s];
+        gram_out[dst + (i0 + s) * P + j0 + 2u] = g[2][s];
+        gram_out[dst + (i0 + s) * P + j0 + 3u] = g[3][s];
+    }
+}
+
+// W's column length m is a multiple of 4 (zero rows at the end), as are the chunk bounds.
+@compute @workgroup_size(16)
 fn gram(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let k = wg.x;
     let chunk = wg.y;
     let b = wg.z;
-    let i = lid / 8u;        // Gram row
-    let j0 = (lid % 8u) * 4u; // four Gram columns
+    let i0 = (lid / 4u) * 8u;
+    let j0 = (lid % 4u) * 8u;
     let base = b * p.np * p.m;
+    let ci = (base + pair_column(k, i0) * p.m) / 4u;
+    let cj = (base + pair_column(k, j0) * p.m) / 4u;
+    let far = p.m; // 4 columns on, in vec4
     let row0 = chunk * p.chunk;
     let row1 = min(row0 + p.chunk, p.m);
-    var acc = vec4<f32>(0.0);
-    for (var r = row0; r < row1; r += T) {
-        for (var e = lid; e < P * T; e += 256u) {
-            let c = e / T;
-            let row = r + e % T;
-            var v = 0.0;
-            if row < row1 {
-                v = gram_w[base + pair_column(k, c) * p.m + row];
-            }
-            tile[e] = v;
-        }
-        workgroupBarrier();
-        for (var t = 0u; t < T; t++) {
-            let a = tile[i * T + t];
-            acc += a * vec4<f32>(tile[j0 * T + t], tile[(j0 + 1u) * T + t], tile[(j0 + 2u) * T + t], tile[(j0 + 3u) * T + t]);
-        }
-        workgroupBarrier();
+    var g00 = mat4x4<f32>();
+    var g01 = mat4x4<f32>();
+    var g10 = mat4x4<f32>();
+    var g11 = mat4x4<f32>();
+    for (var q = row0 / 4u; q < row1 / 4u; q++) {
+        let xi0 = transpose(gram_load(ci + q));
+        let xi1 = transpose(gram_load(ci + far + q));
+        let xj0 = gram_load(cj + q);
+        let xj1 = gram_load(cj + far + q);
+        g00 += xi0 * xj0;
+        g01 += xi0 * xj1;
+        g10 += xi1 * xj0;
+        g11 += xi1 * xj1;
     }
-    let dst = (((b * (p.nb / 2u) + k) * p.chunks + chunk) * P + i) * P + j0;
-    gram_out[dst] = acc.x;
-    gram_out[dst + 1u] = acc.y;
-    gram_out[dst + 2u] = acc.z;
-    gram_out[dst + 3u] = acc.w;
+    let dst = ((b * (p.nb / 2u) + k) * p.chunks + chunk) * P * P;
+    gram_store(g00, dst, i0, j0);
+    gram_store(g01, dst, i0, j0 + 4u);
+    gram_store(g10, dst, i0 + 4u, j0);
+    gram_store(g11, dst, i0 + 4u, j0 + 4u);
 }
 
 // ---- eigen: one workgroup per (pair, batch); writes Q [b, k, P, P] and whether it rotated.
@@ -87,6 +112,10 @@ fn gram(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
 @group(0) @binding(2) var<storage, read_write> eig_q: array<f32>;
 @group(0) @binding(3) var<storage, read_write> eig_rotated: array<u32>;
 @group(0) @binding(4) var<storage, read_write> eig_off: array<atomic<u32>>;
+
+// One workgroup per pair: few invocations, because llvmpipe switches between the workgroup's
+// 8-lane SIMD groups at every barrier and the solve has about 3 barriers per inner step.
+const EIG_WG: u32 = 32u;
 
 var<workgroup> rot_c: array<f32, 16>;
 var<workgroup> rot_s: array<f32, 16>;
@@ -120,7 +149,7 @@ fn cosine(gij: f32, gii: f32, gjj: f32) -> f32 {
     return abs(gij) / (sqrt(gii) * sqrt(gjj));
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(EIG_WG)
 fn eigen(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let k = wg.x;
     let b = wg.z;
@@ -129,7 +158,7 @@ fn eigen(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
         atomicStore(&local_off, 0u);
     }
     // Sum the row chunks in a fixed order (deterministic); Q starts as the identity.
-    for (var e = lid; e < P * P; e += 256u) {
+    for (var e = lid; e < P * P; e += EIG_WG) {
         var g = 0.0;
         for (var c = 0u; c < p.chunks; c++) {
             g += eig_partial[(pair * p.chunks + c) * P * P + e];
@@ -138,7 +167,7 @@ fn eigen(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
         tile[e] = select(0.0, 1.0, e / P == e % P);
     }
     workgroupBarrier();
-    for (var e = lid; e < P * P; e += 256u) {
+    for (var e = lid; e < P * P; e += EIG_WG) {
         let i = e / P;
         let j = e % P;
         if i < j {
@@ -185,41 +214,52 @@ fn eigen(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
                     rot_s[lid] = s;
                 }
                 workgroupBarrier();
-                // Rows: G <- J^T G; and Q <- Q J (columns of Q).
-                for (var e = lid; e < 16u * P; e += 256u) {
+                // G <- Jᵀ G J in one pass: the 2 x 2 block of rows (i_a, j_a) and columns
+                // (i_b, j_b) depends only on slots a and b. An annihilated pair is set to
+                // exact zero.
+                for (var e = lid; e < 16u * 16u; e += EIG_WG) {
+                    let a = e / 16u;
+                    let b = e % 16u;
+                    let ia = inner_index(step, a);
+                    let ja = inner_index(step, P - 1u - a);
+                    let ib = inner_index(step, b);
+                    let jb = inner_index(step, P - 1u - b);
+                    let ca = rot_c[a];
+                    let sa = rot_s[a];
+                    let cb = rot_c[b];
+                    let sb = rot_s[b];
+                    let g_ii = mat[ia * P + ib];
+                    let g_ij = mat[ia * P + jb];
+                    let g_ji = mat[ja * P + ib];
+                    let g_jj = mat[ja * P + jb];
+                    // Rows first (Jᵀ from the left), then columns (J from the right).
+                    let r_ii = ca * g_ii - sa * g_ji;
+                    let r_ij = ca * g_ij - sa * g_jj;
+                    let r_ji = sa * g_ii + ca * g_ji;
+                    let r_jj = sa * g_ij + ca * g_jj;
+                    var n_ij = sb * r_ii + cb * r_ij;
+                    var n_ji = cb * r_ji - sb * r_jj;
+                    if a == b && sa != 0.0 {
+                        n_ij = 0.0;
+                        n_ji = 0.0;
+                    }
+                    mat[ia * P + ib] = cb * r_ii - sb * r_ij;
+                    mat[ia * P + jb] = n_ij;
+                    mat[ja * P + ib] = n_ji;
+                    mat[ja * P + jb] = sb * r_ji + cb * r_jj;
+                }
+                // Q <- Q J (columns of Q).
+                for (var e = lid; e < 16u * P; e += EIG_WG) {
                     let slot = e / P;
                     let x = e % P;
                     let i = inner_index(step, slot);
                     let j = inner_index(step, P - 1u - slot);
                     let c = rot_c[slot];
                     let s = rot_s[slot];
-                    let gi = mat[i * P + x];
-                    let gj = mat[j * P + x];
-                    mat[i * P + x] = c * gi - s * gj;
-                    mat[j * P + x] = s * gi + c * gj;
                     let qi = tile[x * P + i];
                     let qj = tile[x * P + j];
                     tile[x * P + i] = c * qi - s * qj;
                     tile[x * P + j] = s * qi + c * qj;
-                }
-                workgroupBarrier();
-                // Columns: G <- G J; the annihilated pair is set to exact zero.
-                for (var e = lid; e < 16u * P; e += 256u) {
-                    let slot = e / P;
-                    let x = e % P;
-                    let i = inner_index(step, slot);
-                    let j = inner_index(step, P - 1u - slot);
-                    let c = rot_c[slot];
-                    let s = rot_s[slot];
-                    let gi = mat[x * P + i];
-                    let gj = mat[x * P + j];
-                    var ni = c * gi - s * gj;
-                    var nj = s * gi + c * gj;
-                    if s != 0.0 && (x == i || x == j) {
-                        if x == i { nj = 0.0; } else { ni = 0.0; }
-                    }
-                    mat[x * P + i] = ni;
-                    mat[x * P + j] = nj;
                 }
                 workgroupBarrier();
             }
@@ -231,7 +271,7 @@ fn eigen(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
     workgroupBarrier();
     // One Newton-Schulz step Q <- Q (3I - QᵀQ) / 2 removes the rounding drift of the
     // rotation product (error δ -> O(δ²)); otherwise V loses orthogonality over the sweeps.
-    for (var e = lid; e < P * P; e += 256u) {
+    for (var e = lid; e < P * P; e += EIG_WG) {
         let a = e / P;
         let c = e % P;
         var dot = 0.0;
@@ -241,7 +281,7 @@ fn eigen(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
         mat[e] = dot;
     }
     workgroupBarrier();
-    for (var e = lid; e < P * P; e += 256u) {
+    for (var e = lid; e < P * P; e += EIG_WG) {
         let row = e / P;
         let c = e % P;
         var qs = 0.0;
@@ -256,11 +296,24 @@ fn eigen(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
 }
 
 // ---- rotate: columns of X [b, NP, m] of pair k, rows of this chunk, <- columns * Q.
-@group(0) @binding(1) var<storage, read> rot_q: array<f32>;
+// In place and from registers: invocation (rg, cg) of 8 x 4 computes rows 8 rg.. of each
+// 64-row block for output columns 8 cg..; the barrier lets every invocation read the block's
+// old values before any writes them.
+@group(0) @binding(1) var<storage, read> rot_q: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> rot_flag: array<u32>;
-@group(0) @binding(3) var<storage, read_write> rot_x: array<f32>;
+@group(0) @binding(3) var<storage, read_write> rot_x: array<vec4<f32>>;
 
-@compute @workgroup_size(256)
+// Rows row..row+4 of the 4 columns at col, col + m, .. <- y[t], when below row1 (m, row and
+// row1 are multiples of 4).
+fn rot_store(y: mat4x4<f32>, col: u32, row: u32, row1: u32) {
+    if row < row1 {
+        for (var t = 0u; t < 4u; t++) {
+            rot_x[(col + t * p.m + row) / 4u] = y[t];
+        }
+    }
+}
+
+@compute @workgroup_size(32)
 fn rotate(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let k = wg.x;
     let chunk = wg.y;
@@ -272,36 +325,36 @@ fn rotate(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     if workgroupUniformLoad(&uniform_word) == 0u {
         return;
     }
-    for (var e = lid; e < P * P; e += 256u) {
-        mat[e] = rot_q[pair * P * P + e];
-    }
-    let t = lid % T;        // row within the tile
-    let j0 = (lid / T) * 4u; // four output columns
+    let c0 = (lid % 4u) * 8u;
     let base = b * p.np * p.m;
+    let out = base + pair_column(k, c0) * p.m;
+    // Q[c][c0..c0 + 8] is vec4 number q + 8c and the next one.
+    let q = (pair * P * P + c0) / 4u;
     let row0 = chunk * p.chunk;
     let row1 = min(row0 + p.chunk, p.m);
-    for (var r = row0; r < row1; r += T) {
-        for (var e = lid; e < P * T; e += 256u) {
-            let row = r + e % T;
-            var v = 0.0;
-            if row < row1 {
-                v = rot_x[base + pair_column(k, e / T) * p.m + row];
-            }
-            tile[e] = v;
+    for (var r = row0; r < row1; r += ROT_ROWS) {
+        // Rows past row1 read other data (or the clamped end) and are not written.
+        let row = r + (lid / 4u) * 8u;
+        var y00 = mat4x4<f32>();
+        var y01 = mat4x4<f32>();
+        var y10 = mat4x4<f32>();
+        var y11 = mat4x4<f32>();
+        for (var c = 0u; c < P; c++) {
+            let col = base + pair_column(k, c) * p.m;
+            let x0 = rot_x[(col + row) / 4u];
+            let x1 = rot_x[(col + row) / 4u + 1u];
+            let q0 = rot_q[q + 8u * c];
+            let q1 = rot_q[q + 8u * c + 1u];
+            y00 += outer(x0, q0);
+            y01 += outer(x0, q1);
+            y10 += outer(x1, q0);
+            y11 += outer(x1, q1);
         }
         workgroupBarrier();
-        var acc = vec4<f32>(0.0);
-        for (var c = 0u; c < P; c++) {
-            let q = c * P + j0;
-            acc += tile[c * T + t] * vec4<f32>(mat[q], mat[q + 1u], mat[q + 2u], mat[q + 3u]);
-        }
-        let row = r + t;
-        if row < row1 {
-            rot_x[base + pair_column(k, j0) * p.m + row] = acc.x;
-            rot_x[base + pair_column(k, j0 + 1u) * p.m + row] = acc.y;
-            rot_x[base + pair_column(k, j0 + 2u) * p.m + row] = acc.z;
-            rot_x[base + pair_column(k, j0 + 3u) * p.m + row] = acc.w;
-        }
+        rot_store(y00, out, row, row1);
+        rot_store(y01, out + 4u * p.m, row, row1);
+        rot_store(y10, out, row + 4u, row1);
+        rot_store(y11, out + 4u * p.m, row + 4u, row1);
         workgroupBarrier();
     }
 }
@@ -313,7 +366,7 @@ struct Shape {
     np: u32,     // padded column count of W / V
     cols: u32,   // load: A's true column count in W's sense; gather: r output columns
     transpose: u32, // load: 1 when W's columns are A's columns (A stored [len, cols])
-    ld: u32,     // gather: distance between the source's columns
+    ld: u32,     // load: W's column stride; gather: distance between the source's columns
 }
 
 @group(0) @binding(0) var<uniform> sh: Shape;
@@ -322,22 +375,22 @@ fn flat(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wg.x + wg.y * nwg.x) * 256u + lid;
 }
 
-// W[b, j, i] = column j of A (or of A^T), zero for padding columns.
+// W[b, j, i] = column j of A (or of A^T), zero for padding columns and rows (i >= len).
 @group(0) @binding(1) var<storage, read> load_a: array<f32>;
 @group(0) @binding(2) var<storage, read_write> load_w: array<f32>;
 
 @compute @workgroup_size(256)
 fn load(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let idx = flat(wg, nwg, lid);
-    let per = sh.np * sh.len;
+    let per = sh.np * sh.ld;
     if idx >= sh.batch * per {
         return;
     }
     let b = idx / per;
-    let j = (idx % per) / sh.len;
-    let i = idx % sh.len;
+    let j = (idx % per) / sh.ld;
+    let i = idx % sh.ld;
     var v = 0.0;
-    if j < sh.cols {
+    if j < sh.cols && i < sh.len {
         let src = b * sh.cols * sh.len;
         if sh.transpose == 1u {
             v = load_a[src + i * sh.cols + j];

@@ -21,12 +21,16 @@ pub static SHADER: Shader = crate::shader!("jacobi");
 /// Columns per block; a pair's 2B×2B Gram and rotation take 4 KiB each of workgroup memory.
 pub const BLOCK: usize = 16;
 const PAIR: usize = 2 * BLOCK;
-/// Rows per shared-memory tile in `gram` and `rotate`.
-const TILE: usize = 32;
+/// Rows a `rotate` workgroup computes per step (ROT_ROWS in the shader).
+const ROTATE_ROWS: usize = 64;
 /// Rows one workgroup of `gram` / `rotate` covers; longer columns are split over workgroups.
 const CHUNK: usize = 256;
-/// Inner Jacobi sweeps of the small eigensolve at most (it usually stops after 3 to 5).
-const INNER_SWEEPS: usize = 10;
+/// Inner Jacobi sweeps of the small eigensolve at most. The outer sweeps converge anyway, so
+/// solving each pair only roughly costs no more outer sweeps (measured: 10 inner sweeps and 2
+/// both take 11 outer sweeps at 256², 13 at 512²) and a fraction of the eigensolve time.
+const INNER_SWEEPS: usize = 2;
+/// Invocations of an `eigen` workgroup (EIG_WG in the shader).
+const EIGEN_WORKGROUP: usize = 32;
 pub const MAX_SWEEPS: usize = 30;
 /// Unit roundoff of f32 (LAPACK's ε).
 const EPS: f32 = f32::EPSILON / 2.0;
@@ -76,6 +80,9 @@ pub struct SvdResult {
 struct Plan {
     batch: usize,
     len: usize,
+    /// W's column stride and the row count the round kernels see: len rounded up to a
+    /// multiple of 4 (zero rows), so that they may read columns as vec4.
+    ld: usize,
     cols: usize,
     np: usize,
     nb: usize,
@@ -87,7 +94,7 @@ impl Plan {
     fn new(batch: usize, m: usize, n: usize) -> Plan {
         let (len, cols) = if m >= n { (m, n) } else { (n, m) };
         let nb = cols.div_ceil(BLOCK).max(2).next_multiple_of(2);
-        Plan { batch, len, cols, np: nb * BLOCK, nb, tall: m >= n }
+        Plan { batch, len, ld: len.next_multiple_of(4), cols, np: nb * BLOCK, nb, tall: m >= n }
     }
     fn pairs(&self) -> usize {
         self.nb / 2
@@ -101,16 +108,21 @@ fn chunks(len: usize) -> usize {
     len.div_ceil(CHUNK)
 }
 
-/// Worst-case loop iterations of one invocation of `gram` / `rotate` over `len` rows.
-fn tiled_loops(len: usize) -> u64 {
-    let rows = len.min(CHUNK);
-    let per_tile = (PAIR * TILE / 256 + PAIR.max(TILE)) as u64;
-    rows.div_ceil(TILE) as u64 * per_tile + (PAIR * PAIR / 256) as u64
+/// Worst-case loop iterations of one `gram` invocation: its rows in steps of 4, then 4 stores
+/// of 4.
+fn gram_loops(len: usize) -> u64 {
+    (len.min(CHUNK).div_ceil(4) + 4 * 4) as u64
+}
+
+/// Per step of `rotate`: the step, the loop over the pair's columns, 4 stores of 4.
+fn rotate_loops(len: usize) -> u64 {
+    (len.min(CHUNK).div_ceil(ROTATE_ROWS) * (1 + PAIR + 4 * 4)) as u64
 }
 
 fn eigen_loops(len: usize) -> u64 {
-    let per_thread = (PAIR * PAIR / 256) as u64;
-    let per_step = (2 * (BLOCK * PAIR).div_ceil(256)) as u64;
+    let per_thread = (PAIR * PAIR / EIGEN_WORKGROUP) as u64;
+    // The fused G update over BLOCK x BLOCK slot pairs, then Q's BLOCK x PAIR entries.
+    let per_step = ((BLOCK * BLOCK).div_ceil(EIGEN_WORKGROUP) + (BLOCK * PAIR).div_ceil(EIGEN_WORKGROUP)) as u64;
     per_thread * (1 + chunks(len) as u64)
         + per_thread
         + 2 * per_thread * (1 + PAIR as u64)
@@ -179,13 +191,13 @@ impl Work {
     fn load(plan: &Plan, mats: &Tensor) -> Result<Work> {
         let gpu = mats.gpu();
         let batch = plan.batch;
-        if (batch * plan.np * plan.len.max(plan.np)) as u64 > u32::MAX as u64 {
+        if (batch * plan.np * plan.ld.max(plan.np)) as u64 > u32::MAX as u64 {
             bail!("Jacobi SVD: {:?} is too large for 32-bit indexing; split the batch", mats.shape());
         }
         let work = Work {
-            w: Tensor::uninit(gpu, &[batch, plan.np, plan.len], DType::F32)?,
+            w: Tensor::uninit(gpu, &[batch, plan.np, plan.ld], DType::F32)?,
             v: Tensor::uninit(gpu, &[batch, plan.np, plan.np], DType::F32)?,
-            partial: Tensor::uninit(gpu, &[batch, plan.pairs(), chunks(plan.len), PAIR, PAIR], DType::F32)?,
+            partial: Tensor::uninit(gpu, &[batch, plan.pairs(), chunks(plan.ld), PAIR, PAIR], DType::F32)?,
             q: Tensor::uninit(gpu, &[batch, plan.pairs(), PAIR, PAIR], DType::F32)?,
             rotated: Tensor::uninit(gpu, &[batch, plan.pairs()], DType::U32)?,
             off: Tensor::uninit(gpu, &[1], DType::F32)?,
@@ -196,18 +208,18 @@ impl Work {
             np: plan.np as u32,
             cols: plan.cols as u32,
             transpose: plan.tall as u32,
-            ld: 0,
+            ld: plan.ld as u32,
         };
-        flat_launch(gpu, "load", &shape, &[mats], &work.w, batch * plan.np * plan.len)?;
+        flat_launch(gpu, "load", &shape, &[mats], &work.w, batch * plan.np * plan.ld)?;
         flat_launch(gpu, "identity", &shape, &[], &work.v, batch * plan.np * plan.np)?;
         Ok(work)
     }
 }
 
 fn gram_launch(gpu: &Gpu, plan: &Plan, work: &Work, params: &RoundParams) -> Result<()> {
-    let c = chunks(plan.len) as u32;
+    let c = chunks(plan.ld) as u32;
     let grid = [plan.pairs() as u32, c, plan.batch as u32];
-    round_launch(gpu, "gram", params, &[&work.w], &[&work.partial], grid, tiled_loops(plan.len))
+    round_launch(gpu, "gram", params, &[&work.w], &[&work.partial], grid, gram_loops(plan.ld))
 }
 
 fn round_params(plan: &Plan, m: usize, round: usize) -> RoundParams {
@@ -227,8 +239,8 @@ fn round_params(plan: &Plan, m: usize, round: usize) -> RoundParams {
 fn record_round(gpu: &Gpu, plan: &Plan, work: &Work, round: usize) -> Result<()> {
     let pairs = plan.pairs() as u32;
     let batch = plan.batch as u32;
-    let pw = round_params(plan, plan.len, round);
-    let c = chunks(plan.len) as u32;
+    let pw = round_params(plan, plan.ld, round);
+    let c = chunks(plan.ld) as u32;
     gram_launch(gpu, plan, work, &pw)?;
     round_launch(
         gpu,
@@ -237,12 +249,12 @@ fn record_round(gpu: &Gpu, plan: &Plan, work: &Work, round: usize) -> Result<()>
         &[&work.partial],
         &[&work.q, &work.rotated, &work.off],
         [pairs, 1, batch],
-        eigen_loops(plan.len),
+        eigen_loops(plan.ld),
     )?;
-    round_launch(gpu, "rotate", &pw, &[&work.q, &work.rotated], &[&work.w], [pairs, c, batch], tiled_loops(plan.len))?;
+    round_launch(gpu, "rotate", &pw, &[&work.q, &work.rotated], &[&work.w], [pairs, c, batch], rotate_loops(plan.ld))?;
     let pv = round_params(plan, plan.np, round);
     let cv = chunks(plan.np) as u32;
-    round_launch(gpu, "rotate", &pv, &[&work.q, &work.rotated], &[&work.v], [pairs, cv, batch], tiled_loops(plan.np))
+    round_launch(gpu, "rotate", &pv, &[&work.q, &work.rotated], &[&work.v], [pairs, cv, batch], rotate_loops(plan.np))
 }
 
 /// Thin SVD of every matrix of `mats` [batch, m, n] (f32). Errors on NaN/Inf input and when
@@ -290,7 +302,7 @@ pub fn svd_batched(mats: &Tensor) -> Result<SvdResult> {
 fn finish(gpu: &Gpu, plan: &Plan, work: &Work, sweeps: usize, off: f32) -> Result<SvdResult> {
     let (batch, r) = (plan.batch, plan.cols);
     let norms = Tensor::uninit(gpu, &[batch, plan.np], DType::F32)?;
-    let shape = ShapeParams { batch: batch as u32, len: plan.len as u32, np: plan.np as u32, ..Default::default() };
+    let shape = ShapeParams { batch: batch as u32, len: plan.ld as u32, np: plan.np as u32, ..Default::default() };
     gpu.launch(&Launch {
         shader: &SHADER,
         entry: "norms",
@@ -299,7 +311,7 @@ fn finish(gpu: &Gpu, plan: &Plan, work: &Work, sweeps: usize, off: f32) -> Resul
         read: &[&work.w],
         write: &[&norms],
         workgroups: grid_1d((batch * plan.np) as u64),
-        loop_iterations: norm_loops(plan.len),
+        loop_iterations: norm_loops(plan.ld),
         workgroup_bytes: SHARED_BYTES,
     })?;
     let norms = norms.to_f32()?;
@@ -336,7 +348,7 @@ fn finish(gpu: &Gpu, plan: &Plan, work: &Work, sweeps: usize, off: f32) -> Resul
         flat_launch(gpu, "gather", &p, &[src, &perm, scale], &out, batch * len * r)?;
         Ok(out)
     };
-    let left = gather(&work.w, plan.len, plan.len, &inv)?;
+    let left = gather(&work.w, plan.len, plan.ld, &inv)?;
     let right = gather(&work.v, plan.cols, plan.np, &ones)?;
     let (u, v) = if plan.tall { (left, right) } else { (right, left) };
     Ok(SvdResult { u, s, v, sweeps, off })
@@ -484,7 +496,7 @@ mod tests {
     #[test]
     fn loop_counts_fit_the_budget_up_to_4096() {
         for len in [1, 17, 255, 256, 257, 4096] {
-            for loops in [tiled_loops(len), eigen_loops(len), norm_loops(len)] {
+            for loops in [gram_loops(len), rotate_loops(len), eigen_loops(len), norm_loops(len)] {
                 assert!(loops > 0 && loops <= crate::gpu::LOOP_BUDGET, "{len} rows: {loops} iterations");
             }
         }

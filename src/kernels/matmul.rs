@@ -1,12 +1,18 @@
 //! Batched f32 GEMM with transposes, leading dims, offsets and broadcast batch strides, plus
 //! the convenience forms the model uses (`matmul`, `linear`) and a batched `transpose`.
 //!
-//! Two kernels, chosen per adapter ([`Variant::choose`]):
-//! - [`Variant::RegisterBlocked`] on CPU adapters (lavapipe): no workgroup memory and no
-//!   barriers, which llvmpipe runs by switching between the invocations of a workgroup; each
-//!   invocation keeps a 4x4 block of C in registers and streams A and B as vec4 through the
-//!   CPU caches. Needs 16-byte alignment of every row start, so it is used only when leading
-//!   dims, offsets, batch strides and buffer lengths are multiples of 4.
+//! Three kernels, chosen per adapter ([`Variant::choose`]):
+//! - [`Variant::Subgroup`] on CPU adapters (lavapipe) with subgroups of at least 8: llvmpipe
+//!   runs 8 invocations as SIMD lanes, where a storage load whose address differs per lane
+//!   is a scalar loop over the lanes but a broadcast from a constant lane is one shuffle. One
+//!   subgroup computes a 32x64 tile of C: the lanes load the A block of each K step together
+//!   and broadcast it, each lane loads only its own 8 columns of B (shaders/matmul_subgroup.wgsl).
+//! - [`Variant::RegisterBlocked`] on CPU adapters without subgroups: no workgroup memory and
+//!   no barriers (llvmpipe switches between the invocations of a workgroup at a barrier); each
+//!   invocation keeps a 4x4 block of C in registers and streams A and B as vec4.
+//!
+//!   Both read A and B as vec4, so every row start must be 16-byte aligned: they are used
+//!   only when leading dims, offsets, batch strides and buffer lengths are multiples of 4.
 //! - [`Variant::Tiled`] everywhere else: 64x64 tiles of C staged through 8 KiB of workgroup
 //!   memory with coalesced scalar loads, which a discrete GPU needs to keep its ALUs fed; it
 //!   accepts any alignment and shape, so it is also the fallback on CPU adapters.
@@ -18,6 +24,16 @@ use crate::gpu::{Gpu, Launch, Shader};
 use crate::tensor::{DType, Tensor};
 
 pub static SHADER: Shader = crate::shader!("matmul");
+
+/// matmul.wgsl plus the subgroup kernel, which uses its declarations. A module of its own,
+/// because a device without the SUBGROUP feature refuses any module that uses subgroup ops.
+pub static SUBGROUP_SHADER: Shader = Shader {
+    name: "matmul_subgroup",
+    wgsl: concat!(
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/matmul.wgsl")),
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/matmul_subgroup.wgsl")),
+    ),
+};
 
 /// C[b] = alpha * op(A[b]) * op(B[b]) + beta * C[b]; op(X) = Xᵀ when trans_x. Row-major with leading dims (row strides)
 /// and element offsets, so sub-blocks (heads, column blocks) are addressable without copies.
@@ -93,6 +109,7 @@ impl Gemm {
 /// Which GEMM kernel runs; see the module documentation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Variant {
+    Subgroup,
     RegisterBlocked,
     Tiled,
 }
@@ -101,6 +118,13 @@ pub enum Variant {
 const RB_X: u32 = 8;
 const RB_Y: u32 = 8;
 const RB_BLOCK: usize = 4;
+/// C tile of one subgroup (8 lanes) of the subgroup kernel.
+const SG_TILE_M: usize = 32;
+const SG_TILE_N: usize = 64;
+/// Subgroup lanes that gemm_subgroup broadcasts from.
+const SG_LANES: u32 = 8;
+/// gemm_subgroup after its K loop: the remainder's masking loops (4 x (1 + 8)) and 16 stores.
+const SG_TAIL_LOOPS: u64 = 4 * 9 + 16 * STORE_LOOPS;
 const TILE: usize = 64;
 const TILE_K: usize = 16;
 /// Two staged tiles of 16 x 65 floats.
@@ -111,22 +135,30 @@ const STORE_LOOPS: u64 = 4 + 16;
 impl Variant {
     /// The kernel for this adapter and operand layout.
     pub fn choose(gpu: &Gpu, g: &Gemm, a: &Tensor, b: &Tensor) -> Variant {
-        if gpu.is_cpu() && vec4_aligned(g, a, b) {
-            Variant::RegisterBlocked
-        } else {
+        if !gpu.is_cpu() || !vec4_aligned(g, a, b) {
             Variant::Tiled
+        } else if subgroups_of_8(gpu) {
+            Variant::Subgroup
+        } else {
+            Variant::RegisterBlocked
         }
     }
 
     pub fn name(self) -> &'static str {
         match self {
+            Variant::Subgroup => "subgroup",
             Variant::RegisterBlocked => "register-blocked",
             Variant::Tiled => "tiled",
         }
     }
 }
 
-/// The register-blocked kernel reads A and B as vec4: every row start must be 16-byte aligned.
+/// gemm_subgroup needs subgroup ops and one subgroup per workgroup of 8 invocations.
+fn subgroups_of_8(gpu: &Gpu) -> bool {
+    gpu.has_subgroups() && gpu.summary().subgroup_min_size >= SG_LANES
+}
+
+/// The subgroup and register-blocked kernels read A and B as vec4: every row start must be 16-byte aligned.
 fn vec4_aligned(g: &Gemm, a: &Tensor, b: &Tensor) -> bool {
     let batched = g.batch > 1;
     [g.lda, g.ldb, g.offset_a, g.offset_b, a.len(), b.len()]
@@ -193,8 +225,9 @@ pub fn gemm(g: &Gemm, a: &Tensor, b: &Tensor, c: &Tensor) -> Result<()> {
     gemm_with(g, a, b, c, Variant::choose(a.gpu(), g, a, b))
 }
 
-/// [`gemm`] with a given kernel (tests and benchmarks); refuses a register-blocked launch on
-/// operands that are not 16-byte aligned.
+/// [`gemm`] with a given kernel (tests and benchmarks); refuses a subgroup or register-blocked
+/// launch on operands that are not 16-byte aligned, and a subgroup launch on a device without
+/// subgroups of at least 8.
 pub fn gemm_with(g: &Gemm, a: &Tensor, b: &Tensor, c: &Tensor, variant: Variant) -> Result<()> {
     if g.batch == 0 || g.m == 0 || g.n == 0 {
         return Ok(());
@@ -204,8 +237,12 @@ pub fn gemm_with(g: &Gemm, a: &Tensor, b: &Tensor, c: &Tensor, variant: Variant)
         check_operand("B", b, g.stored_b(), g.ldb, g.offset_b, g.stride_b, g.batch)?;
     }
     check_operand("C", c, (g.m, g.n), g.ldc, g.offset_c, g.stride_c, g.batch)?;
-    if variant == Variant::RegisterBlocked && !vec4_aligned(g, a, b) {
-        bail!("gemm: the register-blocked kernel needs leading dims, offsets, batch strides and lengths of A and B that are multiples of 4; got {g:?}");
+    if variant != Variant::Tiled && !vec4_aligned(g, a, b) {
+        bail!("gemm: the {} kernel needs leading dims, offsets, batch strides and lengths of A and B that are multiples of 4; got {g:?}", variant.name());
+    }
+    let gpu = c.gpu();
+    if variant == Variant::Subgroup && !subgroups_of_8(gpu) {
+        bail!("gemm: the subgroup kernel needs the SUBGROUP feature with subgroups of at least {SG_LANES}; this device has {:?} with sizes {}..{}", gpu.summary().features, gpu.summary().subgroup_min_size, gpu.summary().subgroup_max_size);
     }
     let params = Params {
         m: to_u32(g.m, "m")?,
@@ -224,9 +261,14 @@ pub fn gemm_with(g: &Gemm, a: &Tensor, b: &Tensor, c: &Tensor, variant: Variant)
         alpha: g.alpha,
         beta: g.beta,
     };
-    let (entry, tile_m, tile_n, loop_iterations, workgroup_bytes) = match variant {
+    let (shader, entry, tile_m, tile_n, loop_iterations, workgroup_bytes) = match variant {
+        // K loop of K/4 steps, then the masked remainder and the stores.
+        Variant::Subgroup => {
+            (&SUBGROUP_SHADER, "gemm_subgroup", SG_TILE_M, SG_TILE_N, (g.k / 4) as u64 + SG_TAIL_LOOPS, 0)
+        }
         // K loop of K/4 steps, the masked remainder's 4-step loop, then the store.
         Variant::RegisterBlocked => (
+            &SHADER,
             "gemm_register_blocked",
             RB_BLOCK * RB_Y as usize,
             RB_BLOCK * RB_X as usize,
@@ -235,6 +277,7 @@ pub fn gemm_with(g: &Gemm, a: &Tensor, b: &Tensor, c: &Tensor, variant: Variant)
         ),
         // Per K tile: the tile step, 4 staging steps and TILE_K multiply steps.
         Variant::Tiled => (
+            &SHADER,
             "gemm_tiled",
             TILE,
             TILE,
@@ -242,12 +285,11 @@ pub fn gemm_with(g: &Gemm, a: &Tensor, b: &Tensor, c: &Tensor, variant: Variant)
             TILED_WORKGROUP_BYTES,
         ),
     };
-    let gpu = c.gpu();
     let workgroups = grid(gpu, "gemm", g.n.div_ceil(tile_n), g.m.div_ceil(tile_m), g.batch)?;
     let flag = |t: bool| if t { 1.0 } else { 0.0 };
     let constants = [("TRANS_A", flag(g.trans_a)), ("TRANS_B", flag(g.trans_b))];
     gpu.launch(&Launch {
-        shader: &SHADER,
+        shader,
         entry,
         constants: &constants,
         params: bytemuck::bytes_of(&params),
@@ -401,7 +443,7 @@ mod tests {
     use super::*;
     use crate::kernels::testing::{assert_close, gpu, random};
 
-    const VARIANTS: [Variant; 2] = [Variant::RegisterBlocked, Variant::Tiled];
+    const VARIANTS: [Variant; 3] = [Variant::Subgroup, Variant::RegisterBlocked, Variant::Tiled];
     const TRANSPOSES: [(bool, bool); 4] = [(false, false), (false, true), (true, false), (true, true)];
 
     /// Elements needed to hold every batch entry of a `rows x cols` operand.
@@ -412,15 +454,18 @@ mod tests {
     /// Runs `g` on random operands with `variant` and compares all of C (including the
     /// entries outside the addressed sub-blocks, which must be untouched) with the reference.
     fn check(g: &Gemm, variant: Variant, seed: u64) {
-        let gpu = gpu();
+        check_on(&gpu(), g, variant, seed);
+    }
+
+    fn check_on(gpu: &Gpu, g: &Gemm, variant: Variant, seed: u64) {
         let (ra, ca) = g.stored_a();
         let (rb, cb) = g.stored_b();
         let a = random(extent(ra, ca, g.lda, g.offset_a, g.stride_a, g.batch), seed);
         let b = random(extent(rb, cb, g.ldb, g.offset_b, g.stride_b, g.batch), seed + 1);
         let c0 = random(extent(g.m, g.n, g.ldc, g.offset_c, g.stride_c, g.batch), seed + 2);
-        let ta = Tensor::from_f32(&gpu, &[a.len()], &a).unwrap();
-        let tb = Tensor::from_f32(&gpu, &[b.len()], &b).unwrap();
-        let tc = Tensor::from_f32(&gpu, &[c0.len()], &c0).unwrap();
+        let ta = Tensor::from_f32(gpu, &[a.len()], &a).unwrap();
+        let tb = Tensor::from_f32(gpu, &[b.len()], &b).unwrap();
+        let tc = Tensor::from_f32(gpu, &[c0.len()], &c0).unwrap();
         gemm_with(g, &ta, &tb, &tc, variant).unwrap_or_else(|e| panic!("{variant:?} {g:?}: {e:#}"));
         let mut want = c0;
         reference_gemm(g, &a, &b, &mut want);
@@ -485,6 +530,21 @@ mod tests {
         assert_eq!(Variant::choose(&gpu, &g, &a, &b), Variant::Tiled);
         let err = gemm_with(&g, &a, &b, &c, Variant::RegisterBlocked).unwrap_err().to_string();
         assert!(err.contains("multiples of 4"), "{err}");
+    }
+
+    #[test]
+    fn devices_without_subgroups_use_the_register_blocked_kernel() {
+        let baseline = Gpu::new(&crate::gpu::GpuOptions { baseline: true, ..Default::default() }).unwrap();
+        let g = padded(65, 63, 17, true, false);
+        let a = Tensor::zeros(&baseline, &[17 * 68], DType::F32).unwrap();
+        let b = Tensor::zeros(&baseline, &[17 * 64], DType::F32).unwrap();
+        let c = Tensor::zeros(&baseline, &[65 * 66], DType::F32).unwrap();
+        let chosen = Variant::choose(&baseline, &g, &a, &b);
+        let want = if baseline.is_cpu() { Variant::RegisterBlocked } else { Variant::Tiled };
+        assert_eq!(chosen, want);
+        let err = gemm_with(&g, &a, &b, &c, Variant::Subgroup).unwrap_err().to_string();
+        assert!(err.contains("SUBGROUP"), "{err}");
+        check_on(&baseline, &g, chosen, 5);
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub const ALL_SHADERS: &[&Shader] = &[
     &jacobi::SHADER,
     &loss::SHADER,
     &matmul::SHADER,
+    &matmul::SUBGROUP_SHADER,
     &norm::SHADER,
     &reduce::SHADER,
     &softmax::SHADER,
