@@ -30,7 +30,8 @@ fn command(out: &Path) -> Command {
 }
 
 fn steps_logged(dir: &Path) -> u64 {
-    std::fs::read_to_string(dir.join("log.jsonl")).map_or(0, |l| l.lines().filter(|l| l.contains("\"loss\"")).count() as u64)
+    std::fs::read_to_string(dir.join("log.jsonl"))
+        .map_or(0, |l| l.lines().filter(|l| l.contains("\"loss\"")).count() as u64)
 }
 
 fn results(dir: &Path) -> serde_json::Value {

@@ -117,7 +117,7 @@ impl T5Config {
     }
 
     /// The built-in small model of `sculpt train` and the training tests: small enough for a
-    /// software GPU. 32 position buckets: copying and reversing need exact relative
+    /// software GPU. 32 position buckets: copying (the training test) needs exact relative
     /// positions, which 8 buckets (2 exact distances per direction) cannot tell apart.
     pub fn tiny(vocab_size: usize) -> T5Config {
         let json = format!(
