@@ -182,8 +182,19 @@ pub fn step(gpu: &crate::Gpu, args: &ModelArgs) -> Result<()> {
         sumsq.to_f32()?;
         Ok(())
     };
+    let tokens = (2 * args.batch * args.tokens) as f64;
     let step_ms = mean_ms(args.runs, || run(&Unconstrained))?;
     let prof = profile(gpu, || run(&Unconstrained))?;
+    if !args.json {
+        // Printed now: on a slow adapter the SVD pass that follows takes long.
+        println!("{}", describe(args));
+        println!(
+            "step         {step_ms:.1} ms, {:.0} tokens/s (forward + backward + AdamW, mean of {})",
+            tokens / step_ms * 1e3,
+            args.runs
+        );
+        print_profile("GPU time", &prof);
+    }
 
     let start = Instant::now();
     let targets: Vec<String> = T5_DEFAULT.iter().map(|s| s.to_string()).collect();
@@ -191,8 +202,6 @@ pub fn step(gpu: &crate::Gpu, args: &ModelArgs) -> Result<()> {
     gpu.flush()?;
     let svd_pass_ms = start.elapsed().as_secs_f64() * 1e3;
     let osft_step_ms = mean_ms(args.runs, || run(&set))?;
-
-    let tokens = (2 * args.batch * args.tokens) as f64;
     let result = StepBench {
         batch: args.batch,
         tokens: args.tokens,
@@ -209,17 +218,11 @@ pub fn step(gpu: &crate::Gpu, args: &ModelArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&result)?);
         return Ok(());
     }
-    println!("{}", describe(args));
-    println!(
-        "step         {step_ms:.1} ms, {:.0} tokens/s (forward + backward + AdamW, mean of {})",
-        result.tokens_per_s, args.runs
-    );
-    print_profile("GPU time", &prof);
+    println!("svd pass     {svd_pass_ms:.1} ms ({} target matrices)", set.frozen.len());
     println!(
         "osft step    {osft_step_ms:.1} ms, {:.0} tokens/s; projection {:.1}% of the step",
         result.osft_tokens_per_s,
         100.0 * result.projection_share
     );
-    println!("svd pass     {svd_pass_ms:.1} ms ({} target matrices)", set.frozen.len());
     Ok(())
 }
