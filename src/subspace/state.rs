@@ -71,7 +71,7 @@ impl SubspaceSet {
             meta.get(key).with_context(|| format!("{origin}: no \"{key}\" in the metadata; not a sculpt subspace file"))
         };
         if field("format")? != FORMAT {
-            bail!("{origin}: format {:?}, this build reads {FORMAT}", field("format")?);
+            bail!("{origin}: format {:?}: not a sculpt subspace file (this build reads {FORMAT})", field("format")?);
         }
         let mode: Mode = serde_json::from_value(serde_json::Value::String(field("mode")?.clone()))
             .with_context(|| format!("{origin}: metadata \"mode\""))?;
