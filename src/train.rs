@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::Example;
 use crate::model::t5::{Batch, Gradients, T5Model};
 use crate::model::tokenizer::Tokenizer;
+use crate::model::T5Config;
 use crate::optim::{AdamW, AdamWConfig, UpdateFilter};
 use crate::rng::Rng;
 
@@ -103,6 +104,43 @@ pub struct Position {
     pub rng: Rng,
 }
 
+/// Refuses, before any GPU work, a step whose largest buffers exceed the adapter's limit:
+/// the logits (and their gradient), the attention probabilities, the feed-forward
+/// activations and the embedding table of a batch of `batch_size` examples with sources
+/// of `source_len` and targets of `target_len` tokens.
+pub fn check_step_buffers(
+    gpu: &crate::Gpu,
+    config: &T5Config,
+    batch_size: usize,
+    source_len: usize,
+    target_len: usize,
+) -> Result<()> {
+    let f32_bytes = |dims: &[usize]| dims.iter().fold(4u64, |n, &d| n.saturating_mul(d as u64));
+    let longest = source_len.max(target_len);
+    let buffers = [
+        (
+            f32_bytes(&[batch_size, target_len, config.vocab_size]),
+            format!("the logits of {batch_size} × {target_len} target tokens × {} vocabulary entries (lower --batch-size or --max-target-len)", config.vocab_size),
+        ),
+        (
+            f32_bytes(&[batch_size, config.num_heads, longest, longest]),
+            format!("the attention probabilities of {batch_size} examples × {} heads × {longest} × {longest} tokens (lower --batch-size, --max-source-len or --max-target-len)", config.num_heads),
+        ),
+        (
+            f32_bytes(&[batch_size, longest, config.d_ff]),
+            format!("the feed-forward activations of {batch_size} × {longest} tokens × d_ff {} (lower --batch-size, --max-source-len or --max-target-len)", config.d_ff),
+        ),
+        (
+            f32_bytes(&[config.vocab_size, config.d_model]),
+            format!("the embedding table of {} × {} (the model is too large for this adapter)", config.vocab_size, config.d_model),
+        ),
+    ];
+    for (bytes, what) in &buffers {
+        gpu.check_buffer_size(*bytes, what)?;
+    }
+    Ok(())
+}
+
 /// Trains `epochs` passes over `pairs` from `position`, calling `on_step` after every
 /// optimizer step; `on_step` returns false to stop early (the position then says where to
 /// resume).
@@ -124,6 +162,9 @@ pub fn train(
         bail!("the batch size and the number of accumulated micro-batches must be positive");
     }
     let c = &model.config;
+    let longest = |side: fn(&(Vec<u32>, Vec<u32>)) -> usize| pairs.iter().map(side).max().unwrap_or(0);
+    let (source_len, target_len) = (longest(|p| p.0.len()), longest(|p| p.1.len()));
+    check_step_buffers(model.gpu(), c, options.batch_size, source_len, target_len)?;
     let per_step = options.batch_size * options.grad_accum;
     let steps = options.steps_per_epoch(pairs.len());
     while position.epoch < options.epochs {
@@ -239,6 +280,21 @@ mod tests {
         .unwrap();
         assert_eq!(optimizer.step, 1);
         (grads.grads.values().map(|g| g.to_f32().unwrap()).collect(), loss)
+    }
+
+    #[test]
+    fn a_batch_whose_logits_exceed_the_adapter_limit_is_refused_with_the_flags_to_change() {
+        let gpu = gpu();
+        let config = T5Config::tiny(1000);
+        check_step_buffers(&gpu, &config, 8, 64, 32).unwrap();
+        let limit = gpu.limits().max_buffer_size.min(gpu.limits().max_storage_buffer_binding_size);
+        // Just enough examples that the logits no longer fit one buffer.
+        let batch = (limit / (32 * 1000 * 4) + 1) as usize;
+        let err = check_step_buffers(&gpu, &config, batch, 8, 32).unwrap_err().to_string();
+        assert!(err.contains("logits") && err.contains("--batch-size") && err.contains("--max-target-len"), "{err}");
+        assert!(err.contains(&(batch as u64 * 32 * 1000 * 4).to_string()), "says the size needed: {err}");
+        let err = check_step_buffers(&gpu, &config, 1, 1 << 20, 1).unwrap_err().to_string();
+        assert!(err.contains("attention") && err.contains("--max-source-len"), "{err}");
     }
 
     #[test]

@@ -324,3 +324,24 @@ proptest! {
         names_the_file(checkpoint::load_optimizer(&dir, &mut optimizer, 3), &path)?;
     }
 }
+
+/// The two panics of the tokenizers crate that the property above found.
+#[test]
+fn tokenizer_files_that_made_the_tokenizers_crate_panic_are_refused() {
+    let dir = scratch("tokenizer-regressions");
+    let path = dir.join("tokenizer.json");
+    let text = String::from_utf8(fixture("tokenizer.json")).unwrap();
+    // Cut inside the decoder section.
+    std::fs::write(&path, &text[..text.find("\"decoder\"").unwrap() + 20]).unwrap();
+    let err = format!("{:#}", Tokenizer::load(&dir, 128).err().unwrap());
+    assert!(err.contains(&path.display().to_string()) && err.contains("not valid JSON"), "{err}");
+    // A template inserting a special token that is not defined.
+    let mut json: Value = serde_json::from_str(&text).unwrap();
+    json["post_processor"]["special_tokens"] = serde_json::json!({});
+    std::fs::write(&path, json.to_string()).unwrap();
+    let err = format!("{:#}", Tokenizer::load(&dir, 128).err().unwrap());
+    assert!(
+        err.contains(&path.display().to_string()) && err.contains("\"</s>\"") && err.contains("special_tokens"),
+        "{err}"
+    );
+}

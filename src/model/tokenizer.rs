@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 
@@ -20,7 +20,13 @@ impl Tokenizer {
         if !path.exists() {
             bail!("{}: no tokenizer file (a tokenizers JSON file is needed)", path.display());
         }
-        let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+        // The tokenizers crate panics on some malformed files (bad JSON in its decoder
+        // section, templates naming undefined special tokens), so those are checked first.
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not valid JSON (a tokenizers JSON file is needed)", path.display()))?;
+        check_templates(&json["post_processor"]).with_context(|| format!("{}: post_processor", path.display()))?;
+        let inner: tokenizers::Tokenizer = text.parse().map_err(|e| anyhow!("{}: {e}", path.display()))?;
         let tokenizer_vocab = inner.get_vocab_size(true);
         if tokenizer_vocab > vocab_size {
             bail!(
@@ -56,4 +62,27 @@ impl Tokenizer {
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner.decode(ids, true).map_err(|e| anyhow!("{}: decoding {ids:?}: {e}", self.path.display()))
     }
+}
+
+/// Every special token a template post-processor inserts must be defined in it (tokenizers
+/// panics when encoding otherwise).
+fn check_templates(processor: &serde_json::Value) -> Result<()> {
+    if let Some(list) = processor["processors"].as_array() {
+        return list.iter().try_for_each(check_templates);
+    }
+    if processor["type"] != "TemplateProcessing" {
+        return Ok(());
+    }
+    for template in ["single", "pair"] {
+        for piece in processor[template].as_array().into_iter().flatten() {
+            if let Some(id) = piece["SpecialToken"]["id"].as_str() {
+                if processor["special_tokens"].get(id).is_none() {
+                    bail!(
+                        "template {template:?} uses the special token {id:?}, which \"special_tokens\" does not define"
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
 }
