@@ -86,10 +86,14 @@ fn profile(gpu: &crate::Gpu, f: impl FnOnce() -> Result<()>) -> Result<Option<Pr
     if !profiling {
         return Ok(None);
     }
-    let (module, _) = crate::kernels::validate_wgsl(&crate::kernels::matmul::SHADER)?;
-    let matmul_entries: Vec<&str> = module.entry_points.iter().map(|e| e.name.as_str()).collect();
+    // Every matmul variant: the portable module and the subgroup one.
+    let mut matmul_entries = Vec::new();
+    for shader in [&crate::kernels::matmul::SHADER, &crate::kernels::matmul::SUBGROUP_SHADER] {
+        let (module, _) = crate::kernels::validate_wgsl(shader)?;
+        matmul_entries.extend(module.entry_points.iter().map(|e| e.name.clone()));
+    }
     let total_ms: f64 = rows.iter().map(|r| r.2).sum();
-    let matmul_ms: f64 = rows.iter().filter(|r| matmul_entries.contains(&r.0.as_str())).map(|r| r.2).sum();
+    let matmul_ms: f64 = rows.iter().filter(|r| matmul_entries.contains(&r.0)).map(|r| r.2).sum();
     Ok(Some(Profile { total_ms, matmul_ms, kernels: rows }))
 }
 
