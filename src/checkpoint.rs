@@ -166,9 +166,7 @@ pub fn load_optimizer(checkpoint: &Path, optimizer: &mut AdamW, step: u64) -> Re
                 tensor.shape()
             );
         }
-        let values: Vec<f32> =
-            view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-        tensor.write(&values)?;
+        tensor.write(&weights::to_f32(view.dtype(), view.data())?)?;
     }
     optimizer.step = step;
     Ok(())

@@ -7,6 +7,7 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::data::Example;
+use crate::kernels::loss::count_valid_labels;
 use crate::model::t5::{Batch, Gradients, T5Model};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::T5Config;
@@ -181,7 +182,8 @@ pub fn train(
                     Batch::new(&examples, c.pad_token_id, c.decoder_start_token_id)
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let valid: Vec<usize> = batches.iter().map(|b| b.labels.iter().filter(|&&l| l >= 0).count()).collect();
+            let valid =
+                batches.iter().map(|b| count_valid_labels(&b.labels, c.vocab_size)).collect::<Result<Vec<_>>>()?;
             let total: usize = valid.iter().sum();
             grads.zero()?;
             let mut losses = Vec::with_capacity(batches.len());
@@ -236,7 +238,7 @@ pub fn eval_loss(model: &T5Model, pairs: &[(Vec<u32>, Vec<u32>)], batch_size: us
     let (mut sum, mut count) = (0.0f64, 0usize);
     for chunk in pairs.chunks(batch_size.max(1)) {
         let batch = Batch::new(chunk, c.pad_token_id, c.decoder_start_token_id)?;
-        let valid = batch.labels.iter().filter(|&&l| l >= 0).count();
+        let valid = count_valid_labels(&batch.labels, c.vocab_size)?;
         if let Some(loss) = model.forward(&batch)?.loss {
             sum += loss.to_f32()?[0] as f64 * valid as f64;
             count += valid;

@@ -226,10 +226,8 @@ pub fn run_stream(
             Some(set) => set,
             None => &Unconstrained,
         };
-        let subspace_file: Vec<(&str, Vec<u8>)> = match &subspaces {
-            Some(set) => vec![(SUBSPACE_FILE, set.to_safetensors()?)],
-            None => Vec::new(),
-        };
+        // Serialised once per task (a read-back), and only when checkpoints are written.
+        let subspace_file = if out.is_some() { subspace_files(subspaces.as_ref())? } else { Vec::new() };
         let train_options = task_options(&options.train, task);
         let encoded = encode(tokenizer, &task.train, max_src, train_options.max_target_len)?;
         let mut optimizer = AdamW::new(train_options.adamw, &model.params)?;
@@ -289,10 +287,7 @@ pub fn run_stream(
             saved_subspaces = subspaces_for(model, tokenizer, tasks, i + 1, options)?;
         }
         if let Some(dir) = out {
-            let next: Vec<(&str, Vec<u8>)> = match &saved_subspaces {
-                Some(set) => vec![(SUBSPACE_FILE, set.to_safetensors()?)],
-                None => Vec::new(),
-            };
+            let next = subspace_files(saved_subspaces.as_ref())?;
             let saved = checkpoint::save(dir, &format!("task-{i:02}-end"), model, tokenizer, &state, None, &next)?;
             checkpoint::prune_mid_task(dir, &saved)?;
         }
@@ -302,6 +297,11 @@ pub fn run_stream(
         Method::Seqft => "seqft",
     };
     Ok(Some(Results::new(method, tasks.iter().map(|t| t.name.clone()).collect(), state.accuracy, state.before)))
+}
+
+/// The checkpoint files of a task's frozen subspaces (none without).
+fn subspace_files(set: Option<&SubspaceSet>) -> Result<Vec<(&'static str, Vec<u8>)>> {
+    set.map(|s| Ok(vec![(SUBSPACE_FILE, s.to_safetensors()?)])).unwrap_or(Ok(Vec::new()))
 }
 
 /// Says (and logs) how many training examples were cut to the length limits.

@@ -102,7 +102,7 @@ fn read_file(path: &Path, only: Option<&[&str]>, out: &mut HashMap<String, HostT
     Ok(())
 }
 
-fn to_f32(dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>> {
+pub(crate) fn to_f32(dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>> {
     Ok(match dtype {
         Dtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
         Dtype::F16 => bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes(c.try_into().unwrap()).to_f32()).collect(),

@@ -106,7 +106,8 @@ impl SubspaceSet {
                         view.shape()
                     );
                 }
-                let t = Tensor::from_f32(gpu, &[dim, cols], &bytemuck::pod_collect_to_vec::<u8, f32>(view.data()))?;
+                let t =
+                    Tensor::from_f32(gpu, &[dim, cols], &crate::model::weights::to_f32(view.dtype(), view.data())?)?;
                 Ok(if complement { Basis::Complement(t) } else { Basis::Frozen(t) })
             };
             let (left, right) = (side('U', m)?, side('V', n)?);
