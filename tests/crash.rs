@@ -3,7 +3,9 @@
 //! folder under a checkpoint name, and continuing it after every kill ends with the same
 //! results as a run that was never killed.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -11,12 +13,6 @@ use sculpt::checkpoint;
 use sculpt::rng::Rng;
 
 const KILLS: usize = 20;
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sculpt-crash-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
 
 /// A small built-in OSFT run (subspace files in every checkpoint) that checkpoints every step.
 fn command(out: &Path) -> Command {
@@ -27,15 +23,6 @@ fn command(out: &Path) -> Command {
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     cmd
-}
-
-fn steps_logged(dir: &Path) -> u64 {
-    std::fs::read_to_string(dir.join("log.jsonl"))
-        .map_or(0, |l| l.lines().filter(|l| l.contains("\"loss\"")).count() as u64)
-}
-
-fn results(dir: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap()
 }
 
 /// Every visible checkpoint folder is complete, and the newest one loads.
@@ -57,13 +44,13 @@ fn check_checkpoints(dir: &Path) {
 
 #[test]
 fn a_run_killed_at_random_moments_resumes_to_the_same_results() {
-    let straight = scratch("straight");
+    let straight = common::scratch("crash", "straight");
     let start = Instant::now();
     let out = command(&straight).output().unwrap();
     let whole = start.elapsed();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
-    let dir = scratch("killed");
+    let dir = common::scratch("crash", "killed");
     let mut rng = Rng::new(42);
     let mut finished = false;
     let mut progress = Vec::new();
@@ -82,7 +69,7 @@ fn a_run_killed_at_random_moments_resumes_to_the_same_results() {
         // mid-checkpoint-write (every step writes one). The log may still hold one step past
         // the checkpoint from the killed process; a second new step means this one trains.
         let start = Instant::now();
-        while steps_logged(&dir) <= resumed_at + 1 && child.try_wait().unwrap().is_none() {
+        while common::logged_steps(&dir).len() as u64 <= resumed_at + 1 && child.try_wait().unwrap().is_none() {
             assert!(start.elapsed() < whole * 3, "no progress after kill {kill}");
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -103,14 +90,12 @@ fn a_run_killed_at_random_moments_resumes_to_the_same_results() {
     assert!(progress.windows(2).all(|w| w[1] >= w[0]), "checkpoints never go back: {progress:?}");
     let out = Command::new(env!("CARGO_BIN_EXE_sculpt")).args(["train", "--resume"]).arg(&dir).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(results(&dir), results(&straight), "results after kills {progress:?} differ from an unkilled run");
-    let log = std::fs::read_to_string(dir.join("log.jsonl")).unwrap();
-    let steps: Vec<u64> = log
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v.get("loss").is_some())
-        .map(|v| v["global_step"].as_u64().unwrap())
-        .collect();
+    assert_eq!(
+        common::results(&dir),
+        common::results(&straight),
+        "results after kills {progress:?} differ from an unkilled run"
+    );
+    let steps = common::logged_steps(&dir);
     assert_eq!(steps, (1..=steps.len() as u64).collect::<Vec<_>>(), "the log has every step once, in order");
     assert_eq!(steps.len(), 48);
 }

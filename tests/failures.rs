@@ -1,7 +1,7 @@
 //! A run that goes wrong loses nothing: a diverging run stops at its first non-finite
 //! step, says so, and leaves the checkpoints written before it loadable.
 
-use std::path::PathBuf;
+mod common;
 
 use sculpt::checkpoint;
 use sculpt::continual::driver::{run_stream, Method, StreamOptions};
@@ -12,16 +12,9 @@ use sculpt::subspace::{Mode, RankPolicy};
 use sculpt::train::TrainOptions;
 use sculpt::Gpu;
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sculpt-failures-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 #[test]
 fn a_diverging_run_stops_at_the_first_bad_step_and_keeps_its_checkpoints() {
-    let out = scratch("diverge");
+    let out = common::scratch("failures", "diverge");
     let gpu = Gpu::shared().unwrap();
     std::fs::write(out.join("tokenizer.json"), synthetic::tokenizer_json()).unwrap();
     let vocab = 3 + synthetic::vocabulary().len();
@@ -86,7 +79,7 @@ fn files(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
 fn a_full_disk_during_a_checkpoint_fails_the_run_and_keeps_the_previous_checkpoint() {
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
-    let out = scratch("disk-full");
+    let out = common::scratch("failures", "disk-full");
     let run_dir = out.to_string_lossy().to_string();
     let args = ["train", "--method", "seqft", "--train-examples", "16", "--eval-examples", "4", "--batch-size", "8"];
     let mut child = Command::new(env!("CARGO_BIN_EXE_sculpt"))
@@ -98,7 +91,7 @@ fn a_full_disk_during_a_checkpoint_fails_the_run_and_keeps_the_previous_checkpoi
         .unwrap();
     // Stop the first run with Ctrl-C after a few steps: it saves a checkpoint.
     let start = Instant::now();
-    let steps = || std::fs::read_to_string(out.join("log.jsonl")).map_or(0, |l| l.matches("\"loss\"").count());
+    let steps = || common::logged_steps(&out).len();
     while steps() < 2 {
         assert!(start.elapsed() < Duration::from_secs(300), "no training steps logged");
         assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be interrupted");

@@ -2,15 +2,11 @@
 //! checkpoint and a clean exit, and `--resume` finishes the run with the same results as
 //! a run that was never stopped.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sculpt-interrupt-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
 
 fn sculpt(args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sculpt"));
@@ -33,25 +29,17 @@ fn run(args: &[String]) -> std::process::Output {
     sculpt(&args.iter().map(String::as_str).collect::<Vec<_>>()).output().unwrap()
 }
 
-fn steps_logged(dir: &Path) -> usize {
-    std::fs::read_to_string(dir.join("log.jsonl")).map_or(0, |l| l.lines().filter(|l| l.contains("\"loss\"")).count())
-}
-
-fn results(dir: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap()
-}
-
 #[test]
 fn ctrl_c_saves_a_checkpoint_and_resume_ends_where_a_straight_run_does() {
-    let straight = scratch("straight");
+    let straight = common::scratch("interrupt", "straight");
     let out = run(&train_args(&straight, 6, 3e-3));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
-    let stopped = scratch("stopped");
+    let stopped = common::scratch("interrupt", "stopped");
     let args = train_args(&stopped, 6, 3e-3);
     let mut child = sculpt(&args.iter().map(String::as_str).collect::<Vec<_>>()).spawn().unwrap();
     let start = Instant::now();
-    while steps_logged(&stopped) < 3 {
+    while common::logged_steps(&stopped).len() < 3 {
         assert!(start.elapsed() < Duration::from_secs(300), "no training steps logged");
         assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be interrupted");
         std::thread::sleep(Duration::from_millis(20));
@@ -68,12 +56,12 @@ fn ctrl_c_saves_a_checkpoint_and_resume_ends_where_a_straight_run_does() {
 
     let out = sculpt(&["train", "--resume", &stopped.to_string_lossy()]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(results(&stopped), results(&straight));
+    assert_eq!(common::results(&stopped), common::results(&straight));
 }
 
 #[test]
 fn a_second_run_with_other_arguments_in_the_same_folder_is_refused() {
-    let dir = scratch("refuse");
+    let dir = common::scratch("interrupt", "refuse");
     let out = run(&train_args(&dir, 1, 3e-3));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = run(&train_args(&dir, 1, 0.1));

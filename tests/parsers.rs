@@ -2,8 +2,10 @@
 //! replaced, JSON values put in random places, random bytes; for safetensors also wrong
 //! header lengths, dtypes and shapes): none panics, and every error names the file.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -18,13 +20,6 @@ use sculpt::train::Position;
 use sculpt::{Gpu, Tensor};
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/t5_v1_0");
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sculpt-parsers-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn config() -> ProptestConfig {
     ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() }
@@ -220,7 +215,7 @@ proptest! {
 
     #[test]
     fn config_json(m in json_mutation()) {
-        let dir = scratch("config");
+        let dir = common::scratch("parsers", "config");
         let path = dir.join("config.json");
         std::fs::write(&path, mutate_json(&fixture("config.json"), &m)).unwrap();
         names_the_file(T5Config::load(&dir), &path)?;
@@ -228,7 +223,7 @@ proptest! {
 
     #[test]
     fn model_safetensors(m in safetensors_mutation()) {
-        let dir = scratch("weights");
+        let dir = common::scratch("parsers", "weights");
         let path = dir.join(weights::WEIGHTS_FILE);
         std::fs::write(&path, mutate_safetensors(&fixture(weights::WEIGHTS_FILE), &m)).unwrap();
         names_the_file(weights::Weights::load(&dir), &path)?;
@@ -236,7 +231,7 @@ proptest! {
 
     #[test]
     fn tokenizer_json(m in json_mutation()) {
-        let dir = scratch("tokenizer");
+        let dir = common::scratch("parsers", "tokenizer");
         let path = dir.join("tokenizer.json");
         std::fs::write(&path, mutate_json(&fixture("tokenizer.json"), &m)).unwrap();
         let tokenizer = Tokenizer::load(&dir, 128);
@@ -248,7 +243,7 @@ proptest! {
 
     #[test]
     fn jsonl_data(m in json_mutation()) {
-        let dir = scratch("jsonl");
+        let dir = common::scratch("parsers", "jsonl");
         let path = dir.join("train.jsonl");
         let seed = "{\"input\": \"a b\", \"target\": \"b a\"}\n{\"input\": \"c\", \"target\": \"c\", \"extra\": [1]}\n";
         let bytes = mutate_jsonl(seed, &m);
@@ -259,7 +254,7 @@ proptest! {
 
     #[test]
     fn cl_benchmark_split_and_labels(m in json_mutation()) {
-        let dir = scratch("clb");
+        let dir = common::scratch("parsers", "clb");
         let split = dir.join("train.json");
         let seed = r#"[{"sentence": "good film", "label": "positive"}, {"sentence": "dull", "label": "negative"}]"#;
         std::fs::write(&split, mutate_json(seed.as_bytes(), &m)).unwrap();
@@ -271,7 +266,7 @@ proptest! {
 
     #[test]
     fn stream_file(m in json_mutation()) {
-        let dir = scratch("stream");
+        let dir = common::scratch("parsers", "stream");
         std::fs::write(dir.join("train.jsonl"), "{\"input\": \"x\", \"target\": \"positive\"}\n").unwrap();
         let seed = serde_json::json!({"tasks": [
             {"name": "a", "train": "train.jsonl", "eval": "train.jsonl", "labels": ["positive"],
@@ -288,7 +283,7 @@ proptest! {
 
     #[test]
     fn training_state(m in json_mutation()) {
-        let dir = scratch("state");
+        let dir = common::scratch("parsers", "state");
         let state = TrainingState {
             task: 1,
             task_done: false,
@@ -307,7 +302,7 @@ proptest! {
     #[test]
     fn optimizer_state(m in safetensors_mutation()) {
         let gpu = Gpu::shared().unwrap();
-        let dir = scratch("optimizer");
+        let dir = common::scratch("parsers", "optimizer");
         let params: BTreeMap<String, Tensor> = [("a", vec![2, 3]), ("b", vec![4])]
             .into_iter()
             .map(|(n, s)| (n.to_string(), Tensor::zeros(&gpu, &s, sculpt::DType::F32).unwrap()))
@@ -328,7 +323,7 @@ proptest! {
 /// The two panics of the tokenizers crate that the property above found.
 #[test]
 fn tokenizer_files_that_made_the_tokenizers_crate_panic_are_refused() {
-    let dir = scratch("tokenizer-regressions");
+    let dir = common::scratch("parsers", "tokenizer-regressions");
     let path = dir.join("tokenizer.json");
     let text = String::from_utf8(fixture("tokenizer.json")).unwrap();
     // Cut inside the decoder section.

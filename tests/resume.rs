@@ -2,7 +2,9 @@
 //! the same weights and accuracies as a run that never stopped, and every checkpoint is a
 //! Hugging Face folder that loads back with the same weights.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 
 use sculpt::checkpoint;
 use sculpt::continual::driver::{run_stream, Method, StreamOptions};
@@ -14,13 +16,6 @@ use sculpt::subspace::targets::T5_DEFAULT;
 use sculpt::subspace::{Mode, RankPolicy};
 use sculpt::train::TrainOptions;
 use sculpt::Gpu;
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sculpt-resume-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn options(method: Method) -> StreamOptions {
     StreamOptions {
@@ -63,23 +58,17 @@ fn run(out: &Path, method: Method, stop_after: Option<u64>) -> Option<(Vec<Vec<f
 }
 
 fn check_resume(method: Method) {
-    let straight = run(&scratch(&format!("{method:?}-straight")), method, None).expect("finished");
+    let straight = run(&common::scratch("resume", &format!("{method:?}-straight")), method, None).expect("finished");
     // Stops mid-task (2, 5), at a task's last step (4) and after a saved step (3).
     for stop in [2, 3, 4, 5] {
-        let dir = scratch(&format!("{method:?}-stop{stop}"));
+        let dir = common::scratch("resume", &format!("{method:?}-stop{stop}"));
         assert!(run(&dir, method, Some(stop)).is_none(), "the run stopped");
         let (_, state) = checkpoint::latest(&dir).unwrap().expect("a checkpoint was written at the stop");
         assert_eq!(state.global_step, stop);
         let resumed = run(&dir, method, None).expect("the resumed run finished");
         assert_eq!(resumed.0, straight.0, "{method:?} stopped after step {stop}: weights differ from a straight run");
         assert_eq!(resumed.1, straight.1, "{method:?} stopped after step {stop}: results differ");
-        let log = std::fs::read_to_string(dir.join("log.jsonl")).unwrap();
-        let steps: Vec<u64> = log
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .filter(|v| v.get("loss").is_some())
-            .map(|v| v["global_step"].as_u64().unwrap())
-            .collect();
+        let steps = common::logged_steps(&dir);
         assert_eq!(steps, (1..=8).collect::<Vec<_>>(), "the log has every step once");
     }
 }
@@ -96,7 +85,7 @@ fn a_stopped_osft_run_resumes_to_the_same_end() {
 
 #[test]
 fn osft_checkpoints_carry_the_subspaces_that_keep_the_next_task_out_of_them() {
-    let dir = scratch("verify");
+    let dir = common::scratch("resume", "verify");
     run(&dir, Method::Osft, None).unwrap();
     let ckpt = |name: &str| dir.join(checkpoint::CHECKPOINTS).join(name);
     // task-00-end holds the subspaces frozen during task 1.
@@ -108,7 +97,7 @@ fn osft_checkpoints_carry_the_subspaces_that_keep_the_next_task_out_of_them() {
 
 #[test]
 fn a_checkpoint_is_a_model_folder_that_loads_back_with_the_same_weights() {
-    let dir = scratch("hf");
+    let dir = common::scratch("resume", "hf");
     let (weights, _) = run(&dir, Method::Seqft, None).unwrap();
     let last = dir.join(checkpoint::CHECKPOINTS).join("task-01-end");
     let names: Vec<String> = std::fs::read_dir(dir.join(checkpoint::CHECKPOINTS))

@@ -1,7 +1,9 @@
 //! Fine-tuning: a step records into one command buffer and allocates nothing after the
 //! first; a tiny random T5 learns to copy inputs it never saw.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 
 use sculpt::data::{synthetic, Example};
 use sculpt::model::t5::Gradients;
@@ -10,13 +12,6 @@ use sculpt::optim::{AdamW, AdamWConfig, Schedule, Unconstrained};
 use sculpt::rng::Rng;
 use sculpt::train::{encode, exact_match, train, Position, TrainOptions};
 use sculpt::Gpu;
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sculpt-train-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 #[test]
 fn a_step_allocates_nothing_after_the_first_and_submits_once_plus_readbacks() {
@@ -73,7 +68,7 @@ const COPY_SYMBOLS: &[&str] = &["a", "b", "c", "d", "e", "f"];
 #[test]
 fn a_tiny_model_learns_to_copy_held_out_inputs() {
     let gpu = Gpu::shared().unwrap();
-    let dir = scratch("copy");
+    let dir = common::scratch("train", "copy");
     let words: Vec<String> = std::iter::once("copy:").chain(COPY_SYMBOLS.iter().copied()).map(String::from).collect();
     std::fs::write(dir.join("tokenizer.json"), synthetic::word_tokenizer_json(&words)).unwrap();
     let vocab = 3 + words.len();

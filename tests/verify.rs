@@ -2,7 +2,9 @@
 //! subspace set saved beside the before weights, a few training steps, the after weights.
 //! OSFT leaves the frozen directions untouched; an unconstrained update moves them.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 
 use sculpt::cli::verify::verify;
 use sculpt::data::{synthetic, Example};
@@ -16,13 +18,6 @@ use sculpt::subspace::targets::T5_DEFAULT;
 use sculpt::subspace::{Mode, RankPolicy, SubspaceSet};
 use sculpt::train::{encode, train, Position, TrainOptions};
 use sculpt::Gpu;
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sculpt-verify-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn save_weights(model: &T5Model, dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
@@ -50,7 +45,7 @@ fn train_steps(gpu: &Gpu, tokenizer: &Tokenizer, model: &T5Model, filter: &dyn U
 #[test]
 fn osft_checkpoints_verify_clean_and_unconstrained_ones_do_not() {
     let gpu = Gpu::shared().unwrap();
-    let dir = scratch("run");
+    let dir = common::scratch("verify", "run");
     std::fs::write(dir.join("tokenizer.json"), synthetic::tokenizer_json()).unwrap();
     let vocab = 3 + synthetic::vocabulary().len();
     let tokenizer = Tokenizer::load(&dir, vocab).unwrap();

@@ -1,0 +1,32 @@
+//! Helpers shared by the integration tests: scratch folders and what a run folder holds.
+// Each test crate compiles this module and uses only some of it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+/// A fresh, empty folder for one test: `TMP/sculpt-GROUP-NAME-PID`.
+pub fn scratch(group: &str, name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sculpt-{group}-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The global step of every step record in a run's `log.jsonl`, in file order. A last line
+/// without its newline is still being written (or was cut by a kill) and is left out; every
+/// complete line must be valid JSON.
+pub fn logged_steps(dir: &Path) -> Vec<u64> {
+    let text = std::fs::read_to_string(dir.join("log.jsonl")).unwrap_or_default();
+    let complete = text.rsplit_once('\n').map_or("", |(lines, _)| lines);
+    complete
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("log line {l:?}: {e}")))
+        .filter(|v| v.get("loss").is_some())
+        .map(|v| v["global_step"].as_u64().unwrap())
+        .collect()
+}
+
+/// A finished run's `results.json`.
+pub fn results(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap()
+}
