@@ -1,5 +1,6 @@
-//! A run that goes wrong loses nothing: a diverging run stops at its first non-finite
-//! step, says so, and leaves the checkpoints written before it loadable.
+//! A run that goes wrong loses nothing: a diverging run, a full disk or a lost GPU stops
+//! the run with an error that says so, and the checkpoints written before stay loadable;
+//! a stream too large for the adapter is refused before any work.
 
 mod common;
 
@@ -10,38 +11,48 @@ use sculpt::model::{load_t5, T5Config, T5Model, Tokenizer};
 use sculpt::optim::{AdamWConfig, Schedule};
 use sculpt::subspace::{Mode, RankPolicy};
 use sculpt::train::TrainOptions;
-use sculpt::Gpu;
+use sculpt::{Gpu, GpuOptions};
+use std::path::Path;
 
-#[test]
-fn a_diverging_run_stops_at_the_first_bad_step_and_keeps_its_checkpoints() {
-    let out = common::scratch("failures", "diverge");
-    let gpu = Gpu::shared().unwrap();
+/// The tiny built-in model and tokenizer on `gpu`, with the tokenizer file in `out`.
+fn tiny_model(gpu: &Gpu, out: &Path) -> (Tokenizer, T5Model) {
     std::fs::write(out.join("tokenizer.json"), synthetic::tokenizer_json()).unwrap();
     let vocab = 3 + synthetic::vocabulary().len();
-    let tokenizer = Tokenizer::load(&out, vocab).unwrap();
-    let model = T5Model::random(&gpu, T5Config::tiny(vocab), true, 0.1, 3).unwrap();
-    let tasks: Vec<_> = synthetic::stream(1, 16, 2).into_iter().take(1).collect();
-    // Adam moves every weight by about the learning rate in the first step: weights of 1e18
-    // overflow the attention scores of the second step.
-    let options = StreamOptions {
+    (Tokenizer::load(out, vocab).unwrap(), T5Model::random(gpu, T5Config::tiny(vocab), true, 0.1, 3).unwrap())
+}
+
+/// Plain fine-tuning in batches of 4 at a constant `lr`, a checkpoint after every step.
+fn every_step_saved(lr: f32, epochs: usize) -> StreamOptions {
+    StreamOptions {
         method: Method::Seqft,
         policy: RankPolicy::default(),
         mode: Mode::Strict,
         targets: Vec::new(),
         train: TrainOptions {
-            epochs: 4,
+            epochs,
             batch_size: 4,
             grad_accum: 1,
             max_source_len: 16,
             max_target_len: 16,
-            adamw: AdamWConfig { lr: 1e18, schedule: Schedule::Constant, max_grad_norm: 0.0, ..Default::default() },
+            adamw: AdamWConfig { lr, schedule: Schedule::Constant, max_grad_norm: 0.0, ..Default::default() },
         },
         importance_samples: 4,
         free_first_task: false,
         seed: 5,
         eval_every: 0,
         save_every: 1,
-    };
+    }
+}
+
+#[test]
+fn a_diverging_run_stops_at_the_first_bad_step_and_keeps_its_checkpoints() {
+    let out = common::scratch("failures", "diverge");
+    let gpu = Gpu::shared().unwrap();
+    let (tokenizer, model) = tiny_model(&gpu, &out);
+    let tasks: Vec<_> = synthetic::stream(1, 16, 2).into_iter().take(1).collect();
+    // Adam moves every weight by about the learning rate in the first step: weights of 1e18
+    // overflow the attention scores of the second step.
+    let options = every_step_saved(1e18, 4);
     let mut losses = Vec::new();
     let err = run_stream(&model, &tokenizer, &tasks, &options, Some(&out), |_, log| {
         losses.push(log.loss);
@@ -110,7 +121,9 @@ fn a_full_disk_during_a_checkpoint_fails_the_run_and_keeps_the_previous_checkpoi
     let stderr = String::from_utf8_lossy(&resumed.stderr);
     assert!(!resumed.status.success(), "the run fails when a checkpoint cannot be written: {stderr}");
     assert!(
-        stderr.contains("writing checkpoint file") && stderr.contains("the previous checkpoint is unchanged"),
+        stderr.contains("writing checkpoint file")
+            && stderr.contains("the previous checkpoint is unchanged")
+            && stderr.contains(&format!("sculpt train --resume {run_dir}")),
         "says what failed and what is kept: {stderr}"
     );
     let (latest, latest_state) = checkpoint::latest(&out).unwrap().expect("the previous checkpoint");
@@ -122,4 +135,61 @@ fn a_full_disk_during_a_checkpoint_fails_the_run_and_keeps_the_previous_checkpoi
         .collect();
     assert_eq!(names.len(), 1, "the failed checkpoint left nothing behind: {names:?}");
     load_t5(&Gpu::shared().unwrap(), &latest).expect("the previous checkpoint loads");
+}
+
+#[test]
+fn a_lost_device_ends_the_run_with_a_clear_error_and_the_last_checkpoint_intact() {
+    let out = common::scratch("failures", "device-lost");
+    // A device of its own: losing it leaves the other tests' shared device alone.
+    let doomed = Gpu::new(&GpuOptions::from_env()).unwrap();
+    let (tokenizer, model) = tiny_model(&doomed, &out);
+    let tasks: Vec<_> = synthetic::stream(2, 16, 2).into_iter().take(1).collect();
+    let options = every_step_saved(1e-3, 2);
+    let err = run_stream(&model, &tokenizer, &tasks, &options, Some(&out), |_, log| {
+        if log.step == 3 {
+            doomed.lose_device();
+        }
+        true
+    })
+    .expect_err("the run cannot go on without its device");
+    let message = format!("{err:#}");
+    assert!(message.contains("GPU device was lost") && message.contains("run the same command again"), "{message}");
+    // Step 3's checkpoint needed the weights back from the lost device: the newest one is step 2's.
+    let (path, state) = checkpoint::latest(&out).unwrap().expect("the checkpoints before the loss remain");
+    assert_eq!(state.step, 2, "{}", path.display());
+    let names: Vec<_> =
+        std::fs::read_dir(out.join(checkpoint::CHECKPOINTS)).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names.len(), 1, "no partial checkpoint is left: {names:?}");
+    // A new process (here: a new device) continues the run from it to the end.
+    let gpu = Gpu::shared().unwrap();
+    let (tokenizer, model) = tiny_model(&gpu, &out);
+    let results = run_stream(&model, &tokenizer, &tasks, &options, Some(&out), |_, _| true).unwrap();
+    assert_eq!(results.expect("the resumed run finishes").accuracy.len(), 1);
+    assert_eq!(common::logged_steps(&out), (1..=8).collect::<Vec<u64>>(), "every step logged once");
+}
+
+#[test]
+fn a_stream_whose_evaluation_needs_too_large_a_buffer_is_refused_before_any_work() {
+    let out = common::scratch("failures", "too-large");
+    let gpu = Gpu::shared().unwrap();
+    let (tokenizer, model) = tiny_model(&gpu, &out);
+    let mut tasks: Vec<_> = synthetic::stream(3, 8, 2).into_iter().take(2).collect();
+    // One evaluation input long enough that its attention probabilities (4 heads × L × L
+    // floats) exceed any adapter's binding limit, in the second task only.
+    let limit = gpu.limits().max_buffer_size.min(gpu.limits().max_storage_buffer_binding_size);
+    let tokens = ((limit / 16) as f64).sqrt() as usize + 1;
+    tasks[1].eval[0].input = vec!["a"; tokens].join(" ");
+    let mut options = every_step_saved(1e-3, 1);
+    options.train.max_source_len = tokens + 1;
+    let err = run_stream(&model, &tokenizer, &tasks, &options, Some(&out), |_, _| true)
+        .expect_err("the long evaluation input cannot be run");
+    let message = format!("{err:#}");
+    assert!(
+        message.contains(&format!("task {:?}", tasks[1].name))
+            && message.contains("attention probabilities")
+            && message.contains("--max-source-len"),
+        "names the task, the buffer and the flag: {message}"
+    );
+    let written: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(written, ["tokenizer.json"], "nothing was evaluated, trained or saved");
 }

@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -18,6 +18,8 @@ pub struct Args {
 pub fn run(gpu: &crate::Gpu, args: &Args) -> Result<()> {
     let (model, tokenizer) = crate::model::load_t5(gpu, &args.model)?;
     let ids = tokenizer.encode(&args.input)?;
+    crate::train::check_step_buffers(gpu, &model.config, 1, ids.len(), args.max_new_tokens)
+        .context("generation (lower --max-new-tokens or shorten the input)")?;
     let output = model.generate(&ids, args.max_new_tokens)?;
     println!("{}", tokenizer.decode(&output)?);
     Ok(())

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{write_atomic, CHECKPOINTS};
+use crate::checkpoint::{self, write_atomic, CHECKPOINTS};
 use crate::continual::driver::{run_stream, Method, StreamOptions};
 use crate::continual::report::Results;
 use crate::data::{cl_benchmark, read_jsonl, synthetic, Stream, Task, TaskSettings};
@@ -301,6 +301,14 @@ fn run_method(gpu: &crate::Gpu, args: &Args, method: Method, dir: &Path) -> Resu
         let rate = tokens as f64 / start.elapsed().as_secs_f64().max(1e-9);
         bar.set_message(format!("task {} loss {:.3} {rate:.0} tok/s", tasks[task].name, log.loss));
         !INTERRUPTED.load(Ordering::SeqCst)
+    })
+    .map_err(|e| match checkpoint::latest(dir) {
+        Ok(Some((path, _))) => e.context(format!(
+            "the run stopped; its newest checkpoint {} is intact: once the cause below is fixed, `sculpt train --resume {}` continues from it",
+            path.display(),
+            dir.display()
+        )),
+        _ => e,
     })?;
     bar.finish_and_clear();
     match &results {

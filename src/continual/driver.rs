@@ -22,7 +22,9 @@ use crate::rng::Rng;
 use crate::subspace::rank::normalise_importance;
 use crate::subspace::state::SUBSPACE_FILE;
 use crate::subspace::{Mode, RankPolicy, SubspaceSet};
-use crate::train::{encode, eval_loss, exact_match, train, Encoded, Position, StepLog, TrainOptions};
+use crate::train::{
+    check_step_buffers, encode, eval_loss, exact_match, train, Encoded, Position, StepLog, TrainOptions,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -85,6 +87,34 @@ pub fn layer_importance(model: &T5Model, tokenizer: &Tokenizer, samples: &[Examp
 
 fn evaluate_all(model: &T5Model, tokenizer: &Tokenizer, tasks: &[Task], max_source_len: usize) -> Result<Vec<f64>> {
     tasks.iter().map(|t| exact_match(model, tokenizer, &t.eval, max_source_len)).collect()
+}
+
+/// Refuses, before any GPU work, a stream one of whose passes would need a buffer larger
+/// than the adapter allows: every task's training batches, evaluation loss, greedy answers
+/// and the layer-importance pass over its samples.
+fn check_stream_buffers(model: &T5Model, tokenizer: &Tokenizer, tasks: &[Task], options: &StreamOptions) -> Result<()> {
+    let longest = |pairs: &[(Vec<u32>, Vec<u32>)]| {
+        pairs.iter().fold((0, 0), |(s, t), (source, target)| (s.max(source.len()), t.max(target.len())))
+    };
+    for task in tasks {
+        let t = task_options(&options.train, task);
+        let train = longest(&encode(tokenizer, &task.train, t.max_source_len, t.max_target_len)?.pairs);
+        let eval = longest(&encode(tokenizer, &task.eval, t.max_source_len, t.max_target_len)?.pairs);
+        let samples = options.importance_samples.min(task.train.len());
+        let passes = [
+            ("training and evaluation", t.batch_size, train.0.max(eval.0), train.1.max(eval.1)),
+            // One example at a time; a greedy answer may run two tokens past its reference.
+            ("generating answers", 1, eval.0, eval.1 + 2),
+            ("measuring layer importance", samples, train.0, train.1),
+        ];
+        for (pass, batch, source, target) in passes {
+            if batch > 0 {
+                check_step_buffers(model.gpu(), &model.config, batch, source, target)
+                    .with_context(|| format!("task {:?}, {pass}", task.name))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The frozen subspaces for task `i` (None: the task trains unconstrained).
@@ -189,6 +219,7 @@ pub fn run_stream(
         }
         None => None,
     };
+    check_stream_buffers(model, tokenizer, tasks, options)?;
     let mut state = match &resume {
         Some((path, state)) => {
             log::info!("resuming from {} (task {}, step {})", path.display(), state.task, state.step);

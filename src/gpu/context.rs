@@ -72,6 +72,13 @@ pub struct Gpu {
     pub(crate) inner: Arc<Inner>,
 }
 
+fn device_lost_message(cause: &str) -> String {
+    format!(
+        "the GPU device was lost ({cause}): the driver reset, the GPU was removed or it ran out of memory; \
+nothing after the newest checkpoint is kept, and continuing needs a new process (run the same command again)"
+    )
+}
+
 const NO_ADAPTER: &str = "no GPU adapter found. sculpt needs a Vulkan, Metal or DX12 device; \
 on a machine without a GPU install a software Vulkan driver (Debian/Ubuntu: `apt-get install \
 mesa-vulkan-drivers`, which provides lavapipe)";
@@ -153,8 +160,9 @@ impl Gpu {
         }));
         let sink = device_error.clone();
         device.set_device_lost_callback(move |reason, message| {
+            // Destroyed: our own `lose_device`, which records its message itself.
             if reason != wgpu::DeviceLostReason::Destroyed {
-                *sink.lock().unwrap() = Some(format!("GPU device lost ({reason:?}): {message}"));
+                *sink.lock().unwrap() = Some(device_lost_message(&format!("{reason:?}: {message}")));
             }
         });
 
@@ -231,6 +239,13 @@ impl Gpu {
     /// Counters of the buffer pool (allocations, reuses, bytes).
     pub fn pool_stats(&self) -> PoolStats {
         self.inner.pool.lock().unwrap().stats()
+    }
+
+    /// Destroys the device as a driver reset or a removed GPU would: every later GPU call
+    /// fails with the device-lost error. For fault-injection tests of the run's recovery.
+    pub fn lose_device(&self) {
+        *self.inner.device_error.lock().unwrap() = Some(device_lost_message("destroyed by lose_device"));
+        self.inner.device.destroy();
     }
 
     /// Fails with the first error the device reported asynchronously, if any.

@@ -157,6 +157,22 @@ impl T5Config {
         if let Some((name, _)) = zero.iter().find(|(_, v)| *v == 0) {
             bail!("{name} must be positive");
         }
+        // Far above any published T5 (t5-11b: d_ff 65536, 128 heads, 24 layers); a typo
+        // beyond these would otherwise start allocating or looping for a very long time.
+        let bounds = [
+            ("vocab_size", self.vocab_size, 1 << 22),
+            ("d_model", self.d_model, 1 << 16),
+            ("d_kv", self.d_kv, 1 << 12),
+            ("d_ff", self.d_ff, 1 << 18),
+            ("num_heads", self.num_heads, 1 << 10),
+            ("num_layers", self.num_layers, 1 << 10),
+            ("num_decoder_layers", self.num_decoder_layers(), 1 << 10),
+            ("relative_attention_num_buckets", self.relative_attention_num_buckets, 1 << 12),
+            ("relative_attention_max_distance", self.relative_attention_max_distance, 1 << 20),
+        ];
+        if let Some((name, value, max)) = bounds.iter().find(|(_, v, max)| v > max) {
+            bail!("{name} is {value}, above the largest sculpt accepts ({max}); is the config damaged?");
+        }
         Ok(())
     }
 
@@ -236,5 +252,15 @@ mod tests {
         let c: T5Config = serde_json::from_str(r#"{"feed_forward_proj": "gated-silu"}"#).unwrap();
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("gated-silu") && err.contains("gated-gelu"), "{err}");
+    }
+
+    #[test]
+    fn absurd_sizes_are_refused_before_anything_is_allocated() {
+        for (field, value) in [("num_layers", 1u64 << 40), ("num_decoder_layers", 5000), ("d_model", 1 << 20)] {
+            let c: T5Config = serde_json::from_str(&format!(r#"{{"{field}": {value}}}"#)).unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(field) && err.contains(&value.to_string()) && err.contains("damaged"), "{err}");
+        }
+        T5Config::t5_small().validate().unwrap();
     }
 }
