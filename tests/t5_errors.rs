@@ -124,3 +124,18 @@ fn tokenizer_larger_than_the_embedding_is_refused() {
     });
     assert_mentions(&load_error(&dir), &["tokenizer.json", "120", "100", "shared.weight"]);
 }
+
+#[test]
+fn a_model_too_large_for_the_adapter_is_refused_before_its_weights_are_read() {
+    // An embedding table beyond the adapter's binding limit (with the widest d_model the
+    // config accepts); the weights file, which holds the small model, is never read.
+    let dir = fixture_copy("too-large");
+    let gpu = Gpu::shared().unwrap();
+    let limit = gpu.limits().max_buffer_size.min(gpu.limits().max_storage_buffer_binding_size);
+    let d_model = 1usize << 16;
+    let vocab = (limit / (4 * d_model as u64)) as usize + 1;
+    edit_config(&dir, "d_model", d_model.into());
+    edit_config(&dir, "vocab_size", vocab.into());
+    let err = load_error(&dir);
+    assert_mentions(&err, &[&dir.display().to_string(), "shared.weight", &format!("[{vocab}, {d_model}]"), "bytes"]);
+}

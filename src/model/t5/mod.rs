@@ -110,11 +110,17 @@ impl T5Model {
     /// Loads `DIR/config.json` and the safetensors weights onto the GPU.
     pub fn load(gpu: &Gpu, dir: &Path) -> Result<T5Model> {
         let config = T5Config::load(dir)?;
-        let weights = Weights::load(dir)?;
         // As in transformers, the config decides: a tied model ignores a stored lm_head.
         let untied_head = !config.tie_word_embeddings;
+        let shapes = Self::parameter_shapes(&config, untied_head)?;
+        // Refused before reading gigabytes of weights.
+        for (name, shape) in &shapes {
+            let bytes = shape.iter().fold(4u64, |n, &d| n.saturating_mul(d as u64));
+            gpu.check_buffer_size(bytes, &format!("{}: parameter {name} {shape:?}", dir.display()))?;
+        }
+        let weights = Weights::load(dir)?;
         let mut params = BTreeMap::new();
-        for (name, shape) in Self::parameter_shapes(&config, untied_head)? {
+        for (name, shape) in shapes {
             let host = weights.get(&name, &shape)?;
             params.insert(name, Tensor::from_f32(gpu, &shape, &host.data)?);
         }
