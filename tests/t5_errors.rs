@@ -104,6 +104,18 @@ fn wrong_shape_is_named() {
 }
 
 #[test]
+fn a_weight_holding_nan_is_named_with_its_element() {
+    let dir = fixture_copy("nan");
+    rewrite_weights(&dir, |name, shape, mut bytes| {
+        if name == TENSOR {
+            bytes[20..24].copy_from_slice(&f32::NAN.to_le_bytes());
+        }
+        Some((shape, bytes))
+    });
+    assert_mentions(&load_error(&dir), &["model.safetensors", TENSOR, "NaN", "element 5", "damaged"]);
+}
+
+#[test]
 fn unknown_feed_forward_proj_is_named() {
     let dir = fixture_copy("feed-forward");
     edit_config(&dir, "feed_forward_proj", "gated-swish".into());

@@ -78,6 +78,13 @@ impl Weights {
         if t.shape != shape {
             bail!("{}: tensor {name:?} has shape {:?} but the config implies {shape:?}", t.file.display(), t.shape);
         }
+        if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
+            bail!(
+                "{}: tensor {name:?} holds {} at element {i}; the weights are damaged (use an earlier checkpoint or download the model again)",
+                t.file.display(),
+                t.data[i]
+            );
+        }
         Ok(t)
     }
 }
