@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{weights, T5Model, Tokenizer};
+use crate::model::{weights, Model, Tokenizer};
 use crate::optim::AdamW;
 use crate::rng::Rng;
 use crate::train::Position;
@@ -53,7 +53,7 @@ impl TrainingState {
 }
 
 /// The model files transformers needs, with the tokenizer files beside them.
-fn write_model(dir: &PartialDir, model: &T5Model, tokenizer: &Tokenizer) -> Result<()> {
+fn write_model(dir: &PartialDir, model: &dyn Model, tokenizer: &Tokenizer) -> Result<()> {
     for (name, bytes) in model.hf_files()? {
         dir.write(name, &bytes)?;
     }
@@ -70,7 +70,7 @@ fn write_model(dir: &PartialDir, model: &T5Model, tokenizer: &Tokenizer) -> Resu
 pub fn save(
     run_dir: &Path,
     name: &str,
-    model: &T5Model,
+    model: &dyn Model,
     tokenizer: &Tokenizer,
     state: &TrainingState,
     optimizer: Option<&AdamW>,

@@ -7,10 +7,9 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::data::Example;
-use crate::kernels::loss::count_valid_labels;
-use crate::model::t5::{Batch, Gradients, T5Model};
+use crate::model::family::count_target_tokens;
 use crate::model::tokenizer::Tokenizer;
-use crate::model::T5Config;
+use crate::model::{Gradients, Model, Pair};
 use crate::optim::{AdamW, AdamWConfig, UpdateFilter};
 use crate::rng::Rng;
 
@@ -54,7 +53,7 @@ impl Default for TrainOptions {
 
 /// Token ids of examples, with how many were truncated.
 pub struct Encoded {
-    pub pairs: Vec<(Vec<u32>, Vec<u32>)>,
+    pub pairs: Vec<Pair>,
     pub truncated_sources: usize,
     pub truncated_targets: usize,
 }
@@ -105,50 +104,13 @@ pub struct Position {
     pub rng: Rng,
 }
 
-/// Refuses, before any GPU work, a step whose largest buffers exceed the adapter's limit:
-/// the logits (and their gradient), the attention probabilities, the feed-forward
-/// activations and the embedding table of a batch of `batch_size` examples with sources
-/// of `source_len` and targets of `target_len` tokens.
-pub fn check_step_buffers(
-    gpu: &crate::Gpu,
-    config: &T5Config,
-    batch_size: usize,
-    source_len: usize,
-    target_len: usize,
-) -> Result<()> {
-    let f32_bytes = |dims: &[usize]| dims.iter().fold(4u64, |n, &d| n.saturating_mul(d as u64));
-    let longest = source_len.max(target_len);
-    let buffers = [
-        (
-            f32_bytes(&[batch_size, target_len, config.vocab_size]),
-            format!("the logits of {batch_size} × {target_len} target tokens × {} vocabulary entries (lower --batch-size or --max-target-len)", config.vocab_size),
-        ),
-        (
-            f32_bytes(&[batch_size, config.num_heads, longest, longest]),
-            format!("the attention probabilities of {batch_size} examples × {} heads × {longest} × {longest} tokens (lower --batch-size, --max-source-len or --max-target-len)", config.num_heads),
-        ),
-        (
-            f32_bytes(&[batch_size, longest, config.d_ff]),
-            format!("the feed-forward activations of {batch_size} × {longest} tokens × d_ff {} (lower --batch-size, --max-source-len or --max-target-len)", config.d_ff),
-        ),
-        (
-            f32_bytes(&[config.vocab_size, config.d_model]),
-            format!("the embedding table of {} × {} (the model is too large for this adapter)", config.vocab_size, config.d_model),
-        ),
-    ];
-    for (bytes, what) in &buffers {
-        gpu.check_buffer_size(*bytes, what)?;
-    }
-    Ok(())
-}
-
 /// Trains `epochs` passes over `pairs` from `position`, calling `on_step` after every
 /// optimizer step; `on_step` returns false to stop early (the position then says where to
 /// resume).
 #[allow(clippy::too_many_arguments)]
 pub fn train(
-    model: &T5Model,
-    pairs: &[(Vec<u32>, Vec<u32>)],
+    model: &dyn Model,
+    pairs: &[Pair],
     options: &TrainOptions,
     optimizer: &mut AdamW,
     grads: &Gradients,
@@ -162,10 +124,8 @@ pub fn train(
     if options.batch_size == 0 || options.grad_accum == 0 {
         bail!("the batch size and the number of accumulated micro-batches must be positive");
     }
-    let c = &model.config;
-    let longest = |side: fn(&(Vec<u32>, Vec<u32>)) -> usize| pairs.iter().map(side).max().unwrap_or(0);
-    let (source_len, target_len) = (longest(|p| p.0.len()), longest(|p| p.1.len()));
-    check_step_buffers(model.gpu(), c, options.batch_size, source_len, target_len)?;
+    let longest = |side: fn(&Pair) -> usize| pairs.iter().map(side).max().unwrap_or(0);
+    model.check_batch_buffers(options.batch_size, longest(|p| p.0.len()), longest(|p| p.1.len()))?;
     let per_step = options.batch_size * options.grad_accum;
     let steps = options.steps_per_epoch(pairs.len());
     while position.epoch < options.epochs {
@@ -175,32 +135,25 @@ pub fn train(
         position.rng.clone().shuffle(&mut order);
         while position.batch < steps {
             let chunk = &order[position.batch * per_step..((position.batch + 1) * per_step).min(order.len())];
-            let mut batches = chunk
-                .chunks(options.batch_size)
-                .map(|ids| {
-                    let examples: Vec<(Vec<u32>, Vec<u32>)> = ids.iter().map(|&i| pairs[i].clone()).collect();
-                    Batch::new(&examples, c.pad_token_id, c.decoder_start_token_id)
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let micro_batches: Vec<Vec<Pair>> =
+                chunk.chunks(options.batch_size).map(|ids| ids.iter().map(|&i| pairs[i].clone()).collect()).collect();
             let valid =
-                batches.iter().map(|b| count_valid_labels(&b.labels, c.vocab_size)).collect::<Result<Vec<_>>>()?;
+                micro_batches.iter().map(|b| count_target_tokens(b, model.vocab_size())).collect::<Result<Vec<_>>>()?;
             let total: usize = valid.iter().sum();
             grads.zero()?;
-            let mut losses = Vec::with_capacity(batches.len());
+            let mut losses = Vec::with_capacity(micro_batches.len());
             let mut tokens = 0;
-            for (i, batch) in batches.iter_mut().enumerate() {
-                batch.grad_scale = valid[i] as f32 / total.max(1) as f32;
-                let out = model.forward(batch)?;
-                model.backward(batch, &out, grads)?;
-                losses.push(out.loss.expect("training batches have labels"));
-                tokens += batch.attention_mask.iter().sum::<u32>() as usize + valid[i];
+            for (i, batch) in micro_batches.iter().enumerate() {
+                let grad_scale = valid[i] as f32 / total.max(1) as f32;
+                losses.push(model.loss_and_gradients(batch, grad_scale, grads)?);
+                tokens += batch.iter().map(|p| p.0.len()).sum::<usize>() + valid[i];
                 if i + 1 < valid.len() {
                     // Run each micro-batch as it is recorded, so that only one micro-batch's
                     // activations are alive at a time (the point of accumulating).
                     model.gpu().flush()?;
                 }
             }
-            let sumsq = optimizer.step(&model.params, &grads.grads, filter)?;
+            let sumsq = optimizer.step(model.params(), &grads.grads, filter)?;
             let mut loss = 0.0;
             for (l, n) in losses.iter().zip(&valid) {
                 loss += l.to_f32()?[0] * *n as f32 / total.max(1) as f32;
@@ -233,22 +186,23 @@ pub fn train(
 }
 
 /// Mean loss per target token over `pairs`, in batches of `batch_size`.
-pub fn eval_loss(model: &T5Model, pairs: &[(Vec<u32>, Vec<u32>)], batch_size: usize) -> Result<f64> {
-    let c = &model.config;
+pub fn eval_loss(model: &dyn Model, pairs: &[Pair], batch_size: usize) -> Result<f64> {
     let (mut sum, mut count) = (0.0f64, 0usize);
     for chunk in pairs.chunks(batch_size.max(1)) {
-        let batch = Batch::new(chunk, c.pad_token_id, c.decoder_start_token_id)?;
-        let valid = count_valid_labels(&batch.labels, c.vocab_size)?;
-        if let Some(loss) = model.forward(&batch)?.loss {
-            sum += loss.to_f32()?[0] as f64 * valid as f64;
-            count += valid;
-        }
+        let valid = count_target_tokens(chunk, model.vocab_size())?;
+        sum += model.loss(chunk)?.to_f32()?[0] as f64 * valid as f64;
+        count += valid;
     }
     Ok(sum / count.max(1) as f64)
 }
 
 /// Exact match of greedy outputs against the targets, in [0, 1].
-pub fn exact_match(model: &T5Model, tokenizer: &Tokenizer, examples: &[Example], max_source_len: usize) -> Result<f64> {
+pub fn exact_match(
+    model: &dyn Model,
+    tokenizer: &Tokenizer,
+    examples: &[Example],
+    max_source_len: usize,
+) -> Result<f64> {
     let mut hits = 0;
     for ex in examples {
         let mut n = 0;
@@ -264,11 +218,11 @@ pub fn exact_match(model: &T5Model, tokenizer: &Tokenizer, examples: &[Example],
 mod tests {
     use super::*;
     use crate::kernels::testing::{assert_close, gpu};
-    use crate::model::T5Config;
+    use crate::model::{T5Config, T5Model};
     use crate::optim::Unconstrained;
 
     /// Gradients and loss of one optimizer step over `pairs`, in micro-batches of `batch_size`.
-    fn one_step(pairs: &[(Vec<u32>, Vec<u32>)], batch_size: usize, grad_accum: usize) -> (Vec<Vec<f32>>, f32) {
+    fn one_step(pairs: &[Pair], batch_size: usize, grad_accum: usize) -> (Vec<Vec<f32>>, f32) {
         let model = T5Model::random(&gpu(), T5Config::tiny(20), true, 0.1, 9).unwrap();
         let options = TrainOptions { batch_size, grad_accum, ..Default::default() };
         let mut optimizer = AdamW::new(options.adamw, &model.params).unwrap();
@@ -285,25 +239,10 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_whose_logits_exceed_the_adapter_limit_is_refused_with_the_flags_to_change() {
-        let gpu = gpu();
-        let config = T5Config::tiny(1000);
-        check_step_buffers(&gpu, &config, 8, 64, 32).unwrap();
-        let limit = gpu.limits().max_buffer_size.min(gpu.limits().max_storage_buffer_binding_size);
-        // Just enough examples that the logits no longer fit one buffer.
-        let batch = (limit / (32 * 1000 * 4) + 1) as usize;
-        let err = check_step_buffers(&gpu, &config, batch, 8, 32).unwrap_err().to_string();
-        assert!(err.contains("logits") && err.contains("--batch-size") && err.contains("--max-target-len"), "{err}");
-        assert!(err.contains(&(batch as u64 * 32 * 1000 * 4).to_string()), "says the size needed: {err}");
-        let err = check_step_buffers(&gpu, &config, 1, 1 << 20, 1).unwrap_err().to_string();
-        assert!(err.contains("attention") && err.contains("--max-source-len"), "{err}");
-    }
-
-    #[test]
     fn accumulated_micro_batches_give_the_gradient_of_one_big_batch() {
         let mut rng = Rng::new(11);
         // Uneven lengths, so that micro-batches hold different numbers of target tokens.
-        let pairs: Vec<(Vec<u32>, Vec<u32>)> = (0..7)
+        let pairs: Vec<Pair> = (0..7)
             .map(|i| {
                 let mut ids = |n: usize| (0..n).map(|_| 3 + rng.below(17) as u32).chain([1]).collect::<Vec<_>>();
                 (ids(2 + i % 3), ids(1 + (i * 5) % 4))

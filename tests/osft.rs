@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use sculpt::model::load_t5;
-use sculpt::model::t5::Gradients;
+use sculpt::model::Gradients;
 use sculpt::optim::{AdamW, AdamWConfig, Unconstrained, UpdateFilter};
 use sculpt::rng::Rng;
 use sculpt::subspace::targets::T5_DEFAULT;

@@ -190,7 +190,7 @@ fn relative_norm_error(got: &[f32], want: &[f64]) -> f64 {
 }
 
 fn check_gradients_and_adamw(model_name: &str) {
-    use sculpt::model::t5::Gradients;
+    use sculpt::model::Gradients;
     use sculpt::optim::{AdamW, AdamWConfig, Schedule, Unconstrained};
 
     let gpu = Gpu::shared().unwrap();

@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 
 use sculpt::data::{synthetic, Example};
-use sculpt::model::t5::Gradients;
+use sculpt::model::Gradients;
 use sculpt::model::{load_t5, T5Config, T5Model, Tokenizer};
 use sculpt::optim::{AdamW, AdamWConfig, Schedule, Unconstrained};
 use sculpt::rng::Rng;

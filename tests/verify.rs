@@ -8,8 +8,8 @@ use std::path::Path;
 
 use sculpt::cli::verify::verify;
 use sculpt::data::{synthetic, Example};
-use sculpt::model::t5::Gradients;
 use sculpt::model::weights::{save, WEIGHTS_FILE};
+use sculpt::model::Gradients;
 use sculpt::model::{T5Config, T5Model, Tokenizer};
 use sculpt::optim::{AdamW, AdamWConfig, Unconstrained, UpdateFilter};
 use sculpt::rng::Rng;

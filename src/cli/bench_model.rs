@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use crate::model::t5::Gradients;
+use crate::model::Gradients;
 use crate::model::{Batch, T5Config, T5Model};
 use crate::optim::{AdamW, AdamWConfig, Unconstrained, UpdateFilter};
 use crate::subspace::targets::T5_DEFAULT;

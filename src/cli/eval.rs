@@ -2,9 +2,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-use crate::kernels::loss::count_valid_labels;
-use crate::model::Batch;
-use crate::train::check_step_buffers;
+use crate::model::family::count_target_tokens;
+use crate::model::Model;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -34,29 +33,27 @@ pub struct EvalResult {
 }
 
 pub fn evaluate(
-    model: &crate::model::T5Model,
+    model: &dyn Model,
     tokenizer: &crate::model::Tokenizer,
     examples: &[crate::data::jsonl::Example],
     batch_size: usize,
     max_new_tokens: usize,
 ) -> Result<EvalResult> {
-    let c = &model.config;
     let pairs = examples
         .iter()
         .map(|e| Ok((tokenizer.encode(&e.input)?, tokenizer.encode(&e.target)?)))
         .collect::<Result<Vec<_>>>()?;
     let source = pairs.iter().map(|p| p.0.len()).max().unwrap_or(0);
     let target = pairs.iter().map(|p| p.1.len()).max().unwrap_or(0);
-    check_step_buffers(model.gpu(), c, batch_size.max(1), source, target.max(max_new_tokens))
+    model
+        .check_batch_buffers(batch_size.max(1), source, target.max(max_new_tokens))
         .context("evaluation (in `sculpt eval`: lower --batch-size or --max-new-tokens, or shorten the inputs)")?;
     let mut loss_sum = 0.0f64;
     let mut tokens = 0usize;
     let mut correct = 0usize;
     for (chunk, pairs) in examples.chunks(batch_size.max(1)).zip(pairs.chunks(batch_size.max(1))) {
-        let batch = Batch::new(pairs, c.pad_token_id, c.decoder_start_token_id)?;
-        let out = model.forward(&batch)?;
-        let loss = out.loss.context("every target has at least its </s> token")?.to_f32()?[0];
-        let valid = count_valid_labels(&batch.labels, c.vocab_size)?;
+        let loss = model.loss(pairs)?.to_f32()?[0];
+        let valid = count_target_tokens(pairs, model.vocab_size())?;
         loss_sum += loss as f64 * valid as f64;
         tokens += valid;
         for (example, (source, _)) in chunk.iter().zip(pairs) {

@@ -18,7 +18,7 @@ pub struct Args {
 pub fn run(gpu: &crate::Gpu, args: &Args) -> Result<()> {
     let (model, tokenizer) = crate::model::load_t5(gpu, &args.model)?;
     let ids = tokenizer.encode(&args.input)?;
-    crate::train::check_step_buffers(gpu, &model.config, 1, ids.len(), args.max_new_tokens)
+    crate::model::Model::check_batch_buffers(&model, 1, ids.len(), args.max_new_tokens)
         .context("generation (lower --max-new-tokens or shorten the input)")?;
     let output = model.generate(&ids, args.max_new_tokens)?;
     println!("{}", tokenizer.decode(&output)?);

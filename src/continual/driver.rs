@@ -14,17 +14,14 @@ use serde::{Deserialize, Serialize};
 use super::report::Results;
 use crate::checkpoint::{self, TrainingState};
 use crate::data::{Example, Task};
-use crate::model::t5::{Batch, Gradients, T5Model};
 use crate::model::weights::Weights;
-use crate::model::Tokenizer;
+use crate::model::{Gradients, Model, Pair, Tokenizer};
 use crate::optim::{AdamW, Schedule, Unconstrained, UpdateFilter};
 use crate::rng::Rng;
 use crate::subspace::rank::normalise_importance;
 use crate::subspace::state::SUBSPACE_FILE;
 use crate::subspace::{Mode, RankPolicy, SubspaceSet};
-use crate::train::{
-    check_step_buffers, encode, eval_loss, exact_match, train, Encoded, Position, StepLog, TrainOptions,
-};
+use crate::train::{encode, eval_loss, exact_match, train, Encoded, Position, StepLog, TrainOptions};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -56,44 +53,45 @@ pub struct StreamOptions {
 /// Mean cosine similarity between the input and output hidden states of every block
 /// (real tokens only) over `samples`, keyed by the block's name prefix
 /// ("encoder.block.3."), min-max normalised across all blocks.
-pub fn layer_importance(model: &T5Model, tokenizer: &Tokenizer, samples: &[Example]) -> Result<BTreeMap<String, f64>> {
-    let c = &model.config;
+pub fn layer_importance(
+    model: &dyn Model,
+    tokenizer: &Tokenizer,
+    samples: &[Example],
+) -> Result<BTreeMap<String, f64>> {
     let pairs = encode(tokenizer, samples, 512, 128)?.pairs;
-    let batch = Batch::new(&pairs, c.pad_token_id, c.decoder_start_token_id)?;
-    let out = model.forward(&batch)?;
-    let enc_mask: Vec<bool> = batch.attention_mask.iter().map(|&m| m == 1).collect();
-    let dec_mask: Vec<bool> = batch.labels.iter().map(|&l| l != -100).collect();
     let mut raw = Vec::new();
-    for (prefix, stack, mask) in [("encoder", &out.encoder.stack, &enc_mask), ("decoder", &out.decoder, &dec_mask)] {
-        for l in 0..stack.block_outputs.len() {
-            let input = if l == 0 { &stack.hidden_states[0] } else { &stack.block_outputs[l - 1] };
-            let (x, y) = (input.to_f32()?, stack.block_outputs[l].to_f32()?);
-            let d = c.d_model;
-            let (mut sum, mut count) = (0.0f64, 0usize);
-            for (t, _) in mask.iter().enumerate().filter(|(_, &m)| m) {
-                let (a, b) = (&x[t * d..(t + 1) * d], &y[t * d..(t + 1) * d]);
-                let dot: f64 = a.iter().zip(b).map(|(&p, &q)| p as f64 * q as f64).sum();
-                let na = a.iter().map(|&p| (p as f64).powi(2)).sum::<f64>().sqrt();
-                let nb = b.iter().map(|&p| (p as f64).powi(2)).sum::<f64>().sqrt();
-                sum += dot / (na * nb).max(1e-30);
-                count += 1;
-            }
-            raw.push((format!("{prefix}.block.{l}."), sum / count.max(1) as f64));
+    for block in model.block_states(&pairs)? {
+        let (x, y) = (block.input.to_f32()?, block.output.to_f32()?);
+        let d = x.len() / block.real.len().max(1);
+        let (mut sum, mut count) = (0.0f64, 0usize);
+        for (t, _) in block.real.iter().enumerate().filter(|(_, &real)| real) {
+            let (a, b) = (&x[t * d..(t + 1) * d], &y[t * d..(t + 1) * d]);
+            let dot: f64 = a.iter().zip(b).map(|(&p, &q)| p as f64 * q as f64).sum();
+            let na = a.iter().map(|&p| (p as f64).powi(2)).sum::<f64>().sqrt();
+            let nb = b.iter().map(|&p| (p as f64).powi(2)).sum::<f64>().sqrt();
+            sum += dot / (na * nb).max(1e-30);
+            count += 1;
         }
+        raw.push((block.prefix, sum / count.max(1) as f64));
     }
     let normalised = normalise_importance(&raw.iter().map(|r| r.1).collect::<Vec<_>>());
     Ok(raw.into_iter().map(|r| r.0).zip(normalised).collect())
 }
 
-fn evaluate_all(model: &T5Model, tokenizer: &Tokenizer, tasks: &[Task], max_source_len: usize) -> Result<Vec<f64>> {
+fn evaluate_all(model: &dyn Model, tokenizer: &Tokenizer, tasks: &[Task], max_source_len: usize) -> Result<Vec<f64>> {
     tasks.iter().map(|t| exact_match(model, tokenizer, &t.eval, max_source_len)).collect()
 }
 
 /// Refuses, before any GPU work, a stream one of whose passes would need a buffer larger
 /// than the adapter allows: every task's training batches, evaluation loss, greedy answers
 /// and the layer-importance pass over its samples.
-fn check_stream_buffers(model: &T5Model, tokenizer: &Tokenizer, tasks: &[Task], options: &StreamOptions) -> Result<()> {
-    let longest = |pairs: &[(Vec<u32>, Vec<u32>)]| {
+fn check_stream_buffers(
+    model: &dyn Model,
+    tokenizer: &Tokenizer,
+    tasks: &[Task],
+    options: &StreamOptions,
+) -> Result<()> {
+    let longest = |pairs: &[Pair]| {
         pairs.iter().fold((0, 0), |(s, t), (source, target)| (s.max(source.len()), t.max(target.len())))
     };
     for task in tasks {
@@ -109,7 +107,8 @@ fn check_stream_buffers(model: &T5Model, tokenizer: &Tokenizer, tasks: &[Task], 
         ];
         for (pass, batch, source, target) in passes {
             if batch > 0 {
-                check_step_buffers(model.gpu(), &model.config, batch, source, target)
+                model
+                    .check_batch_buffers(batch, source, target)
                     .with_context(|| format!("task {:?}, {pass}", task.name))?;
             }
         }
@@ -119,7 +118,7 @@ fn check_stream_buffers(model: &T5Model, tokenizer: &Tokenizer, tasks: &[Task], 
 
 /// The frozen subspaces for task `i` (None: the task trains unconstrained).
 fn subspaces_for(
-    model: &T5Model,
+    model: &dyn Model,
     tokenizer: &Tokenizer,
     tasks: &[Task],
     i: usize,
@@ -133,7 +132,7 @@ fn subspaces_for(
     let samples = &source[..options.importance_samples.min(source.len())];
     let importance = layer_importance(model, tokenizer, samples)?;
     let of = |name: &str| importance.iter().find(|(p, _)| name.starts_with(p.as_str())).map_or(0.5, |(_, v)| *v);
-    Ok(Some(SubspaceSet::build(&model.params, &options.targets, options.policy, options.mode, of)?))
+    Ok(Some(SubspaceSet::build(model.params(), &options.targets, options.policy, options.mode, of)?))
 }
 
 /// One JSON object per line: every step, every evaluation, every task end.
@@ -175,9 +174,9 @@ impl Log {
 }
 
 /// Puts the weights of `checkpoint` into `model`.
-fn restore_weights(model: &T5Model, checkpoint: &Path) -> Result<()> {
+fn restore_weights(model: &dyn Model, checkpoint: &Path) -> Result<()> {
     let weights = Weights::load(checkpoint)?;
-    for (name, param) in &model.params {
+    for (name, param) in model.params() {
         param.write(&weights.get(name, param.shape())?.data)?;
     }
     Ok(())
@@ -204,7 +203,7 @@ pub fn task_options(run: &TrainOptions, task: &Task) -> TrainOptions {
 /// `out` already holds checkpoints, continues from the newest one. `on_step(task, step)`
 /// returns false to stop the run: a checkpoint is written (with `out`) and the result is None.
 pub fn run_stream(
-    model: &T5Model,
+    model: &dyn Model,
     tokenizer: &Tokenizer,
     tasks: &[Task],
     options: &StreamOptions,
@@ -261,7 +260,7 @@ pub fn run_stream(
         let subspace_file = if out.is_some() { subspace_files(subspaces.as_ref())? } else { Vec::new() };
         let train_options = task_options(&options.train, task);
         let encoded = encode(tokenizer, &task.train, max_src, train_options.max_target_len)?;
-        let mut optimizer = AdamW::new(train_options.adamw, &model.params)?;
+        let mut optimizer = AdamW::new(train_options.adamw, model.params())?;
         let mid_task = resume.as_ref().filter(|(_, s)| s.task == i && !s.task_done);
         match mid_task {
             Some((path, s)) => checkpoint::load_optimizer(path, &mut optimizer, s.step)?,
@@ -359,7 +358,7 @@ fn report_truncation(
 
 /// Loss and exact match of the current task's evaluation set.
 fn evaluate_task(
-    model: &T5Model,
+    model: &dyn Model,
     tokenizer: &Tokenizer,
     task: &Task,
     options: &StreamOptions,

@@ -1,11 +1,14 @@
-//! Models on top of the kernels: configuration, checkpoint I/O, tokenizer and the T5 family.
+//! Models on top of the kernels: what every family provides (family.rs), configuration,
+//! checkpoint I/O, tokenizer and the T5 family.
 
 pub mod config;
+pub mod family;
 pub mod t5;
 pub mod tokenizer;
 pub mod weights;
 
 pub use config::{FeedForward, T5Config};
+pub use family::{BlockStates, Gradients, Model, Pair};
 pub use t5::{Batch, ForwardOutput, T5Model};
 pub use tokenizer::Tokenizer;
 

@@ -14,6 +14,7 @@ use crate::kernels::loss::{count_valid_labels, cross_entropy};
 use crate::kernels::matmul::linear;
 use crate::kernels::norm::rms_norm;
 use crate::model::config::FeedForward;
+use crate::model::Model;
 use crate::tensor::Tensor;
 
 /// One attention sub-layer: x + o(attention(q(n), k(kv), v(kv))) with n = rms_norm(x).

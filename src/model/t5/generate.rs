@@ -10,6 +10,7 @@ use crate::kernels::attention::{position_bias, relative_position_buckets_from, A
 use crate::kernels::embedding::embedding;
 use crate::kernels::matmul::linear;
 use crate::kernels::norm::rms_norm;
+use crate::model::Model;
 use crate::tensor::{DType, Tensor};
 
 /// The self-attention keys and values of the positions decoded so far, [1, t, H*d_kv].

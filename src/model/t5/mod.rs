@@ -8,12 +8,12 @@ mod generate;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
-pub use backward::Gradients;
 pub use forward::{AttentionActivations, EncoderOutput, FeedForwardActivations, ForwardOutput, LayerActivations};
 
 use super::config::{FeedForward, T5Config};
+use super::family::{BlockStates, Gradients, Model, Pair};
 use super::weights::Weights;
 use crate::gpu::Gpu;
 use crate::kernels::loss::IGNORE_INDEX;
@@ -158,10 +158,6 @@ impl T5Model {
         Ok(T5Model { config, feed_forward, params, gpu: gpu.clone() })
     }
 
-    pub fn gpu(&self) -> &Gpu {
-        &self.gpu
-    }
-
     /// The parameter `name` (every name of [`T5Model::parameter_shapes`] is present).
     pub fn param(&self, name: &str) -> &Tensor {
         &self.params[name]
@@ -172,20 +168,113 @@ impl T5Model {
         self.params.get(LM_HEAD).unwrap_or(&self.params[SHARED])
     }
 
-    /// The files of a Hugging Face model folder: config.json and model.safetensors.
-    pub fn hf_files(&self) -> Result<[(&'static str, Vec<u8>); 2]> {
-        let tensors: Vec<(String, &Tensor)> = self.params.iter().map(|(n, t)| (n.clone(), t)).collect();
-        Ok([
-            ("config.json", self.config.to_hf_json()?.into_bytes()),
-            ("model.safetensors", super::weights::serialize(&tensors, None)?),
-        ])
-    }
-
     pub fn num_layers(&self, stack: Stack) -> usize {
         match stack {
             Stack::Encoder => self.config.num_layers,
             Stack::Decoder => self.config.num_decoder_layers(),
         }
+    }
+}
+
+impl T5Model {
+    /// Pads (source, target) pairs into the encoder-decoder batch.
+    pub fn batch(&self, pairs: &[Pair]) -> Result<Batch> {
+        Batch::new(pairs, self.config.pad_token_id, self.config.decoder_start_token_id)
+    }
+}
+
+impl Model for T5Model {
+    fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    fn params(&self) -> &BTreeMap<String, Tensor> {
+        &self.params
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+
+    fn loss_and_gradients(&self, pairs: &[Pair], grad_scale: f32, grads: &Gradients) -> Result<Tensor> {
+        let mut batch = self.batch(pairs)?;
+        batch.grad_scale = grad_scale;
+        let out = self.forward(&batch)?;
+        self.backward(&batch, &out, grads)?;
+        out.loss.context("a training batch has labels")
+    }
+
+    fn loss(&self, pairs: &[Pair]) -> Result<Tensor> {
+        self.forward(&self.batch(pairs)?)?.loss.context("an evaluation batch has labels")
+    }
+
+    fn generate(&self, source: &[u32], max_new_tokens: usize) -> Result<Vec<u32>> {
+        T5Model::generate(self, source, max_new_tokens)
+    }
+
+    /// Encoder blocks over the real source tokens, decoder blocks over the target tokens.
+    fn block_states(&self, pairs: &[Pair]) -> Result<Vec<BlockStates>> {
+        let batch = self.batch(pairs)?;
+        let out = self.forward(&batch)?;
+        let source_real: Vec<bool> = batch.attention_mask.iter().map(|&m| m == 1).collect();
+        let target_real: Vec<bool> = batch.labels.iter().map(|&l| l != IGNORE_INDEX).collect();
+        let mut states = Vec::new();
+        for (stack, output, real) in
+            [(Stack::Encoder, &out.encoder.stack, &source_real), (Stack::Decoder, &out.decoder, &target_real)]
+        {
+            for (l, block_output) in output.block_outputs.iter().enumerate() {
+                let input = if l == 0 { &output.hidden_states[0] } else { &output.block_outputs[l - 1] };
+                states.push(BlockStates {
+                    prefix: format!("{}.block.{l}.", stack.prefix()),
+                    input: input.clone(),
+                    output: block_output.clone(),
+                    real: real.clone(),
+                });
+            }
+        }
+        Ok(states)
+    }
+
+    /// The largest buffers of a step: the logits (and their gradient), the attention
+    /// probabilities, the feed-forward activations and the embedding table.
+    fn check_batch_buffers(&self, batch_size: usize, source_len: usize, target_len: usize) -> Result<()> {
+        let config = &self.config;
+        let f32_bytes = |dims: &[usize]| dims.iter().fold(4u64, |n, &d| n.saturating_mul(d as u64));
+        let longest = source_len.max(target_len);
+        let buffers = [
+            (
+                f32_bytes(&[batch_size, target_len, config.vocab_size]),
+                format!("the logits of {batch_size} × {target_len} target tokens × {} vocabulary entries (lower --batch-size or --max-target-len)", config.vocab_size),
+            ),
+            (
+                f32_bytes(&[batch_size, config.num_heads, longest, longest]),
+                format!("the attention probabilities of {batch_size} examples × {} heads × {longest} × {longest} tokens (lower --batch-size, --max-source-len or --max-target-len)", config.num_heads),
+            ),
+            (
+                f32_bytes(&[batch_size, longest, config.d_ff]),
+                format!("the feed-forward activations of {batch_size} × {longest} tokens × d_ff {} (lower --batch-size, --max-source-len or --max-target-len)", config.d_ff),
+            ),
+            (
+                f32_bytes(&[config.vocab_size, config.d_model]),
+                format!("the embedding table of {} × {} (the model is too large for this adapter)", config.vocab_size, config.d_model),
+            ),
+        ];
+        for (bytes, what) in &buffers {
+            self.gpu.check_buffer_size(*bytes, what)?;
+        }
+        Ok(())
+    }
+
+    fn hf_files(&self) -> Result<Vec<(&'static str, Vec<u8>)>> {
+        let tensors: Vec<(String, &Tensor)> = self.params.iter().map(|(n, t)| (n.clone(), t)).collect();
+        Ok(vec![
+            ("config.json", self.config.to_hf_json()?.into_bytes()),
+            ("model.safetensors", super::weights::serialize(&tensors, None)?),
+        ])
+    }
+
+    fn default_targets(&self) -> Vec<String> {
+        crate::subspace::targets::T5_DEFAULT.iter().map(|s| s.to_string()).collect()
     }
 }
 
@@ -254,6 +343,21 @@ impl Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_whose_logits_exceed_the_adapter_limit_is_refused_with_the_flags_to_change() {
+        let gpu = crate::kernels::testing::gpu();
+        let model = T5Model::random(&gpu, T5Config::tiny(1000), true, 0.1, 1).unwrap();
+        model.check_batch_buffers(8, 64, 32).unwrap();
+        let limit = gpu.limits().max_buffer_size.min(gpu.limits().max_storage_buffer_binding_size);
+        // Just enough examples that the logits no longer fit one buffer.
+        let batch = (limit / (32 * 1000 * 4) + 1) as usize;
+        let err = model.check_batch_buffers(batch, 8, 32).unwrap_err().to_string();
+        assert!(err.contains("logits") && err.contains("--batch-size") && err.contains("--max-target-len"), "{err}");
+        assert!(err.contains(&(batch as u64 * 32 * 1000 * 4).to_string()), "says the size needed: {err}");
+        let err = model.check_batch_buffers(1, 1 << 20, 1).unwrap_err().to_string();
+        assert!(err.contains("attention") && err.contains("--max-source-len"), "{err}");
+    }
 
     #[test]
     fn batch_pads_and_shifts_like_transformers() {

@@ -1,0 +1,82 @@
+//! What training, evaluation, checkpoints and the continual driver need from a model
+//! family, so that they run unchanged on every family (T5 now; decoder-only next). A family
+//! takes tokenized (source, target) pairs and lays them out as its forward pass wants.
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+
+use crate::gpu::Gpu;
+use crate::tensor::{DType, Tensor};
+
+/// A tokenized example: source ids and target ids (each ending as the tokenizer ends it).
+pub type Pair = (Vec<u32>, Vec<u32>);
+
+/// The hidden states entering and leaving one block, for layer importance.
+pub struct BlockStates {
+    /// Name prefix of the block's parameters ("encoder.block.3.").
+    pub prefix: String,
+    /// [tokens, width] each.
+    pub input: Tensor,
+    pub output: Tensor,
+    /// Which of the tokens are real (not padding, not ignored).
+    pub real: Vec<bool>,
+}
+
+pub trait Model {
+    fn gpu(&self) -> &Gpu;
+    /// Every trainable tensor under its Hugging Face name.
+    fn params(&self) -> &BTreeMap<String, Tensor>;
+    fn vocab_size(&self) -> usize;
+    /// Records the forward pass, the loss and the backward pass of one batch, adding
+    /// `grad_scale` times its gradients into `grads`; returns the mean loss per target token.
+    fn loss_and_gradients(&self, pairs: &[Pair], grad_scale: f32, grads: &Gradients) -> Result<Tensor>;
+    /// Records the forward pass and the mean loss per target token of one batch.
+    fn loss(&self, pairs: &[Pair]) -> Result<Tensor>;
+    /// Greedy continuation of `source`: the new tokens, up to the end token or `max_new_tokens`.
+    fn generate(&self, source: &[u32], max_new_tokens: usize) -> Result<Vec<u32>>;
+    /// The input and output hidden states of every block over one batch of `pairs`.
+    fn block_states(&self, pairs: &[Pair]) -> Result<Vec<BlockStates>>;
+    /// Refuses, before any GPU work, a batch of `batch_size` pairs of these lengths whose
+    /// largest buffers exceed the adapter's limit, naming the flags that shrink them.
+    fn check_batch_buffers(&self, batch_size: usize, source_len: usize, target_len: usize) -> Result<()>;
+    /// The files of a Hugging Face model folder (config.json, model.safetensors).
+    fn hf_files(&self) -> Result<Vec<(&'static str, Vec<u8>)>>;
+    /// Name patterns of the matrices the method constrains by default.
+    fn default_targets(&self) -> Vec<String>;
+}
+
+/// One gradient buffer per parameter, under the parameter's name.
+pub struct Gradients {
+    pub grads: BTreeMap<String, Tensor>,
+}
+
+impl Gradients {
+    /// Zeroed buffers shaped like the model's parameters (allocated once per run).
+    pub fn zeros_like(model: &dyn Model) -> Result<Gradients> {
+        let grads = model
+            .params()
+            .iter()
+            .map(|(name, p)| Ok((name.clone(), Tensor::zeros(model.gpu(), p.shape(), DType::F32)?)))
+            .collect::<Result<_>>()?;
+        Ok(Gradients { grads })
+    }
+
+    /// Records zero fills of every buffer (start of an accumulation cycle).
+    pub fn zero(&self) -> Result<()> {
+        self.grads.values().try_for_each(|g| g.fill_zero())
+    }
+
+    pub fn get(&self, name: &str) -> &Tensor {
+        &self.grads[name]
+    }
+}
+
+/// Target tokens of `pairs` that take a loss, after checking every id against the vocabulary.
+pub fn count_target_tokens(pairs: &[Pair], vocab_size: usize) -> Result<usize> {
+    for (source, target) in pairs {
+        crate::kernels::embedding::check_ids(source, vocab_size)?;
+        crate::kernels::embedding::check_ids(target, vocab_size)?;
+    }
+    Ok(pairs.iter().map(|p| p.1.len()).sum())
+}
