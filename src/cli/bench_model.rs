@@ -4,6 +4,7 @@
 //! OSFT's projection, and the SVD pass that builds the frozen subspaces at a task start.
 //! Both report the share of GPU time spent in matmul kernels (timestamp queries).
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -12,7 +13,10 @@ use serde::Serialize;
 use crate::model::Gradients;
 use crate::model::{Batch, T5Config, T5Model};
 use crate::optim::{AdamW, AdamWConfig, Unconstrained, UpdateFilter};
-use crate::subspace::targets::T5_DEFAULT;
+use crate::model::Model;
+use crate::subspace::project::FrozenSubspace;
+use crate::subspace::set::RankChoice;
+use crate::subspace::targets::is_target;
 use crate::subspace::{Mode, RankPolicy, SubspaceSet};
 
 #[derive(clap::Args, Clone, Copy)]
@@ -31,6 +35,11 @@ pub struct ModelArgs {
     /// Timed repetitions (the mean is reported, after one untimed warm-up).
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// step: build the frozen subspaces from random orthonormal bases of the ranks the policy
+    /// gives instead of the SVD pass. The projection costs the same; this gets the projection
+    /// share on adapters where the t5-small SVD pass takes too long.
+    #[arg(long)]
+    random_subspaces: bool,
     /// One JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -167,10 +176,33 @@ struct StepBench {
     /// The same step with every target matrix's update projected (strict mode).
     osft_step_ms: f64,
     osft_tokens_per_s: f64,
-    /// (osft − plain) / osft, measured side by side.
+    /// (osft − plain) / osft, in GPU time where the adapter has timestamps, else wall time;
+    /// measured side by side.
     projection_share: f64,
-    /// Batched SVD of every target matrix and the subspace build at a task start.
-    svd_pass_ms: f64,
+    /// Batched SVD of every target matrix and the subspace build at a task start (None with
+    /// --random-subspaces).
+    svd_pass_ms: Option<f64>,
+}
+
+/// Frozen subspaces of the ranks `policy` gives at importance 0.5, from random orthonormal
+/// bases (one per matrix shape) instead of the SVD.
+fn random_subspaces(model: &T5Model, targets: &[String], policy: RankPolicy, mode: Mode) -> Result<SubspaceSet> {
+    let mut rng = crate::rng::Rng::new(3);
+    let mut orthonormal = |dim: usize, r: usize| -> Vec<f32> {
+        let q = faer::Mat::<f64>::from_fn(dim, r, |_, _| rng.normal() as f64).qr().compute_thin_Q();
+        (0..dim).flat_map(|i| (0..r).map(move |j| (i, j))).map(|(i, j)| q[(i, j)] as f32).collect()
+    };
+    let mut bases: BTreeMap<(usize, usize), (Vec<f32>, Vec<f32>)> = BTreeMap::new();
+    let mut set = SubspaceSet { mode, policy, frozen: BTreeMap::new(), choices: Vec::new() };
+    for (name, p) in &model.params {
+        let (&[m, n], true) = (p.shape(), is_target(targets, name)) else { continue };
+        let r = m.min(n);
+        let (u, v) = bases.entry((m, n)).or_insert_with(|| (orthonormal(m, r), orthonormal(n, r)));
+        let k = policy.frozen_rank(0.5, m, n);
+        set.frozen.insert(name.clone(), FrozenSubspace::from_svd(model.gpu(), (m, n), u, v, k, mode)?);
+        set.choices.push(RankChoice { name: name.clone(), rows: m, cols: n, importance: 0.5, k });
+    }
+    Ok(set)
 }
 
 pub fn step(gpu: &crate::Gpu, args: &ModelArgs) -> Result<()> {
@@ -201,11 +233,20 @@ pub fn step(gpu: &crate::Gpu, args: &ModelArgs) -> Result<()> {
     }
 
     let start = Instant::now();
-    let targets: Vec<String> = T5_DEFAULT.iter().map(|s| s.to_string()).collect();
-    let set = SubspaceSet::build(&model.params, &targets, RankPolicy::default(), Mode::Strict, |_| 0.5)?;
-    gpu.flush()?;
-    let svd_pass_ms = start.elapsed().as_secs_f64() * 1e3;
+    let targets = model.default_targets();
+    let (set, svd_pass_ms) = if args.random_subspaces {
+        (random_subspaces(&model, &targets, RankPolicy::default(), Mode::Strict)?, None)
+    } else {
+        let set = SubspaceSet::build(&model.params, &targets, RankPolicy::default(), Mode::Strict, |_| 0.5)?;
+        gpu.flush()?;
+        (set, Some(start.elapsed().as_secs_f64() * 1e3))
+    };
     let osft_step_ms = mean_ms(args.runs, || run(&set))?;
+    let osft_prof = profile(gpu, || run(&set))?;
+    let projection_share = match (&prof, &osft_prof) {
+        (Some(plain), Some(osft)) => (osft.total_ms - plain.total_ms) / osft.total_ms,
+        _ => (osft_step_ms - step_ms) / osft_step_ms,
+    };
     let result = StepBench {
         batch: args.batch,
         tokens: args.tokens,
@@ -215,14 +256,17 @@ pub fn step(gpu: &crate::Gpu, args: &ModelArgs) -> Result<()> {
         matmul_share: prof.as_ref().map(|p| p.matmul_ms / p.total_ms),
         osft_step_ms,
         osft_tokens_per_s: tokens / osft_step_ms * 1e3,
-        projection_share: ((osft_step_ms - step_ms) / osft_step_ms).max(0.0),
+        projection_share: projection_share.max(0.0),
         svd_pass_ms,
     };
     if args.json {
         println!("{}", serde_json::to_string(&result)?);
         return Ok(());
     }
-    println!("svd pass     {svd_pass_ms:.1} ms ({} target matrices)", set.frozen.len());
+    match svd_pass_ms {
+        Some(ms) => println!("svd pass     {ms:.1} ms ({} target matrices)", set.frozen.len()),
+        None => println!("svd pass     skipped: random orthonormal subspaces ({} target matrices)", set.frozen.len()),
+    }
     println!(
         "osft step    {osft_step_ms:.1} ms, {:.0} tokens/s; projection {:.1}% of the step",
         result.osft_tokens_per_s,
