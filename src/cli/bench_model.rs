@@ -11,9 +11,9 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::model::Gradients;
+use crate::model::Model;
 use crate::model::{Batch, T5Config, T5Model};
 use crate::optim::{AdamW, AdamWConfig, Unconstrained, UpdateFilter};
-use crate::model::Model;
 use crate::subspace::project::FrozenSubspace;
 use crate::subspace::set::RankChoice;
 use crate::subspace::targets::is_target;
@@ -272,5 +272,6 @@ pub fn step(gpu: &crate::Gpu, args: &ModelArgs) -> Result<()> {
         result.osft_tokens_per_s,
         100.0 * result.projection_share
     );
+    print_profile("osft GPU time", &osft_prof);
     Ok(())
 }

@@ -19,7 +19,8 @@ pub enum Mode {
     Paper,
 }
 
-/// One side's orthonormal basis, `[dim, cols]` row-major.
+/// One side's orthonormal basis, `[dim, cols]` row-major (cols padded with zero columns to a
+/// multiple of 4 where built by [`padded_basis`]).
 pub enum Basis {
     /// The frozen directions themselves (U_k or V_k).
     Frozen(Tensor),
@@ -52,6 +53,18 @@ fn columns(data: &[f32], dim: usize, r: usize, from: usize, to: usize) -> Vec<f3
     (0..dim).flat_map(|i| data[i * r + from..i * r + to].iter().copied()).collect()
 }
 
+/// A `[dim, cols]` basis on the GPU with zero columns appended up to a multiple of 4: the
+/// projection's matmuls then read its rows as vec4 (on a CPU adapter the aligned kernels are
+/// several times faster), and zero columns change neither U Uᵀ nor Q Qᵀ.
+pub fn padded_basis(gpu: &crate::Gpu, data: &[f32], dim: usize, cols: usize) -> Result<Tensor> {
+    let width = cols.next_multiple_of(4);
+    let mut out = vec![0.0f32; dim * width];
+    for i in 0..dim {
+        out[i * width..i * width + cols].copy_from_slice(&data[i * cols..(i + 1) * cols]);
+    }
+    Tensor::from_f32(gpu, &[dim, width], &out)
+}
+
 impl FrozenSubspace {
     /// From a thin SVD on the host: `u` is `[m, r]`, `v` is `[n, r]`, r = min(m, n),
     /// columns sorted by descending singular value; the top `k` directions are frozen.
@@ -72,9 +85,9 @@ impl FrozenSubspace {
         }
         let side = |data: &[f32], dim: usize| -> Result<Basis> {
             if mode == Mode::Strict && dim == r && 2 * k > dim {
-                Ok(Basis::Complement(Tensor::from_f32(gpu, &[dim, dim - k], &columns(data, dim, r, k, r))?))
+                Ok(Basis::Complement(padded_basis(gpu, &columns(data, dim, r, k, r), dim, dim - k)?))
             } else {
-                Ok(Basis::Frozen(Tensor::from_f32(gpu, &[dim, k], &columns(data, dim, r, 0, k))?))
+                Ok(Basis::Frozen(padded_basis(gpu, &columns(data, dim, r, 0, k), dim, k)?))
             }
         };
         Ok(FrozenSubspace { rows: m, cols: n, k, left: side(u, m)?, right: side(v, n)? })
@@ -105,7 +118,8 @@ pub fn project(update: &Tensor, s: &FrozenSubspace, mode: Mode) -> Result<()> {
             let (Basis::Frozen(u), Basis::Frozen(v)) = (&s.left, &s.right) else {
                 bail!("paper-mode projection needs the frozen bases U_k and V_k, not complements");
             };
-            let k = s.k;
+            // The bases' width: k and any zero padding columns, which add nothing.
+            let k = u.shape()[1];
             // T = ΔW V_k (m×k); C = U_kᵀ T (k×k); E = U_k C (m×k); ΔW −= E V_kᵀ
             let t = Tensor::uninit(gpu, &[m, k], DType::F32)?;
             gemm(&Gemm::new(m, k, n, false, false), update, v, &t)?;
@@ -184,6 +198,7 @@ mod tests {
         (0..dim).flat_map(|i| kept[k..].iter().map(move |c| c[i] as f32)).collect()
     }
 
+    /// Through zero-padded bases, as the method builds them (k = 5, 12, 15: padded to 8, 12, 16).
     #[test]
     fn matches_the_pytorch_reference_in_both_modes() {
         let gpu = gpu();
@@ -200,8 +215,8 @@ mod tests {
                     rows: m,
                     cols: n,
                     k,
-                    left: Basis::Frozen(Tensor::from_f32(&gpu, &[m, k], &uk).unwrap()),
-                    right: Basis::Frozen(Tensor::from_f32(&gpu, &[n, k], &vk).unwrap()),
+                    left: Basis::Frozen(padded_basis(&gpu, &uk, m, k).unwrap()),
+                    right: Basis::Frozen(padded_basis(&gpu, &vk, n, k).unwrap()),
                 };
                 let update = Tensor::from_f32(&gpu, &[m, n], &delta).unwrap();
                 project(&update, &s, mode).unwrap();
@@ -210,9 +225,9 @@ mod tests {
             // Strict mode through the complement basis wherever a side is full and mostly frozen.
             let side = |b: &[f32], dim: usize| {
                 if dim == m.min(n) && 2 * k > dim {
-                    Basis::Complement(Tensor::from_f32(&gpu, &[dim, dim - k], &complement(b, dim, k)).unwrap())
+                    Basis::Complement(padded_basis(&gpu, &complement(b, dim, k), dim, dim - k).unwrap())
                 } else {
-                    Basis::Frozen(Tensor::from_f32(&gpu, &[dim, k], b).unwrap())
+                    Basis::Frozen(padded_basis(&gpu, b, dim, k).unwrap())
                 }
             };
             let s = FrozenSubspace { rows: m, cols: n, k, left: side(&uk, m), right: side(&vk, n) };

@@ -3,7 +3,8 @@
 //! Tensors, f32, per target matrix NAME (m×n, k frozen directions), the bases the set holds:
 //! `NAME.U_k` [m, k] and `NAME.V_k` [n, k], the frozen singular vectors; or, on a side where
 //! strict mode keeps the complement instead, `NAME.U_complement` [m, m − k] (or
-//! `NAME.V_complement` [n, n − k]), an orthonormal Q with U_k U_kᵀ = I − Q Qᵀ. That fixes the
+//! `NAME.V_complement` [n, n − k]), an orthonormal Q with U_k U_kᵀ = I − Q Qᵀ. Every basis
+//! has zero columns appended up to a multiple of 4 columns (as it is held on the GPU). That fixes the
 //! frozen subspace exactly (U_k itself up to a rotation inside it), which is all that the
 //! projection and `sculpt verify` use.
 //!
@@ -99,15 +100,24 @@ impl SubspaceSet {
                     );
                 };
                 let view = st.tensor(&name)?;
-                if view.dtype() != Dtype::F32 || view.shape() != [dim, cols] {
+                let width = cols.next_multiple_of(4);
+                if view.dtype() != Dtype::F32 || view.shape() != [dim, width] {
                     bail!(
-                        "{origin}: tensor {name} is {:?} {:?}, expected F32 [{dim}, {cols}] for {m}x{n} with k = {k}",
+                        "{origin}: tensor {name} is {:?} {:?}, expected F32 [{dim}, {width}] ({cols} columns and zero padding) for {m}x{n} with k = {k}",
                         view.dtype(),
                         view.shape()
                     );
                 }
-                let t =
-                    Tensor::from_f32(gpu, &[dim, cols], &crate::model::weights::to_f32(view.dtype(), view.data())?)?;
+                let data = crate::model::weights::to_f32(view.dtype(), view.data())?;
+                // Orthonormal columns, then zero padding: anything else is a damaged file.
+                for j in 0..width {
+                    let norm = (0..dim).map(|i| (data[i * width + j] as f64).powi(2)).sum::<f64>().sqrt();
+                    let want = if j < cols { 1.0 } else { 0.0 };
+                    if (norm - want).abs() > 1e-3 {
+                        bail!("{origin}: column {j} of {name} has norm {norm:.4}, expected {want} ({cols} basis columns, then zero padding, for k = {k})");
+                    }
+                }
+                let t = Tensor::from_f32(gpu, &[dim, width], &data)?;
                 Ok(if complement { Basis::Complement(t) } else { Basis::Frozen(t) })
             };
             let (left, right) = (side('U', m)?, side('V', n)?);
@@ -194,7 +204,7 @@ mod tests {
         let tensors = [("a.weight.U_k".to_string(), u.tensor()), ("a.weight.V_k".to_string(), v.tensor())];
         let wrong_k = crate::model::weights::serialize(&tensors, Some(meta)).unwrap();
         let err = SubspaceSet::from_safetensors(&gpu, &wrong_k, "s.safetensors").err().unwrap().to_string();
-        assert!(err.contains("a.weight.U_k") && err.contains("[6, 3]"), "{err}");
+        assert!(err.contains("a.weight.U_k") && err.contains("column 2") && err.contains("norm 0"), "{err}");
         let plain = crate::model::weights::serialize(&tensors, None).unwrap();
         let err = SubspaceSet::from_safetensors(&gpu, &plain, "s.safetensors").err().unwrap().to_string();
         assert!(err.contains("not a sculpt subspace file"), "{err}");
