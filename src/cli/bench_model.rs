@@ -117,14 +117,14 @@ fn print_profile(label: &str, profile: &Option<Profile>) {
     match profile {
         Some(Profile { total_ms, matmul_ms, kernels }) => {
             println!(
-                "{label:<13}{total_ms:.1} ms in kernels, {matmul_ms:.1} ms in matmul ({:.1}%)",
+                "{label:<14}{total_ms:.1} ms in kernels, {matmul_ms:.1} ms in matmul ({:.1}%)",
                 100.0 * matmul_ms / total_ms
             );
             for (entry, count, ms) in kernels.iter().take(8) {
                 println!("  {entry:<24} {count:>5} dispatches {ms:>9.2} ms");
             }
         }
-        None => println!("{label:<13}unavailable: the adapter has no timestamp queries"),
+        None => println!("{label:<14}unavailable: the adapter has no timestamp queries"),
     }
 }
 
