@@ -85,6 +85,7 @@ impl T5Model {
             let self_shape = AttentionShape {
                 batch: 1,
                 heads: c.num_heads,
+                kv_heads: c.num_heads,
                 q_len: 1,
                 k_len: position_count,
                 head_dim: c.d_kv,
