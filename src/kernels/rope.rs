@@ -175,10 +175,16 @@ mod tests {
     fn rotation_and_its_transpose_match_reference_over_awkward_shapes() {
         let gpu = gpu();
         // (batch, seq_len, heads, head_dim, first_position)
-        for (n, &(batch, seq_len, heads, head_dim, first)) in
-            [(1, 1, 1, 2, 0), (3, 17, 3, 8, 0), (2, 65, 2, 34, 0), (1, 1, 4, 128, 63), (2, 3, 1, 254, 5), (1, 127, 1, 16, 1)]
-                .iter()
-                .enumerate()
+        for (n, &(batch, seq_len, heads, head_dim, first)) in [
+            (1, 1, 1, 2, 0),
+            (3, 17, 3, 8, 0),
+            (2, 65, 2, 34, 0),
+            (1, 1, 4, 128, 63),
+            (2, 3, 1, 254, 5),
+            (1, 127, 1, 16, 1),
+        ]
+        .iter()
+        .enumerate()
         {
             let inv_freq = inverse_frequencies(head_dim, 10000.0, &RopeScaling::None);
             let table = RopeTable::new(&gpu, &inv_freq, first + seq_len).unwrap();

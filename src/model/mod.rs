@@ -1,11 +1,16 @@
-//! Models on top of the kernels: configuration, checkpoint I/O, tokenizer and the T5 family.
+//! Models on top of the kernels: configuration, checkpoint I/O, tokenizer, the T5 family and
+//! the decoder-only Llama family.
 
 pub mod config;
+pub mod gradients;
+pub mod llama;
 pub mod t5;
 pub mod tokenizer;
 pub mod weights;
 
 pub use config::{FeedForward, T5Config};
+pub use gradients::{Gradients, Parameters};
+pub use llama::{CausalBatch, LlamaConfig, LlamaForwardOutput, LlamaModel};
 pub use t5::{Batch, ForwardOutput, T5Model};
 pub use tokenizer::Tokenizer;
 

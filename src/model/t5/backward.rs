@@ -1,8 +1,6 @@
 //! The T5 backward pass, layer by layer in reverse (llm.c style): every parameter's
 //! gradient accumulates into its own buffer of [`Gradients`], so micro-batches add up.
 
-use std::collections::BTreeMap;
-
 use anyhow::{bail, Result};
 
 use super::forward::{AttentionActivations, FeedForwardActivations, ForwardOutput, StackOutput};
@@ -13,33 +11,8 @@ use crate::kernels::embedding::embedding_backward;
 use crate::kernels::matmul::linear_backward;
 use crate::kernels::norm::rms_norm_backward;
 use crate::model::config::FeedForward;
+use crate::model::gradients::Gradients;
 use crate::tensor::{DType, Tensor};
-
-/// One gradient buffer per parameter, under the parameter's name.
-pub struct Gradients {
-    pub grads: BTreeMap<String, Tensor>,
-}
-
-impl Gradients {
-    /// Zeroed buffers shaped like the model's parameters (allocated once per run).
-    pub fn zeros_like(model: &T5Model) -> Result<Gradients> {
-        let grads = model
-            .params
-            .iter()
-            .map(|(name, p)| Ok((name.clone(), Tensor::zeros(model.gpu(), p.shape(), DType::F32)?)))
-            .collect::<Result<_>>()?;
-        Ok(Gradients { grads })
-    }
-
-    /// Records zero fills of every buffer (start of an accumulation cycle).
-    pub fn zero(&self) -> Result<()> {
-        self.grads.values().try_for_each(|g| g.fill_zero())
-    }
-
-    pub fn get(&self, name: &str) -> &Tensor {
-        &self.grads[name]
-    }
-}
 
 impl T5Model {
     /// Records the gradients of the forward's loss into `grads` (accumulating).

@@ -133,7 +133,7 @@ impl T5Model {
 }
 
 /// Index of the largest value; the first one on ties, as torch.argmax.
-fn argmax(values: &[f32]) -> u32 {
+pub(crate) fn argmax(values: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &v) in values.iter().enumerate() {
         if v > values[best] {

@@ -10,8 +10,10 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 
-pub use backward::Gradients;
+pub use super::gradients::Gradients;
 pub use forward::{AttentionActivations, EncoderOutput, FeedForwardActivations, ForwardOutput, LayerActivations};
+pub(crate) use generate::argmax;
+pub use generate::KvCache;
 
 use super::config::{FeedForward, T5Config};
 use super::weights::Weights;
@@ -30,6 +32,15 @@ pub struct T5Model {
     /// Every trainable tensor under its Hugging Face name.
     pub params: BTreeMap<String, Tensor>,
     gpu: Gpu,
+}
+
+impl super::gradients::Parameters for T5Model {
+    fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+    fn params(&self) -> &BTreeMap<String, Tensor> {
+        &self.params
+    }
 }
 
 /// Which stack a block belongs to.
