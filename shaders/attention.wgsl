@@ -2,7 +2,8 @@
 // and its deterministic scatter-free backward. No atomics anywhere: every output element
 // is written by exactly one invocation, in a fixed summation order.
 //
-// Layouts: q [B, Sq, H*Dh], k and v [B, Sk, H*Dh] (head h = columns h*Dh..(h+1)*Dh),
+// Layouts: q [B, Sq, H*Dh], k and v [B, Sk, Hkv*Dh] (head h = columns h*Dh..(h+1)*Dh; query
+// head h reads key/value head h / (H / Hkv), grouped-query attention when Hkv < H),
 // probs and dscores [B, H, Sq, Sk], bias [H, Sq, Sk] (shared across the batch), key_mask [B, Sk].
 // score(i, j) = scale * q_i·k_j + bias[h, i, j]; key j is visible to query i when
 // key_mask[b, j] != 0 and, if causal, j <= i + (Sk - Sq) (queries are the last Sq positions,
@@ -24,8 +25,8 @@ struct Params {
     scale: f32,
     // position_bias_backward: number of buckets
     buckets: u32,
-    _pad0: u32,
-    _pad1: u32,
+    kv_heads: u32,
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -41,6 +42,11 @@ var<workgroup> scratch: array<f32, WG>;
 
 fn linear_group(wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wg.x + wg.y * nwg.x;
+}
+
+// Column of the first element of query head h's key/value head in a k or v row.
+fn kv_offset(h: u32) -> u32 {
+    return (h / (p.heads / p.kv_heads)) * p.head_dim;
 }
 
 // Tree reduction over the workgroup; `op` 0 = max, 1 = sum. Every invocation returns the result.
@@ -90,14 +96,16 @@ fn attention_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
     let h = (r / p.q_len) % p.heads;
     let b = r / (p.q_len * p.heads);
     let width = p.heads * p.head_dim;
+    let kv_width = p.kv_heads * p.head_dim;
     let q_base = (b * p.q_len + i) * width + h * p.head_dim;
+    let kv_col = kv_offset(h);
     let bias_base = (h * p.q_len + i) * p.k_len;
 
     var local_max = LOWEST;
     for (var j = lid; j < p.k_len; j = j + WG) {
         var s = LOWEST;
         if visible(b, i, j) {
-            let k_base = (b * p.k_len + j) * width + h * p.head_dim;
+            let k_base = (b * p.k_len + j) * kv_width + kv_col;
             var dot = 0.0;
             for (var d = 0u; d < p.head_dim; d = d + 1u) {
                 dot = dot + q[q_base + d] * k[k_base + d];
@@ -134,7 +142,7 @@ fn attention_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
     for (var d = lid; d < p.head_dim; d = d + WG) {
         var acc = 0.0;
         for (var j = 0u; j < p.k_len; j = j + 1u) {
-            acc = acc + row[j] * v[(b * p.k_len + j) * width + h * p.head_dim + d];
+            acc = acc + row[j] * v[(b * p.k_len + j) * kv_width + kv_col + d];
         }
         out[q_base + d] = acc;
     }
@@ -142,7 +150,8 @@ fn attention_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
 
 // ---------------------------------------------------------------- backward
 // Pass 1, per query row: dP = dO·Vᵀ, dS = P ⊙ (dP − Σ P⊙dP), dQ = scale · dS·K. Writes dS.
-// Pass 2, per key row: dK = scale · dSᵀ·Q, dV = Pᵀ·dO (loops over queries, no atomics).
+// Pass 2, per key row: dK = scale · dSᵀ·Q, dV = Pᵀ·dO (loops over the queries of every query
+// head sharing the key/value head, no atomics).
 // Pass 3, per (h, i, j): dbias += Σ_b dS (loops over the batch).
 
 @group(0) @binding(1) var<storage, read> bq_dout: array<f32>;
@@ -162,11 +171,13 @@ fn attention_backward_queries(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num
     let h = (r / p.q_len) % p.heads;
     let b = r / (p.q_len * p.heads);
     let width = p.heads * p.head_dim;
+    let kv_width = p.kv_heads * p.head_dim;
     let q_base = (b * p.q_len + i) * width + h * p.head_dim;
+    let kv_col = kv_offset(h);
 
     var local_dot = 0.0;
     for (var j = lid; j < p.k_len; j = j + WG) {
-        let v_base = (b * p.k_len + j) * width + h * p.head_dim;
+        let v_base = (b * p.k_len + j) * kv_width + kv_col;
         var dp = 0.0;
         for (var d = 0u; d < p.head_dim; d = d + 1u) {
             dp = dp + bq_dout[q_base + d] * bq_v[v_base + d];
@@ -185,7 +196,7 @@ fn attention_backward_queries(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num
     for (var d = lid; d < p.head_dim; d = d + WG) {
         var acc = 0.0;
         for (var j = 0u; j < p.k_len; j = j + 1u) {
-            acc = acc + row[j] * bq_k[(b * p.k_len + j) * width + h * p.head_dim + d];
+            acc = acc + row[j] * bq_k[(b * p.k_len + j) * kv_width + kv_col + d];
         }
         bq_dq[q_base + d] = p.scale * acc;
     }
@@ -200,23 +211,26 @@ fn attention_backward_queries(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num
 
 @compute @workgroup_size(WG)
 fn attention_backward_keys(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    // r = (b * H + h) * Sk + j
+    // r = (b * Hkv + g) * Sk + j; key/value head g serves query heads g*G..(g+1)*G, G = H / Hkv.
     let r = linear_group(wg, nwg);
-    if r >= p.batch * p.heads * p.k_len {
+    if r >= p.batch * p.kv_heads * p.k_len {
         return;
     }
     let j = r % p.k_len;
-    let bh = r / p.k_len;
-    let h = bh % p.heads;
-    let b = bh / p.heads;
+    let g = (r / p.k_len) % p.kv_heads;
+    let b = r / (p.k_len * p.kv_heads);
+    let group = p.heads / p.kv_heads;
     let width = p.heads * p.head_dim;
-    let k_base = (b * p.k_len + j) * width + h * p.head_dim;
+    let k_base = (b * p.k_len + j) * p.kv_heads * p.head_dim + g * p.head_dim;
 
     for (var d = lid; d < p.head_dim; d = d + WG) {
         var dk = 0.0;
         var dv = 0.0;
-        for (var i = 0u; i < p.q_len; i = i + 1u) {
-            let s = (bh * p.q_len + i) * p.k_len + j;
+        // Queries of every head of the group in one flat loop (fixed order: head, then query).
+        for (var n = 0u; n < group * p.q_len; n = n + 1u) {
+            let h = g * group + n / p.q_len;
+            let i = n % p.q_len;
+            let s = ((b * p.heads + h) * p.q_len + i) * p.k_len + j;
             let x = (b * p.q_len + i) * width + h * p.head_dim + d;
             dk = dk + bk_dscores[s] * bk_q[x];
             dv = dv + bk_probs[s] * bk_dout[x];

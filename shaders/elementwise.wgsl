@@ -2,8 +2,9 @@
 // operation is a uniform `op` code so that a family of ops shares one pipeline.
 //
 // fill:   y = alpha
-// unary:  y = f(x)          op: 0 scale (alpha*x), 1 relu, 2 gelu_new, 3 axpby (alpha*x + beta*y)
-// binary: y = g(a, b)       op: 0 a + b, 1 a * b, 2 relu'(b) * a, 3 gelu_new'(b) * a
+// unary:  y = f(x)          op: 0 scale (alpha*x), 1 relu, 2 gelu_new, 3 axpby (alpha*x + beta*y),
+//                               4 silu (x * sigmoid(x))
+// binary: y = g(a, b)       op: 0 a + b, 1 a * b, 2 relu'(b) * a, 3 gelu_new'(b) * a, 4 silu'(b) * a
 //                               (backward ops: a is the upstream gradient, b the forward input)
 // Index: workgroups may be spread over x and y (grid_1d), so the flat index folds both.
 
@@ -41,6 +42,16 @@ fn gelu_new_grad(x: f32) -> f32 {
     return 0.5 * (1.0 + t) + 0.5 * x * dt;
 }
 
+// 1 / (1 + exp(-x)); exp overflows to inf for very negative x, which gives exactly 0.
+fn sigmoid(x: f32) -> f32 {
+    return 1.0 / (1.0 + exp(-x));
+}
+
+fn silu_grad(x: f32) -> f32 {
+    let s = sigmoid(x);
+    return s * (1.0 + x * (1.0 - s));
+}
+
 @group(0) @binding(1) var<storage, read_write> fill_y: array<f32>;
 
 @compute @workgroup_size(WG)
@@ -65,6 +76,7 @@ fn unary(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
         case 0u: { unary_y[i] = p.alpha * v; }
         case 1u: { unary_y[i] = max(v, 0.0); }
         case 2u: { unary_y[i] = gelu_new(v); }
+        case 4u: { unary_y[i] = v * sigmoid(v); }
         default: { unary_y[i] = p.alpha * v + p.beta * unary_y[i]; }
     }
 }
@@ -84,6 +96,7 @@ fn binary(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
         case 0u: { binary_y[i] = a + bv; }
         case 1u: { binary_y[i] = a * bv; }
         case 2u: { binary_y[i] = select(0.0, a, bv > 0.0); }
-        default: { binary_y[i] = a * gelu_new_grad(bv); }
+        case 3u: { binary_y[i] = a * gelu_new_grad(bv); }
+        default: { binary_y[i] = a * silu_grad(bv); }
     }
 }

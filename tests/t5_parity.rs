@@ -1,54 +1,11 @@
 //! Forward pass and greedy generation against the float64 PyTorch references of the two
 //! fixture models (tests/fixtures/README.md).
 
-use std::path::{Path, PathBuf};
+mod common;
 
-use safetensors::{Dtype, SafeTensors};
+use common::reference::{fixture, relative_error, relative_norm_error, Reference};
 use sculpt::model::{load_t5, Batch};
 use sculpt::{Gpu, Tensor};
-
-fn fixture(model: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(model)
-}
-
-struct Reference {
-    bytes: Vec<u8>,
-    json: serde_json::Value,
-}
-
-impl Reference {
-    fn load(dir: &Path) -> Reference {
-        let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
-        let json = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
-        Reference { bytes, json }
-    }
-    fn tensor(&self, name: &str) -> (Vec<usize>, Vec<f64>) {
-        let st = SafeTensors::deserialize(&self.bytes).unwrap();
-        let view = st.tensor(name).unwrap_or_else(|_| panic!("reference tensor {name}"));
-        let data = match view.dtype() {
-            Dtype::F32 => {
-                view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect()
-            }
-            Dtype::I64 => {
-                view.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64).collect()
-            }
-            other => panic!("{name}: unexpected dtype {other:?}"),
-        };
-        (view.shape().to_vec(), data)
-    }
-    fn ints(&self, name: &str) -> Vec<i64> {
-        self.tensor(name).1.into_iter().map(|v| v as i64).collect()
-    }
-}
-
-/// max |got - want| / max |want|
-fn relative_error(got: &Tensor, want: &(Vec<usize>, Vec<f64>), what: &str) -> f64 {
-    assert_eq!(got.shape(), want.0.as_slice(), "{what}: shape");
-    let got = got.to_f32().unwrap();
-    let scale = want.1.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    let err = got.iter().zip(&want.1).fold(0.0f64, |m, (&g, &w)| m.max((g as f64 - w).abs()));
-    err / scale
-}
 
 fn reference_batch(r: &Reference) -> Batch {
     let (shape, _) = r.tensor("input_ids");
@@ -180,13 +137,6 @@ fn eval_reports_loss_and_exact_match() {
     let miss = sculpt::data::jsonl::Example { input: hit.input.clone(), target: "not the output".into() };
     let result = sculpt::cli::eval::evaluate(&model, &tokenizer, &[hit, miss], 8, 8).unwrap();
     assert_eq!((result.examples, result.exact_match), (2, 0.5));
-}
-
-/// ‖got − want‖ / ‖want‖ over a whole tensor.
-fn relative_norm_error(got: &[f32], want: &[f64]) -> f64 {
-    let diff: f64 = got.iter().zip(want).map(|(&g, &w)| (g as f64 - w).powi(2)).sum::<f64>().sqrt();
-    let norm: f64 = want.iter().map(|w| w * w).sum::<f64>().sqrt();
-    diff / norm.max(1e-30)
 }
 
 fn check_gradients_and_adamw(model_name: &str) {

@@ -8,6 +8,9 @@ Writes, under ``tests/fixtures/`` (or ``--out DIR``):
   (config.json, generation_config.json, model.safetensors, tokenizer.json, tokenizer_config.json)
   plus ``reference.safetensors`` / ``reference.json`` (float64 reference forward, hidden states,
   gradients, a 3-step AdamW trajectory and greedy generations, stored as float32)
+* ``llama_gqa/``, ``llama_tied/``    -- tiny random Hugging Face LlamaForCausalLM folders (config.json,
+  model.safetensors, tokenizer.json) plus ``reference.safetensors`` / ``reference.json`` (float64
+  reference logits, loss, hidden states, every gradient, rotary frequencies, greedy generations)
 * ``svd.safetensors``                -- matrices and their float64 SVDs
 * ``projection.safetensors``         -- SVD-constrained update projections
 
@@ -16,6 +19,9 @@ Everything is seeded and deterministic; the CPU run is canonical.
 Usage::
 
     pip install -r tools/requirements.txt && python tools/make_fixtures.py [--device cuda] [--out DIR]
+
+``--only llama_gqa,llama_tied`` regenerates just the named fixtures (reusing the existing
+``tokenizer.json``) and leaves every other file as it is.
 
 A second mode checks that a checkpoint written by sculpt loads in transformers and reproduces
 reference logits::
@@ -643,6 +649,312 @@ def make_model_fixture(name, spec, tok, tokenizer_path, out_dir, device):
 
 
 # --------------------------------------------------------------------------------------------
+# Llama (decoder-only) fixtures
+# --------------------------------------------------------------------------------------------
+
+LLAMA_COMMON = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=128,
+    rms_norm_eps=1e-6,
+    attention_bias=False,
+    mlp_bias=False,
+    hidden_act="silu",
+)
+LLAMA_EOS_BOOST = 1.5
+LLAMA_SPECS = {
+    # grouped-query attention, separate lm_head, llama3 rope scaling whose wavelength bands
+    # (16 and 64 positions) put the head's four frequencies in all three branches;
+    # eos_token_id as a list; written in transformers 5's `rope_parameters` layout.
+    "llama_gqa": dict(
+        num_key_value_heads=2, tie_word_embeddings=False, pad_token_id=PAD_ID, eos_token_id=[EOS_ID, UNK_ID],
+        rope_theta=10000.0,
+        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                      "original_max_position_embeddings": 64},
+        legacy_rope_layout=False, seed=SEED + 34,
+    ),
+    # tied embeddings, plain multi-head attention, linear rope scaling with a small base (so
+    # positions turn visibly), no pad_token_id (batches pad with eos); written in the legacy
+    # `rope_theta` + `rope_scaling` {"type": ...} layout.
+    "llama_tied": dict(
+        num_key_value_heads=4, tie_word_embeddings=True, pad_token_id=None, eos_token_id=EOS_ID,
+        rope_theta=100.0, rope_scaling={"type": "linear", "factor": 2.0},
+        legacy_rope_layout=True, seed=SEED + 42,
+    ),
+}
+
+
+def patch_llama_for_float64():
+    """transformers' LlamaRMSNorm computes in float32 and LlamaRotaryEmbedding makes cos/sin in
+    float32 even for a float64 model, which would cap the reference at float32 accuracy.  For
+    float64 inputs compute both in float64 (the inverse frequencies themselves stay the float32
+    values transformers derives from the config); float32/16 behaviour is unchanged."""
+    from transformers.models.llama import modeling_llama
+
+    norm = modeling_llama.LlamaRMSNorm
+    if not getattr(norm, "_sculpt_patched", False):
+        original_norm = norm.forward
+
+        def norm_forward(self, hidden_states):
+            if hidden_states.dtype != torch.float64:
+                return original_norm(self, hidden_states)
+            variance = hidden_states.pow(2).mean(-1, keepdim=True)
+            return self.weight * (hidden_states * torch.rsqrt(variance + self.variance_epsilon))
+
+        norm.forward = norm_forward
+        norm._sculpt_patched = True
+
+    rotary = modeling_llama.LlamaRotaryEmbedding
+    if not getattr(rotary, "_sculpt_patched", False):
+        original_rotary = rotary.forward
+
+        def rotary_forward(self, x, position_ids):
+            if x.dtype != torch.float64:
+                return original_rotary(self, x, position_ids)
+            freqs = position_ids[..., None].double() * self.inv_freq.to(device=x.device, dtype=torch.float64)
+            emb = torch.cat((freqs, freqs), dim=-1)
+            return emb.cos() * self.attention_scaling, emb.sin() * self.attention_scaling
+
+        rotary.forward = rotary_forward
+        rotary._sculpt_patched = True
+
+
+def llama_config(spec, vocab_size):
+    from transformers import LlamaConfig
+
+    kw = dict(LLAMA_COMMON)
+    kw.update(
+        vocab_size=vocab_size,
+        num_key_value_heads=spec["num_key_value_heads"],
+        tie_word_embeddings=spec["tie_word_embeddings"],
+        pad_token_id=spec["pad_token_id"],
+        bos_token_id=None,
+        eos_token_id=spec["eos_token_id"],
+        rope_theta=spec["rope_theta"],
+        rope_scaling=dict(spec["rope_scaling"]),
+        attn_implementation="eager",
+    )
+    return LlamaConfig(**kw)
+
+
+def build_llama(spec, vocab_size, tokenizer_vocab_size):
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM(llama_config(spec, vocab_size))
+    tied = model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    assert tied == spec["tie_word_embeddings"], (tied, spec)
+    g = torch.Generator().manual_seed(spec["seed"])
+    d = LLAMA_COMMON["hidden_size"]
+    with torch.no_grad():
+        for name, p in model.named_parameters():  # registration order, deterministic
+            if name == "model.embed_tokens.weight":
+                w = torch.randn(p.shape, generator=g) * (0.5 if spec["tie_word_embeddings"] else 1.0)
+            elif name == "lm_head.weight":
+                w = torch.randn(p.shape, generator=g) * (1.5 / math.sqrt(d))
+            elif name.endswith("norm.weight"):
+                w = torch.rand(p.shape, generator=g) + 0.5
+            elif p.dim() == 2:
+                scale = 0.5 if name.endswith("q_proj.weight") else 1.0
+                w = torch.randn(p.shape, generator=g) * (scale / math.sqrt(p.shape[1]))
+            else:
+                raise RuntimeError(f"unexpected parameter {name} {tuple(p.shape)}")
+            if name in ("model.embed_tokens.weight", "lm_head.weight"):
+                # as for T5, a larger </s> row makes some generations stop early (less so than
+                # for T5: every prompt here ends with </s>); unused padded ids stay small
+                w[EOS_ID] *= LLAMA_EOS_BOOST
+                w[tokenizer_vocab_size:] *= 0.5
+            p.copy_(w)
+    model.eval()
+    return model
+
+
+def write_llama_dir(model, spec, model_dir, tokenizer_path):
+    os.makedirs(model_dir, exist_ok=True)
+    model.save_pretrained(model_dir)
+    cfg_path = os.path.join(model_dir, "config.json")
+    cfg = json.load(open(cfg_path))
+    cfg.pop("attn_implementation", None)
+    if spec["legacy_rope_layout"]:
+        # the layout of configs written before transformers 5
+        cfg.pop("rope_parameters")
+        cfg["rope_theta"] = spec["rope_theta"]
+        cfg["rope_scaling"] = dict(spec["rope_scaling"])
+    cfg.pop("transformers_version", None)
+    with open(cfg_path, "w") as f:
+        json.dump(cfg, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.chmod(os.path.join(model_dir, "model.safetensors"), 0o644)
+    for leftover in ("generation_config.json",):
+        path = os.path.join(model_dir, leftover)
+        if os.path.exists(path):
+            os.remove(path)
+    shutil.copyfile(tokenizer_path, os.path.join(model_dir, "tokenizer.json"))
+
+
+def make_causal_batch(tok, pad_id):
+    """source ++ target, right-padded; HF labels (unshifted): -100 on source and padding."""
+    rows = [(tok.encode(s).ids, tok.encode(t).ids) for s, t in BATCH_EXAMPLES]
+    for src, tgt in rows:
+        assert UNK_ID not in src + tgt
+    B, S = len(rows), max(len(s) + len(t) for s, t in rows)
+    input_ids = torch.full((B, S), pad_id, dtype=torch.int64)
+    attention_mask = torch.zeros(B, S, dtype=torch.int64)
+    labels = torch.full((B, S), -100, dtype=torch.int64)
+    for b, (src, tgt) in enumerate(rows):
+        n = len(src) + len(tgt)
+        input_ids[b, :n] = torch.tensor(src + tgt)
+        attention_mask[b, :n] = 1
+        labels[b, len(src):n] = torch.tensor(tgt)
+    return dict(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+
+
+def llama_forward(model, batch, device):
+    """Forward with hidden states; also captures each decoder layer's raw output via hooks."""
+    layer_out = []
+    hooks = [layer.register_forward_hook(lambda m, a, o: layer_out.append(o[0] if isinstance(o, tuple) else o))
+             for layer in model.model.layers]
+    try:
+        out = model(**{k: v.to(device) for k, v in batch.items()}, output_hidden_states=True, use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    return out, layer_out
+
+
+def llama_generate(model, tok, text, eos_ids, device):
+    ids = torch.tensor([tok.encode(text).ids], dtype=torch.int64, device=device)
+    settings = dict(attention_mask=torch.ones_like(ids), do_sample=False, num_beams=1,
+                    max_new_tokens=GENERATE_MAX_NEW_TOKENS, eos_token_id=eos_ids, pad_token_id=eos_ids[0])
+    out = model.generate(input_ids=ids, output_logits=True, return_dict_in_generate=True, use_cache=False,
+                         **settings)
+    seq = out.sequences[0].tolist()
+    assert seq[: ids.shape[1]] == ids[0].tolist()
+    cached = model.generate(input_ids=ids, use_cache=True, **settings)
+    assert cached[0].tolist() == seq, (text, cached[0].tolist(), seq)
+    margins = [float(torch.topk(step[0].double(), 2).values.diff().abs()) for step in out.logits]
+    return ids[0].tolist(), seq[ids.shape[1]:], margins
+
+
+def make_llama_fixture(name, spec, tok, tokenizer_path, out_dir, device):
+    from transformers import LlamaForCausalLM
+
+    vocab_size = tok.get_vocab_size()
+    padded_vocab = ((vocab_size + 7) // 8) * 8 + 8
+    model_dir = os.path.join(out_dir, name)
+    model = build_llama(spec, padded_vocab, vocab_size)
+    write_llama_dir(model, spec, model_dir, tokenizer_path)
+
+    # ---- reload: the references are computed from exactly the saved float32 weights ----
+    saved = load_file(os.path.join(model_dir, "model.safetensors"))
+    loaded, info = LlamaForCausalLM.from_pretrained(model_dir, output_loading_info=True, attn_implementation="eager")
+    loaded.eval()
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    param_names = [n for n, _ in loaded.named_parameters()]
+    assert set(param_names) == set(saved.keys()), (set(param_names) ^ set(saved.keys()))
+    for n, p in loaded.named_parameters():
+        assert p.dtype == torch.float32 and torch.equal(p.detach(), saved[n]), n
+    assert ("lm_head.weight" in saved) != spec["tie_word_embeddings"]
+    assert torch.equal(loaded.model.rotary_emb.inv_freq, model.model.rotary_emb.inv_freq), "rope config reloads"
+
+    eos_ids = spec["eos_token_id"] if isinstance(spec["eos_token_id"], list) else [spec["eos_token_id"]]
+    pad_id = spec["pad_token_id"] if spec["pad_token_id"] is not None else eos_ids[0]
+    batch = make_causal_batch(tok, pad_id)
+
+    # ---- float64 reference forward / backward ----
+    ref = copy.deepcopy(loaded).double().to(device)
+    ref.zero_grad(set_to_none=True)
+    out, layer_out = llama_forward(ref, batch, device)
+    out.loss.backward()
+    hs = out.hidden_states
+    L = loaded.config.num_hidden_layers
+    assert len(hs) == L + 1 and len(layer_out) == L
+    assert torch.equal(hs[0], ref.model.embed_tokens(batch["input_ids"].to(device)))
+    for i in range(1, L):
+        assert torch.equal(hs[i], layer_out[i - 1]), i
+    assert torch.equal(hs[L], ref.model.norm(layer_out[L - 1]))
+
+    tensors = {k: v.clone() for k, v in batch.items()}
+    tensors["logits"] = f32(out.logits)
+    tensors["loss"] = f32(out.loss)
+    tensors["inv_freq"] = loaded.model.rotary_emb.inv_freq.detach().double().contiguous()
+    for i, h in enumerate(hs):
+        tensors[f"hidden_states.{i}"] = f32(h)
+    for i, h in enumerate(layer_out):
+        tensors[f"layer_output.{i}"] = f32(h)
+    grads64 = {}
+    for n, p in ref.named_parameters():
+        assert p.grad is not None, n
+        grads64[n] = p.grad.detach().clone()
+        tensors[f"grad.{n}"] = f32(p.grad)
+
+    m32 = copy.deepcopy(loaded).to(device)
+    m32.zero_grad(set_to_none=True)
+    out32, _ = llama_forward(m32, batch, device)
+    out32.loss.backward()
+    grad_dev = max(max_rel(p.grad, grads64[n]) for n, p in m32.named_parameters())
+
+    # ---- greedy generation (float64 model, cross-checked against float32 and the cache) ----
+    gens = []
+    for text in GENERATE_INPUTS:
+        ids, out_ids, margins = llama_generate(ref, tok, text, eos_ids, device)
+        _, out_ids32, _ = llama_generate(loaded.to(device), tok, text, eos_ids, device)
+        assert out_ids == out_ids32, (text, out_ids, out_ids32)
+        assert min(margins) >= MIN_GENERATE_MARGIN, (name, text, margins)
+        assert all(i < vocab_size for i in out_ids), (name, text, out_ids)
+        gens.append({
+            "input": text,
+            "input_ids": ids,
+            "output_ids": out_ids,
+            "output_text": tok.decode(out_ids, skip_special_tokens=True),
+            "min_top1_top2_logit_margin": round(min(margins), 6),
+        })
+    stops = [g["output_ids"][-1] in eos_ids for g in gens]
+    assert any(stops) and not all(stops), (name, gens)
+    loaded.to("cpu")
+
+    meta = {
+        "model": name,
+        "description": "float64 reference computed from the float32 weights in model.safetensors; stored as float32",
+        "config": {k: v for k, v in spec.items() if k != "seed"} | {
+            "vocab_size": padded_vocab, "tokenizer_vocab_size": vocab_size, **LLAMA_COMMON},
+        "batch": {
+            "examples": [{"source": s, "target": t} for s, t in BATCH_EXAMPLES],
+            "batch_size": int(batch["input_ids"].shape[0]),
+            "seq_len": int(batch["input_ids"].shape[1]),
+            "pad_token_id": pad_id,
+            "layout": "each row is source ids ++ target ids (tokenizer output, each ending with </s>), "
+                      "right-padded; labels are transformers' unshifted labels (-100 on source and padding); "
+                      "LlamaForCausalLM shifts them, so position t predicts labels[t + 1]",
+            "loss": "CrossEntropy mean over all shifted label tokens != -100 in the whole batch",
+        },
+        "num_hidden_states": len(hs),
+        "hidden_states_layout": "entry i (0..L-1) = input of layer i (entry 0 the token embedding); last entry = "
+                                "model.norm(output of the last layer). The raw output of every layer is in "
+                                "layer_output.{i}. Values at padded positions are included.",
+        "inv_freq": "transformers' rotary inverse frequencies of one head (float32 values, stored as float64)",
+        "parameter_names": param_names,
+        "generate": gens,
+        "generate_settings": {"do_sample": False, "num_beams": 1, "max_new_tokens": GENERATE_MAX_NEW_TOKENS,
+                              "batch_size": 1, "eos_token_id": eos_ids,
+                              "output_ids": "the new tokens only, ending with an eos id when generation stopped"},
+        "float32_deviation": {
+            "note": "max deviation of the same computation in float32 (torch CPU) from this float64 reference",
+            "logits_max_abs": float((out32.logits.detach().double() - out.logits.detach()).abs().max()),
+            "loss_abs": abs(out32.loss.item() - out.loss.item()),
+            "grad_max_rel_to_tensor_max": grad_dev,
+        },
+        "stats": {"logits_std": out.logits.detach().std().item(), "loss": out.loss.item()},
+    }
+    save_tensors({k: v.contiguous() for k, v in tensors.items()}, os.path.join(model_dir, "reference.safetensors"))
+    with open(os.path.join(model_dir, "reference.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+        f.write("\n")
+    return meta
+
+
+# --------------------------------------------------------------------------------------------
 # SVD / projection
 # --------------------------------------------------------------------------------------------
 
@@ -853,6 +1165,14 @@ Regenerate with `pip install -r tools/requirements.txt && python tools/make_fixt
   Each holds a Hugging Face folder (config.json, model.safetensors, tokenizer files) plus
   `reference.safetensors` / `reference.json`: float64 reference logits, loss, hidden states,
   gradients, a 3-step AdamW trajectory and greedy generations, stored as float32.
+- `llama_gqa/` - random LlamaForCausalLM: grouped-query attention (4 query, 2 key/value heads),
+  separate `lm_head.weight`, llama3 rope scaling, eos_token_id a list; transformers 5 config layout.
+- `llama_tied/` - random LlamaForCausalLM: tied embeddings, 4 key/value heads, linear rope scaling,
+  no pad_token_id (batches pad with eos); legacy `rope_theta` + `rope_scaling` config layout.
+  Each holds config.json, model.safetensors, tokenizer.json plus `reference.safetensors` /
+  `reference.json`: float64 reference logits, loss, hidden states, every gradient, the rotary
+  inverse frequencies and greedy generations. Regenerate only these with
+  `python tools/make_fixtures.py --only llama_gqa,llama_tied`.
 - `svd.safetensors` - `CASE.a/.s/.u/.v` matrices and their float64 SVD (A = U diag(S) V^T).
 - `projection.safetensors` - `CASE.w/.s/.u_k/.v_k/.delta/.strict/.paper` projected updates.
 
@@ -868,29 +1188,44 @@ def generate(argv):
     p.add_argument("--device", default="cpu", help="cpu (canonical) or cuda")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 keeps results reproducible)")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--only", default="",
+                   help="comma-separated fixtures to regenerate (e.g. llama_gqa,llama_tied); others are left as they are")
     args = p.parse_args(argv)
+    only = set(filter(None, args.only.split(",")))
+    known = set(MODEL_SPECS) | set(LLAMA_SPECS) | {"tokenizer", "svd", "projection"}
+    if only - known:
+        p.error(f"--only: unknown fixtures {sorted(only - known)} (known: {sorted(known)})")
+
+    def wanted(name):
+        return not only or name in only
 
     torch.set_num_threads(args.threads)
     patch_t5_layernorm_for_float64()
+    patch_llama_for_float64()
     # on CUDA some kernels lack a deterministic variant: warn instead of failing there
     torch.use_deterministic_algorithms(True, warn_only=args.device != "cpu")
     seed_everything(SEED)
     os.makedirs(args.out, exist_ok=True)
 
-    tok = build_tokenizer()
     tok_path = os.path.join(args.out, "tokenizer.json")
-    save_tokenizer(tok, tok_path)
+    if wanted("tokenizer"):
+        save_tokenizer(build_tokenizer(), tok_path)
     tok = Tokenizer.from_file(tok_path)
     hf_tok = hf_tokenizer(tok_path)
     for text in [s for s, _ in BATCH_EXAMPLES] + GENERATE_INPUTS:
         assert hf_tok(text).input_ids == tok.encode(text).ids, text
 
-    metas = {}
+    metas, llama_metas = {}, {}
     for name, spec in MODEL_SPECS.items():
-        seed_everything(spec["seed"])
-        metas[name] = make_model_fixture(name, spec, tok, tok_path, args.out, args.device)
-    svd_info = make_svd_fixture(args.out)
-    proj_info = make_projection_fixture(args.out)
+        if wanted(name):
+            seed_everything(spec["seed"])
+            metas[name] = make_model_fixture(name, spec, tok, tok_path, args.out, args.device)
+    for name, spec in LLAMA_SPECS.items():
+        if wanted(name):
+            seed_everything(spec["seed"])
+            llama_metas[name] = make_llama_fixture(name, spec, tok, tok_path, args.out, args.device)
+    svd_info = make_svd_fixture(args.out) if wanted("svd") else "kept"
+    proj_info = make_projection_fixture(args.out) if wanted("projection") else "kept"
     with open(os.path.join(args.out, "README.md"), "w") as f:
         f.write(FIXTURES_README)
 
@@ -902,6 +1237,12 @@ def generate(argv):
         for name, meta in metas.items():
             print(f"{name}: loss={meta['stats']['loss']:.5f} logits_std={meta['stats']['logits_std']:.3f} "
                   f"adamw losses={meta['adamw']['loss_per_step']} norms={meta['adamw']['grad_norm_per_step']}")
+            print(f"  float32 deviation: {meta['float32_deviation']}")
+            for gen in meta["generate"]:
+                print(f"  generate {gen['input']!r} -> {gen['output_ids']} {gen['output_text']!r} "
+                      f"(min margin {gen['min_top1_top2_logit_margin']})")
+        for name, meta in llama_metas.items():
+            print(f"{name}: loss={meta['stats']['loss']:.5f} logits_std={meta['stats']['logits_std']:.3f}")
             print(f"  float32 deviation: {meta['float32_deviation']}")
             for gen in meta["generate"]:
                 print(f"  generate {gen['input']!r} -> {gen['output_ids']} {gen['output_text']!r} "

@@ -2,7 +2,8 @@
 //! Launcher for `shaders/attention.wgsl`.
 //!
 //! Model-neutral: T5 uses `scale = 1.0`, an additive bias [H, Sq, Sk] and key padding / causal
-//! masks; a Llama-style model uses `scale = 1/sqrt(Dh)`, causal and no bias. Masked keys get
+//! masks; a Llama-style model uses `scale = 1/sqrt(Dh)`, causal, no bias and possibly fewer
+//! key/value heads than query heads (grouped-query attention). Masked keys get
 //! exactly zero probability; a query that sees no key at all (every key padded) gets all-zero
 //! probabilities, so its output and its gradients are zero (HF would give a near-uniform row).
 //! Causal masking aligns queries to the end of the keys: query i sees key j when
@@ -12,8 +13,9 @@
 //! - forward: one workgroup per (b, h, query row); invocations stride over keys for the scores
 //!   (kept in workgroup memory, at most [`MAX_KEYS`]), tree-reduce max and sum, write probs,
 //!   then stride over head dims for the weighted sum of values.
-//! - backward: per query row (dP, dS, dQ; writes dS), then per key row (dK, dV looping over
-//!   queries), then per (h, i, j) for dbias (looping over the batch).
+//! - backward: per query row (dP, dS, dQ; writes dS), then per key row (dK, dV looping over the
+//!   queries of every query head sharing that key/value head, so dK and dV sum over the group),
+//!   then per (h, i, j) for dbias (looping over the batch).
 
 use anyhow::{bail, ensure, Result};
 use bytemuck::{Pod, Zeroable};
@@ -36,7 +38,11 @@ const REDUCE_STEPS: u64 = WG.trailing_zeros() as u64;
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AttentionShape {
     pub batch: usize,
+    /// Query heads.
     pub heads: usize,
+    /// Key/value heads (grouped-query attention): query head h reads kv head
+    /// h / (heads / kv_heads). Equal to `heads` for plain multi-head attention.
+    pub kv_heads: usize,
     pub q_len: usize,
     pub k_len: usize,
     pub head_dim: usize,
@@ -57,7 +63,8 @@ struct Params {
     has_mask: u32,
     scale: f32,
     buckets: u32,
-    _pad: [u32; 2],
+    kv_heads: u32,
+    _pad: u32,
 }
 
 impl AttentionShape {
@@ -72,15 +79,20 @@ impl AttentionShape {
             has_bias: has_bias as u32,
             has_mask: has_mask as u32,
             scale: self.scale,
+            kv_heads: self.kv_heads as u32,
             ..Default::default()
         }
     }
 
     fn check(&self) -> Result<()> {
-        let AttentionShape { batch, heads, q_len, k_len, head_dim, .. } = *self;
+        let AttentionShape { batch, heads, kv_heads, q_len, k_len, head_dim, .. } = *self;
         ensure!(
-            batch > 0 && heads > 0 && q_len > 0 && k_len > 0 && head_dim > 0,
+            batch > 0 && heads > 0 && kv_heads > 0 && q_len > 0 && k_len > 0 && head_dim > 0,
             "attention: every dimension must be positive, got {self:?}"
+        );
+        ensure!(
+            heads % kv_heads == 0,
+            "attention: {heads} query heads cannot be grouped over {kv_heads} key/value heads (must divide)"
         );
         ensure!(
             k_len <= MAX_KEYS,
@@ -96,6 +108,11 @@ impl AttentionShape {
     /// Worst-case loop iterations of one invocation of a row kernel: a strided pass over keys
     /// with a head_dim dot product each, `extra_key_passes` more strided passes over keys,
     /// `reductions` tree reductions, and a strided pass over head dims with a loop over keys.
+    /// Query heads sharing one key/value head.
+    fn group(&self) -> usize {
+        self.heads / self.kv_heads
+    }
+
     fn row_kernel_iterations(&self, extra_key_passes: u64, reductions: u64) -> u64 {
         let key_strides = (self.k_len as u64).div_ceil(WG);
         let dim_strides = (self.head_dim as u64).div_ceil(WG);
@@ -118,10 +135,10 @@ fn check_f32(what: &str, t: &Tensor, len: usize, layout: &str) -> Result<()> {
 
 fn check_qkv(s: &AttentionShape, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<()> {
     s.check()?;
-    let width = s.heads * s.head_dim;
-    check_f32("q", q, s.batch * s.q_len * width, "[B, Sq, H*Dh]")?;
-    check_f32("k", k, s.batch * s.k_len * width, "[B, Sk, H*Dh]")?;
-    check_f32("v", v, s.batch * s.k_len * width, "[B, Sk, H*Dh]")
+    let kv_width = s.kv_heads * s.head_dim;
+    check_f32("q", q, s.batch * s.q_len * s.heads * s.head_dim, "[B, Sq, H*Dh]")?;
+    check_f32("k", k, s.batch * s.k_len * kv_width, "[B, Sk, Hkv*Dh]")?;
+    check_f32("v", v, s.batch * s.k_len * kv_width, "[B, Sk, Hkv*Dh]")
 }
 
 /// bias: optional [H, Sq, Sk] additive (shared across batch; T5 relative position bias).
@@ -213,8 +230,9 @@ pub fn attention_backward(
         params,
         read: &[q, dout, probs, &dscores],
         write: &[&dk, &dv],
-        workgroups: grid_1d((s.batch * s.heads * s.k_len) as u64),
-        loop_iterations: (s.head_dim as u64).div_ceil(WG) * (1 + s.q_len as u64),
+        workgroups: grid_1d((s.batch * s.kv_heads * s.k_len) as u64),
+        // per head dim: the queries of every head of the group
+        loop_iterations: (s.head_dim as u64).div_ceil(WG) * (1 + (s.group() * s.q_len) as u64),
         workgroup_bytes: 0,
     })?;
     if let Some(dbias) = dbias {
@@ -425,7 +443,7 @@ mod tests {
 
     impl Case {
         fn new(s: AttentionShape, with_bias: bool, mask: Mask, seed: u64) -> Case {
-            let width = s.heads * s.head_dim;
+            let (width, kv_width) = (s.heads * s.head_dim, s.kv_heads * s.head_dim);
             let mask = match mask {
                 Mask::None => None,
                 Mask::Padding | Mask::PaddingWithEmptyRow => Some(
@@ -440,8 +458,8 @@ mod tests {
             Case {
                 s,
                 q: random(s.batch * s.q_len * width, seed),
-                k: random(s.batch * s.k_len * width, seed + 1),
-                v: random(s.batch * s.k_len * width, seed + 2),
+                k: random(s.batch * s.k_len * kv_width, seed + 1),
+                v: random(s.batch * s.k_len * kv_width, seed + 2),
                 bias: with_bias
                     .then(|| random(s.heads * s.q_len * s.k_len, seed + 3).iter().map(|x| 2.0 * x).collect()),
                 mask,
@@ -451,12 +469,12 @@ mod tests {
         fn upload(&self) -> [Option<Tensor>; 5] {
             let gpu = gpu();
             let s = &self.s;
-            let width = s.heads * s.head_dim;
+            let (width, kv_width) = (s.heads * s.head_dim, s.kv_heads * s.head_dim);
             let t = |shape: &[usize], data: &[f32]| Some(Tensor::from_f32(&gpu, shape, data).unwrap());
             [
                 t(&[s.batch, s.q_len, width], &self.q),
-                t(&[s.batch, s.k_len, width], &self.k),
-                t(&[s.batch, s.k_len, width], &self.v),
+                t(&[s.batch, s.k_len, kv_width], &self.k),
+                t(&[s.batch, s.k_len, kv_width], &self.v),
                 self.bias.as_ref().and_then(|b| t(&[s.heads, s.q_len, s.k_len], b)),
                 self.mask.as_ref().and_then(|m| t(&[s.batch, s.k_len], m)),
             ]
@@ -483,6 +501,11 @@ mod tests {
             && (!s.causal || j as i64 <= i as i64 + s.k_len as i64 - s.q_len as i64)
     }
 
+    /// Index of element d of key/value row j of batch b for query head h.
+    fn kv_index(s: &AttentionShape, b: usize, j: usize, h: usize, d: usize) -> usize {
+        (b * s.k_len + j) * s.kv_heads * s.head_dim + h / (s.heads / s.kv_heads) * s.head_dim + d
+    }
+
     /// f64 reference: (out [B, Sq, H*Dh], probs [B, H, Sq, Sk]).
     fn reference_forward(
         s: &AttentionShape,
@@ -503,9 +526,7 @@ mod tests {
                         .map(|j| {
                             visible(s, mask, b, i, j).then(|| {
                                 let dot: f64 = (0..dh)
-                                    .map(|d| {
-                                        q[(b * s.q_len + i) * w + h * dh + d] * k[(b * s.k_len + j) * w + h * dh + d]
-                                    })
+                                    .map(|d| q[(b * s.q_len + i) * w + h * dh + d] * k[kv_index(s, b, j, h, d)])
                                     .sum();
                                 s.scale as f64 * dot + bias.map_or(0.0, |bias| bias[(h * s.q_len + i) * s.k_len + j])
                             })
@@ -517,7 +538,7 @@ mod tests {
                         let p = score.map_or(0.0, |x| (x - max).exp() / total);
                         probs[row + j] = p;
                         for d in 0..dh {
-                            out[(b * s.q_len + i) * w + h * dh + d] += p * v[(b * s.k_len + j) * w + h * dh + d];
+                            out[(b * s.q_len + i) * w + h * dh + d] += p * v[kv_index(s, b, j, h, d)];
                         }
                     }
                 }
@@ -544,14 +565,14 @@ mod tests {
                     let row = ((b * s.heads + h) * s.q_len + i) * s.k_len;
                     let qi = (b * s.q_len + i) * w + h * dh;
                     let dp: Vec<f64> = (0..s.k_len)
-                        .map(|j| (0..dh).map(|d| dout[qi + d] * v[(b * s.k_len + j) * w + h * dh + d]).sum())
+                        .map(|j| (0..dh).map(|d| dout[qi + d] * v[kv_index(s, b, j, h, d)]).sum())
                         .collect();
                     let row_dot: f64 = (0..s.k_len).map(|j| dp[j] * probs[row + j]).sum();
                     for j in 0..s.k_len {
                         let p = probs[row + j];
                         let ds = p * (dp[j] - row_dot);
                         dbias[(h * s.q_len + i) * s.k_len + j] += ds;
-                        let kj = (b * s.k_len + j) * w + h * dh;
+                        let kj = kv_index(s, b, j, h, 0);
                         for d in 0..dh {
                             dq[qi + d] += s.scale as f64 * ds * k[kj + d];
                             dk[kj + d] += s.scale as f64 * ds * q[qi + d];
@@ -580,7 +601,12 @@ mod tests {
         causal: bool,
         scale: f32,
     ) -> AttentionShape {
-        AttentionShape { batch, heads, q_len, k_len, head_dim, causal, scale }
+        AttentionShape { batch, heads, kv_heads: heads, q_len, k_len, head_dim, causal, scale }
+    }
+
+    /// `s` with its query heads grouped over `kv_heads` key/value heads.
+    fn grouped(s: AttentionShape, kv_heads: usize) -> AttentionShape {
+        AttentionShape { kv_heads, ..s }
     }
 
     /// Runs forward and backward on the GPU and checks both against the f64 reference; dbias
@@ -642,6 +668,11 @@ mod tests {
             (shape(1, 1, 127, 127, 17, true, 1.0), true, Mask::Padding),
             (shape(3, 2, 1, 127, 64, false, 1.0), true, Mask::PaddingWithEmptyRow),
             (shape(1, 3, 64, 3, 8, false, 2.0), false, Mask::Padding),
+            // grouped-query attention: 2 or 3 query heads per key/value head
+            (grouped(shape(2, 4, 17, 17, 8, true, 0.35), 2), false, Mask::Padding),
+            (grouped(shape(1, 6, 65, 65, 3, true, 0.5), 2), false, Mask::None),
+            (grouped(shape(3, 3, 1, 63, 17, true, 0.25), 1), true, Mask::PaddingWithEmptyRow),
+            (grouped(shape(1, 4, 3, 9, 8, false, 1.0), 1), false, Mask::None),
         ];
         for (n, &(s, bias, mask)) in cases.iter().enumerate() {
             check_case(&Case::new(s, bias, mask, 10 * n as u64));
@@ -680,8 +711,13 @@ mod tests {
 
     #[test]
     fn gradients_match_finite_differences() {
-        for (n, causal) in [false, true].into_iter().enumerate() {
-            let case = Case::new(shape(2, 2, 3, 4, 3, causal, 0.7), true, Mask::Padding, 40 + n as u64);
+        let shapes = [
+            shape(2, 2, 3, 4, 3, false, 0.7),
+            shape(2, 2, 3, 4, 3, true, 0.7),
+            grouped(shape(2, 4, 3, 4, 3, true, 0.7), 2),
+        ];
+        for (n, s) in shapes.into_iter().enumerate() {
+            let case = Case::new(s, true, Mask::Padding, 40 + n as u64);
             let s = &case.s;
             let weights = f64s(&random(case.q.len(), 41));
             let mask = case.mask.as_deref();
@@ -762,6 +798,8 @@ mod tests {
         let bias = Tensor::zeros(&gpu(), &[2, 4, 4], DType::F32).unwrap();
         let err = attention(&case.s, &q, &k, &v, Some(&bias), None).unwrap_err().to_string();
         assert!(err.contains("bias has shape [2, 4, 4]"), "{err}");
+        let err = attention(&grouped(case.s, 3), &q, &k, &v, None, None).unwrap_err().to_string();
+        assert!(err.contains("2 query heads cannot be grouped over 3"), "{err}");
     }
 
     #[test]

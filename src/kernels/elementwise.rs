@@ -1,4 +1,5 @@
-//! Elementwise ops: fill, scale, relu, gelu_new (T5 v1.1's tanh form), axpby, add, mul and
+//! Elementwise ops: fill, scale, relu, gelu_new (T5 v1.1's tanh form), silu (Llama's SwiGLU),
+//! axpby, add, mul and
 //! the activation backwards. Launcher for `shaders/elementwise.wgsl`.
 
 use anyhow::{bail, Result};
@@ -27,6 +28,8 @@ pub enum Unary {
     GeluNew = 2,
     /// y = alpha * x + beta * y, in place on y.
     Axpby = 3,
+    /// x * sigmoid(x)
+    Silu = 4,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,6 +40,8 @@ pub enum Binary {
     ReluBackward = 2,
     /// upstream gradient a, forward input b: a * gelu_new'(b)
     GeluNewBackward = 3,
+    /// upstream gradient a, forward input b: a * silu'(b)
+    SiluBackward = 4,
 }
 
 fn check_f32(what: &str, tensors: &[&Tensor]) -> Result<usize> {
@@ -117,6 +122,9 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
 pub fn gelu_new(x: &Tensor) -> Result<Tensor> {
     unary(Unary::GeluNew, x, 1.0)
 }
+pub fn silu(x: &Tensor) -> Result<Tensor> {
+    unary(Unary::Silu, x, 1.0)
+}
 /// y ← alpha·x + y
 pub fn axpy(alpha: f32, x: &Tensor, y: &Tensor) -> Result<()> {
     unary_into(Unary::Axpby, x, y, alpha, 1.0)
@@ -133,6 +141,9 @@ pub fn relu_backward(dy: &Tensor, x: &Tensor) -> Result<Tensor> {
 pub fn gelu_new_backward(dy: &Tensor, x: &Tensor) -> Result<Tensor> {
     binary(Binary::GeluNewBackward, dy, x)
 }
+pub fn silu_backward(dy: &Tensor, x: &Tensor) -> Result<Tensor> {
+    binary(Binary::SiluBackward, dy, x)
+}
 
 /// CPU references (f64 inside), shared with the model tests.
 pub mod reference {
@@ -145,6 +156,15 @@ pub mod reference {
         let x = x as f64;
         let t = (C * (x + 0.044715 * x.powi(3))).tanh();
         (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * C * (1.0 + 3.0 * 0.044715 * x * x)) as f32
+    }
+    pub fn silu(x: f32) -> f32 {
+        let x = x as f64;
+        (x / (1.0 + (-x).exp())) as f32
+    }
+    pub fn silu_grad(x: f32) -> f32 {
+        let x = x as f64;
+        let s = 1.0 / (1.0 + (-x).exp());
+        (s * (1.0 + x * (1.0 - s))) as f32
     }
 }
 
@@ -164,8 +184,12 @@ mod tests {
         for &n in SIZES {
             let xs: Vec<f32> = random(n, n as u64).iter().map(|v| v * 4.0).collect();
             let x = Tensor::from_f32(&gpu, &[n], &xs).unwrap();
-            let cases: [UnaryCase; 3] =
-                [(Unary::Scale, |v| -1.5 * v), (Unary::Relu, |v| v.max(0.0)), (Unary::GeluNew, reference::gelu_new)];
+            let cases: [UnaryCase; 4] = [
+                (Unary::Scale, |v| -1.5 * v),
+                (Unary::Relu, |v| v.max(0.0)),
+                (Unary::GeluNew, reference::gelu_new),
+                (Unary::Silu, reference::silu),
+            ];
             for (op, f) in cases {
                 let y = unary(op, &x, -1.5).unwrap().to_f32().unwrap();
                 let want: Vec<f32> = xs.iter().map(|&v| f(v)).collect();
@@ -182,11 +206,12 @@ mod tests {
             let bv: Vec<f32> = random(n, 2 + n as u64).iter().map(|v| v * 3.0).collect();
             let ta = Tensor::from_f32(&gpu, &[n], &a).unwrap();
             let tb = Tensor::from_f32(&gpu, &[n], &bv).unwrap();
-            let cases: [BinaryCase; 4] = [
+            let cases: [BinaryCase; 5] = [
                 (Binary::Add, |a, b| a + b),
                 (Binary::Mul, |a, b| a * b),
                 (Binary::ReluBackward, |a, b| if b > 0.0 { a } else { 0.0 }),
                 (Binary::GeluNewBackward, |a, b| a * reference::gelu_new_grad(b)),
+                (Binary::SiluBackward, |a, b| a * reference::silu_grad(b)),
             ];
             for (op, f) in cases {
                 let got = binary(op, &ta, &tb).unwrap().to_f32().unwrap();
@@ -203,15 +228,30 @@ mod tests {
     }
 
     #[test]
-    fn gelu_gradient_matches_finite_differences() {
-        for i in -40..=40 {
-            let x = i as f32 * 0.1;
-            let h = 1e-3f64;
-            let fd = (reference::gelu_new((x as f64 + h) as f32) as f64
-                - reference::gelu_new((x as f64 - h) as f32) as f64)
-                / (2.0 * h);
-            assert!((fd - reference::gelu_new_grad(x) as f64).abs() < 2e-3, "x={x}");
+    fn activation_gradients_match_finite_differences() {
+        type Pair = (fn(f32) -> f32, fn(f32) -> f32);
+        let pairs: [Pair; 2] =
+            [(reference::gelu_new, reference::gelu_new_grad), (reference::silu, reference::silu_grad)];
+        for (f, grad) in pairs {
+            for i in -40..=40 {
+                let x = i as f32 * 0.1;
+                let h = 1e-3f64;
+                let fd = (f((x as f64 + h) as f32) as f64 - f((x as f64 - h) as f32) as f64) / (2.0 * h);
+                assert!((fd - grad(x) as f64).abs() < 2e-3, "x={x}");
+            }
         }
+    }
+
+    #[test]
+    fn silu_stays_finite_far_out() {
+        let gpu = gpu();
+        let xs = [-200.0f32, -90.0, 90.0, 200.0];
+        let x = Tensor::from_f32(&gpu, &[4], &xs).unwrap();
+        let ones = Tensor::from_f32(&gpu, &[4], &[1.0; 4]).unwrap();
+        let y = silu(&x).unwrap().to_f32().unwrap();
+        let dy = silu_backward(&ones, &x).unwrap().to_f32().unwrap();
+        assert_close(&y, &[0.0, 0.0, 90.0, 200.0], 1e-6);
+        assert_close(&dy, &[0.0, 0.0, 1.0, 1.0], 1e-6);
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod loss;
 pub mod matmul;
 pub mod norm;
 pub mod reduce;
+pub mod rope;
 pub mod softmax;
 
 use anyhow::{anyhow, Result};
@@ -29,6 +30,7 @@ pub const ALL_SHADERS: &[&Shader] = &[
     &matmul::SUBGROUP_SHADER,
     &norm::SHADER,
     &reduce::SHADER,
+    &rope::SHADER,
     &softmax::SHADER,
 ];
 

@@ -1,14 +1,16 @@
 //! Models on top of the kernels: what every family provides (family.rs), configuration,
-//! checkpoint I/O, tokenizer and the T5 family.
+//! checkpoint I/O, tokenizer, the T5 family and the decoder-only Llama family.
 
 pub mod config;
 pub mod family;
+pub mod llama;
 pub mod t5;
 pub mod tokenizer;
 pub mod weights;
 
 pub use config::{FeedForward, T5Config};
 pub use family::{BlockStates, Gradients, Model, Pair};
+pub use llama::{CausalBatch, LlamaConfig, LlamaForwardOutput, LlamaModel};
 pub use t5::{Batch, ForwardOutput, T5Model};
 pub use tokenizer::Tokenizer;
 

@@ -2,6 +2,8 @@
 // Each test crate compiles this module and uses only some of it.
 #![allow(dead_code)]
 
+pub mod reference;
+
 use std::path::{Path, PathBuf};
 
 /// A fresh, empty folder for one test: `TMP/sculpt-GROUP-NAME-PID`.

@@ -196,6 +196,7 @@ impl T5Model {
         let self_shape = AttentionShape {
             batch,
             heads: c.num_heads,
+            kv_heads: c.num_heads,
             q_len: len,
             k_len: len,
             head_dim: c.d_kv,

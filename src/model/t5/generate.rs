@@ -86,6 +86,7 @@ impl T5Model {
             let self_shape = AttentionShape {
                 batch: 1,
                 heads: c.num_heads,
+                kv_heads: c.num_heads,
                 q_len: 1,
                 k_len: position_count,
                 head_dim: c.d_kv,
@@ -133,7 +134,7 @@ impl T5Model {
 }
 
 /// Index of the largest value; the first one on ties, as torch.argmax.
-fn argmax(values: &[f32]) -> u32 {
+pub(crate) fn argmax(values: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &v) in values.iter().enumerate() {
         if v > values[best] {

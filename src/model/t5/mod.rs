@@ -11,6 +11,8 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 
 pub use forward::{AttentionActivations, EncoderOutput, FeedForwardActivations, ForwardOutput, LayerActivations};
+pub(crate) use generate::argmax;
+pub use generate::KvCache;
 
 use super::config::{FeedForward, T5Config};
 use super::family::{BlockStates, Gradients, Model, Pair};

@@ -1,0 +1,91 @@
+//! The Llama backward pass, layer by layer in reverse (llm.c style): every parameter's
+//! gradient accumulates into its own buffer of [`Gradients`], so micro-batches add up. A tied
+//! embedding gathers both its LM-head and its lookup gradient.
+
+use anyhow::{bail, Result};
+
+use super::forward::{LayerActivations, LlamaForwardOutput};
+use super::{layer_param, CausalBatch, LlamaModel, EMBED_TOKENS, FINAL_NORM};
+use crate::kernels::attention::{attention_backward, AttentionShape};
+use crate::kernels::elementwise::{axpy, mul, silu, silu_backward};
+use crate::kernels::embedding::embedding_backward;
+use crate::kernels::matmul::linear_backward;
+use crate::kernels::norm::rms_norm_backward;
+use crate::kernels::rope::{rope, Direction, RopeTable};
+use crate::model::Gradients;
+use crate::tensor::Tensor;
+
+impl LlamaModel {
+    /// Records the gradients of the forward's loss into `grads` (accumulating).
+    pub fn backward(&self, batch: &CausalBatch, out: &LlamaForwardOutput, grads: &Gradients) -> Result<()> {
+        let Some(dlogits) = &out.dlogits else {
+            bail!("backward needs a batch with at least one label other than -100");
+        };
+        let d = self.config.hidden_size;
+        let rows = batch.batch_size * batch.seq_len;
+        let head = self.lm_head_name();
+        let normed = out.last_hidden_state().reshape(&[rows, d])?;
+        let d_normed = linear_backward(dlogits, &normed, self.param(head), grads.get(head))?;
+        let last = out.layer_outputs.last().expect("a model has layers").reshape(&[rows, d])?;
+        let mut dh =
+            rms_norm_backward(&d_normed, &last, self.param(FINAL_NORM), &out.final_inv_rms, grads.get(FINAL_NORM))?;
+        for (layer, acts) in out.layers.iter().enumerate().rev() {
+            dh = self.layer_backward(layer, acts, &out.shape, &out.rope, dh, grads)?;
+        }
+        embedding_backward(&dh, &batch.input_ids, grads.get(EMBED_TOKENS))
+    }
+
+    /// Through one layer from the gradient of its output; returns the gradient of its input.
+    fn layer_backward(
+        &self,
+        layer: usize,
+        a: &LayerActivations,
+        shape: &AttentionShape,
+        table: &RopeTable,
+        dy: Tensor,
+        grads: &Gradients,
+    ) -> Result<Tensor> {
+        let name = |rest: &str| layer_param(layer, rest);
+        // (weight, gradient buffer) of one parameter of this layer
+        let wg = |rest: &str| {
+            let n = name(rest);
+            (self.param(&n), grads.get(&n))
+        };
+        let (b, s) = (shape.batch, shape.q_len);
+        let rows = b * s;
+
+        // Feed-forward: y = mid + down(silu(gate) ⊙ up), gate/up from n = norm(mid).
+        let (w, g) = wg("mlp.down_proj");
+        let d_hidden = linear_backward(&dy, &a.hidden, w, g)?;
+        let d_up = mul(&d_hidden, &silu(&a.gate)?)?;
+        let d_gate = silu_backward(&mul(&d_hidden, &a.up)?, &a.gate)?;
+        let (w, g) = wg("mlp.gate_proj");
+        let d_mlp_normed = linear_backward(&d_gate, &a.mlp_normed, w, g)?;
+        let (w, g) = wg("mlp.up_proj");
+        axpy(1.0, &linear_backward(&d_up, &a.mlp_normed, w, g)?, &d_mlp_normed)?;
+        let (w, g) = wg("post_attention_layernorm");
+        let d_mid = rms_norm_backward(&d_mlp_normed, &a.mid, w, &a.mlp_inv_rms, g)?;
+        axpy(1.0, &dy, &d_mid)?;
+
+        // Attention: mid = x + o(attn(rope(q(n)), rope(k(n)), v(n))), n = norm(x).
+        let (w, g) = wg("self_attn.o_proj");
+        let d_context = linear_backward(&d_mid, &a.context, w, g)?;
+        let q_width = shape.heads * shape.head_dim;
+        let d_context = d_context.reshape(&[b, s, q_width])?;
+        let (dq, dk, dv) = attention_backward(shape, &d_context, &a.q, &a.k, &a.v, &a.probs, None)?;
+        let kv_width = shape.kv_heads * shape.head_dim;
+        let dq = rope(&dq, table, shape.heads, s, 0, Direction::Backward)?.reshape(&[rows, q_width])?;
+        let dk = rope(&dk, table, shape.kv_heads, s, 0, Direction::Backward)?.reshape(&[rows, kv_width])?;
+        let dv = dv.reshape(&[rows, kv_width])?;
+        let (w, g) = wg("self_attn.q_proj");
+        let d_attn_normed = linear_backward(&dq, &a.attn_normed, w, g)?;
+        for (proj, d) in [("self_attn.k_proj", &dk), ("self_attn.v_proj", &dv)] {
+            let (w, g) = wg(proj);
+            axpy(1.0, &linear_backward(d, &a.attn_normed, w, g)?, &d_attn_normed)?;
+        }
+        let (w, g) = wg("input_layernorm");
+        let dx = rms_norm_backward(&d_attn_normed, &a.input, w, &a.attn_inv_rms, g)?;
+        axpy(1.0, &d_mid, &dx)?;
+        Ok(dx)
+    }
+}

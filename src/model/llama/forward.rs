@@ -1,0 +1,215 @@
+//! The Llama forward pass, written out layer by layer like transformers' `modeling_llama.py`:
+//! pre-norm residual blocks x + o(attn(rope(q(n)), rope(k(n)), v(n))), then
+//! x + down(silu(gate(n)) ⊙ up(n)); a final norm and the LM head. Everything the backward
+//! pass needs is kept in the returned activations.
+
+use anyhow::Result;
+
+use super::{layer_param, CausalBatch, LlamaModel, EMBED_TOKENS, FINAL_NORM};
+use crate::kernels::attention::{attention, AttentionShape};
+use crate::kernels::elementwise::{add, mul, silu};
+use crate::kernels::embedding::{check_ids, embedding};
+use crate::kernels::loss::{count_valid_labels, cross_entropy};
+use crate::kernels::matmul::linear;
+use crate::kernels::norm::rms_norm;
+use crate::kernels::rope::{rope, Direction, RopeTable};
+use crate::model::t5::KvCache;
+use crate::model::Model;
+use crate::tensor::Tensor;
+
+/// One decoder layer's activations.
+pub struct LayerActivations {
+    /// Residual stream entering the layer, [rows, hidden].
+    pub input: Tensor,
+    pub attn_normed: Tensor,
+    pub attn_inv_rms: Tensor,
+    /// Rotated queries [B, S, H*Dh] and keys [B, S, Hkv*Dh]; values [B, S, Hkv*Dh].
+    pub q: Tensor,
+    pub k: Tensor,
+    pub v: Tensor,
+    /// Softmax output [B, H, S, S].
+    pub probs: Tensor,
+    /// Concatenated heads before o_proj, [rows, H*Dh].
+    pub context: Tensor,
+    /// Residual stream after the attention block, [rows, hidden].
+    pub mid: Tensor,
+    pub mlp_normed: Tensor,
+    pub mlp_inv_rms: Tensor,
+    /// gate_proj·n and up_proj·n, [rows, intermediate].
+    pub gate: Tensor,
+    pub up: Tensor,
+    /// silu(gate) ⊙ up, the input of down_proj.
+    pub hidden: Tensor,
+}
+
+pub struct LlamaForwardOutput {
+    /// [B, S, vocab]
+    pub logits: Tensor,
+    /// Mean cross-entropy over labels != -100, [1]; None when the batch has no such label.
+    pub loss: Option<Tensor>,
+    /// d(loss)/d(logits), [B*S, vocab], from the same kernel as the loss.
+    pub dlogits: Option<Tensor>,
+    /// transformers' `hidden_states`: the input of every layer (entry 0 is the embedding
+    /// output), then the final norm of the last layer's output; each [B, S, hidden].
+    pub hidden_states: Vec<Tensor>,
+    /// The raw output of every layer, [B, S, hidden].
+    pub layer_outputs: Vec<Tensor>,
+    pub layers: Vec<LayerActivations>,
+    /// Inverse RMS of the final norm.
+    pub final_inv_rms: Tensor,
+    /// Causal self-attention over the padded batch.
+    pub shape: AttentionShape,
+    /// cos/sin of positions 0..S.
+    pub rope: RopeTable,
+    /// F32 [B, S], 1 = real token.
+    pub key_mask: Tensor,
+}
+
+impl LlamaForwardOutput {
+    /// The final norm of the last layer's output, [B, S, hidden] (the LM head's input).
+    pub fn last_hidden_state(&self) -> &Tensor {
+        self.hidden_states.last().expect("hidden states end with the final norm")
+    }
+}
+
+/// Where a self-attention block gets the keys and values it attends to.
+pub(super) enum KeyValues<'a> {
+    /// Those of its own input (a whole sequence).
+    FromInput,
+    /// Its own, appended to the cache of earlier positions, all attended to (generation).
+    Append(&'a mut KvCache),
+}
+
+impl LlamaModel {
+    /// The causal self-attention shape over sequences of `q_len` new positions and `k_len` keys.
+    pub(super) fn attention_shape(&self, batch: usize, q_len: usize, k_len: usize) -> AttentionShape {
+        let c = &self.config;
+        AttentionShape {
+            batch,
+            heads: c.num_attention_heads,
+            kv_heads: c.num_key_value_heads(),
+            q_len,
+            k_len,
+            head_dim: c.head_dim(),
+            causal: true,
+            scale: 1.0 / (c.head_dim() as f32).sqrt(),
+        }
+    }
+
+    /// Embedding, every layer, the final norm, the LM head and, when the batch has labels,
+    /// the loss. Records the work; read results with `to_f32`.
+    pub fn forward(&self, batch: &CausalBatch) -> Result<LlamaForwardOutput> {
+        let gpu = self.gpu();
+        let c = &self.config;
+        let (b, s, d) = (batch.batch_size, batch.seq_len, c.hidden_size);
+        let rows = b * s;
+        check_ids(&batch.input_ids, c.vocab_size)?;
+        let ids = Tensor::from_u32(gpu, &[rows], &batch.input_ids)?;
+        let mask: Vec<f32> = batch.attention_mask.iter().map(|&m| m as f32).collect();
+        let key_mask = Tensor::from_f32(gpu, &[b, s], &mask)?;
+        let table = RopeTable::new(gpu, self.inv_freq(), s)?;
+        let shape = self.attention_shape(b, s, s);
+
+        let mut h = embedding(self.param(EMBED_TOKENS), &ids)?;
+        let mut hidden_states = Vec::with_capacity(c.num_hidden_layers + 1);
+        let mut layer_outputs = Vec::with_capacity(c.num_hidden_layers);
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for layer in 0..c.num_hidden_layers {
+            hidden_states.push(h.reshape(&[b, s, d])?);
+            let (acts, out) = self.layer(layer, &h, KeyValues::FromInput, &shape, &table, 0, Some(&key_mask))?;
+            layer_outputs.push(out.reshape(&[b, s, d])?);
+            layers.push(acts);
+            h = out;
+        }
+        let (normed, final_inv_rms) = rms_norm(&h, self.param(FINAL_NORM), c.rms_norm_eps as f32)?;
+        hidden_states.push(normed.reshape(&[b, s, d])?);
+        let logits = linear(&normed, self.param(self.lm_head_name()))?;
+        let num_valid = count_valid_labels(&batch.labels, c.vocab_size)?;
+        let (loss, dlogits) = if num_valid > 0 {
+            let labels = Tensor::from_i32(gpu, &[rows], &batch.labels)?;
+            let (loss, dlogits) = cross_entropy(&logits, &labels, num_valid, batch.grad_scale)?;
+            (Some(loss), Some(dlogits))
+        } else {
+            (None, None)
+        };
+        let logits = logits.reshape(&[b, s, c.vocab_size])?;
+        Ok(LlamaForwardOutput {
+            logits,
+            loss,
+            dlogits,
+            hidden_states,
+            layer_outputs,
+            layers,
+            final_inv_rms,
+            shape,
+            rope: table,
+            key_mask,
+        })
+    }
+
+    /// One decoder layer over `x` [rows, hidden] whose sequences start at absolute position
+    /// `first_position`. Returns the activations and the layer's output.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn layer(
+        &self,
+        layer: usize,
+        x: &Tensor,
+        kv: KeyValues,
+        shape: &AttentionShape,
+        table: &RopeTable,
+        first_position: usize,
+        key_mask: Option<&Tensor>,
+    ) -> Result<(LayerActivations, Tensor)> {
+        let c = &self.config;
+        let eps = c.rms_norm_eps as f32;
+        let w = |rest: &str| self.param(&layer_param(layer, rest));
+        let (b, s) = (shape.batch, shape.q_len);
+        let (q_width, kv_width) = (shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim);
+
+        let (attn_normed, attn_inv_rms) = rms_norm(x, w("input_layernorm"), eps)?;
+        let project = |name: &str, heads: usize, width: usize, rotate: bool| -> Result<Tensor> {
+            let y = linear(&attn_normed, w(name))?.reshape(&[b, s, width])?;
+            if rotate {
+                rope(&y, table, heads, s, first_position, Direction::Forward)
+            } else {
+                Ok(y)
+            }
+        };
+        let q = project("self_attn.q_proj", shape.heads, q_width, true)?;
+        let k_new = project("self_attn.k_proj", shape.kv_heads, kv_width, true)?;
+        let v_new = project("self_attn.v_proj", shape.kv_heads, kv_width, false)?;
+        let (k, v) = match kv {
+            KeyValues::FromInput => (k_new, v_new),
+            KeyValues::Append(cache) => {
+                cache.append(&k_new, &v_new)?;
+                (cache.k.clone().expect("appended"), cache.v.clone().expect("appended"))
+            }
+        };
+        let (context, probs) = attention(shape, &q, &k, &v, None, key_mask)?;
+        let context = context.reshape(&[b * s, q_width])?;
+        let mid = add(x, &linear(&context, w("self_attn.o_proj"))?)?;
+
+        let (mlp_normed, mlp_inv_rms) = rms_norm(&mid, w("post_attention_layernorm"), eps)?;
+        let gate = linear(&mlp_normed, w("mlp.gate_proj"))?;
+        let up = linear(&mlp_normed, w("mlp.up_proj"))?;
+        let hidden = mul(&silu(&gate)?, &up)?;
+        let out = add(&mid, &linear(&hidden, w("mlp.down_proj"))?)?;
+        let acts = LayerActivations {
+            input: x.clone(),
+            attn_normed,
+            attn_inv_rms,
+            q,
+            k,
+            v,
+            probs,
+            context,
+            mid,
+            mlp_normed,
+            mlp_inv_rms,
+            gate,
+            up,
+            hidden,
+        };
+        Ok((acts, out))
+    }
+}

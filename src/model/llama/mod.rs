@@ -1,0 +1,341 @@
+//! Decoder-only Llama-family models (`LlamaForCausalLM`) on the GPU kernels, with Hugging Face
+//! parameter names so that checkpoints load and save unchanged: RMS norm with weights, rotary
+//! position embeddings, grouped-query attention, SwiGLU feed-forward, tied or untied head.
+//!
+//! Public API: [`LlamaModel::load`] / [`LlamaModel::random`], [`LlamaModel::forward`] on a
+//! [`CausalBatch`], [`LlamaModel::backward`] into [`Gradients`], [`LlamaModel::generate`],
+//! the `params` map, and the family-neutral [`Model`] that training and the driver use.
+
+mod backward;
+pub mod config;
+mod forward;
+mod generate;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+pub use config::LlamaConfig;
+pub use forward::{LayerActivations, LlamaForwardOutput};
+
+use super::family::{BlockStates, Gradients, Model, Pair};
+use super::weights::Weights;
+use crate::gpu::Gpu;
+use crate::kernels::loss::IGNORE_INDEX;
+use crate::kernels::rope::inverse_frequencies;
+use crate::tensor::Tensor;
+
+/// The token embedding (also the output table of tied models).
+pub const EMBED_TOKENS: &str = "model.embed_tokens.weight";
+/// The separate output table of untied models.
+pub const LM_HEAD: &str = "lm_head.weight";
+/// The norm after the last layer.
+pub const FINAL_NORM: &str = "model.norm.weight";
+
+/// Hugging Face name of a tensor of layer `layer`, e.g. `model.layers.1.self_attn.q_proj.weight`
+/// for `(1, "self_attn.q_proj")`.
+pub fn layer_param(layer: usize, rest: &str) -> String {
+    format!("model.layers.{layer}.{rest}.weight")
+}
+
+pub struct LlamaModel {
+    pub config: LlamaConfig,
+    /// Every trainable tensor under its Hugging Face name.
+    pub params: BTreeMap<String, Tensor>,
+    /// The rotary inverse frequencies of one head (config's rope type and theta), Dh/2 of them.
+    inv_freq: Vec<f64>,
+    gpu: Gpu,
+}
+
+impl LlamaModel {
+    /// Names and shapes of every parameter the config implies (`lm_head.weight` unless
+    /// tie_word_embeddings).
+    pub fn parameter_shapes(config: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
+        let (d, ff) = (config.hidden_size, config.intermediate_size);
+        let q_width = config.num_attention_heads * config.head_dim();
+        let kv_width = config.num_key_value_heads() * config.head_dim();
+        let mut out = vec![(EMBED_TOKENS.to_string(), vec![config.vocab_size, d])];
+        for layer in 0..config.num_hidden_layers {
+            for (rest, shape) in [
+                ("self_attn.q_proj", vec![q_width, d]),
+                ("self_attn.k_proj", vec![kv_width, d]),
+                ("self_attn.v_proj", vec![kv_width, d]),
+                ("self_attn.o_proj", vec![d, q_width]),
+                ("mlp.gate_proj", vec![ff, d]),
+                ("mlp.up_proj", vec![ff, d]),
+                ("mlp.down_proj", vec![d, ff]),
+                ("input_layernorm", vec![d]),
+                ("post_attention_layernorm", vec![d]),
+            ] {
+                out.push((layer_param(layer, rest), shape));
+            }
+        }
+        out.push((FINAL_NORM.to_string(), vec![d]));
+        if !config.tie_word_embeddings {
+            out.push((LM_HEAD.to_string(), vec![config.vocab_size, d]));
+        }
+        out
+    }
+
+    /// Loads `DIR/config.json` and the safetensors weights (one `model.safetensors` or shards
+    /// listed by `model.safetensors.index.json`) onto the GPU.
+    pub fn load(gpu: &Gpu, dir: &Path) -> Result<LlamaModel> {
+        let config = LlamaConfig::load(dir)?;
+        let weights = Weights::load(dir)?;
+        let mut params = BTreeMap::new();
+        // As in transformers, the config decides: a tied model ignores a stored lm_head.
+        for (name, shape) in Self::parameter_shapes(&config) {
+            let host = weights.get(&name, &shape)?;
+            params.insert(name, Tensor::from_f32(gpu, &shape, &host.data)?);
+        }
+        Self::new(gpu, config, params)
+    }
+
+    /// A model with normal(0, std) weights and unit norm weights (benchmarks, tests).
+    pub fn random(gpu: &Gpu, config: LlamaConfig, std: f32, seed: u64) -> Result<LlamaModel> {
+        config.validate()?;
+        let mut rng = crate::rng::Rng::new(seed);
+        let mut params = BTreeMap::new();
+        for (name, shape) in Self::parameter_shapes(&config) {
+            let n: usize = shape.iter().product();
+            let data: Vec<f32> =
+                if shape.len() == 1 { vec![1.0; n] } else { (0..n).map(|_| rng.normal() * std).collect() };
+            params.insert(name, Tensor::from_f32(gpu, &shape, &data)?);
+        }
+        Self::new(gpu, config, params)
+    }
+
+    fn new(gpu: &Gpu, config: LlamaConfig, params: BTreeMap<String, Tensor>) -> Result<LlamaModel> {
+        config.validate()?;
+        if params.contains_key(LM_HEAD) == config.tie_word_embeddings {
+            bail!(
+                "tie_word_embeddings is {} but the model {} a separate {LM_HEAD}",
+                config.tie_word_embeddings,
+                if config.tie_word_embeddings { "has" } else { "lacks" }
+            );
+        }
+        let (theta, scaling) = config.rope()?;
+        let inv_freq = inverse_frequencies(config.head_dim(), theta, &scaling);
+        Ok(LlamaModel { config, params, inv_freq, gpu: gpu.clone() })
+    }
+
+    /// The parameter `name` (every name of [`LlamaModel::parameter_shapes`] is present).
+    pub fn param(&self, name: &str) -> &Tensor {
+        &self.params[name]
+    }
+
+    /// The name of the output projection: `lm_head.weight`, or the embedding when tied.
+    pub fn lm_head_name(&self) -> &'static str {
+        if self.config.tie_word_embeddings {
+            EMBED_TOKENS
+        } else {
+            LM_HEAD
+        }
+    }
+
+    /// The rotary inverse frequencies of one head.
+    pub fn inv_freq(&self) -> &[f64] {
+        &self.inv_freq
+    }
+
+    /// Concatenates (source, target) pairs into the next-token batch.
+    pub fn batch(&self, pairs: &[Pair]) -> Result<CausalBatch> {
+        CausalBatch::new(pairs, self.config.padding_id()?)
+    }
+}
+
+impl Model for LlamaModel {
+    fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    fn params(&self) -> &BTreeMap<String, Tensor> {
+        &self.params
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+
+    fn loss_and_gradients(&self, pairs: &[Pair], grad_scale: f32, grads: &Gradients) -> Result<Tensor> {
+        let mut batch = self.batch(pairs)?;
+        batch.grad_scale = grad_scale;
+        let out = self.forward(&batch)?;
+        self.backward(&batch, &out, grads)?;
+        out.loss.context("a training batch has target tokens")
+    }
+
+    fn loss(&self, pairs: &[Pair]) -> Result<Tensor> {
+        self.forward(&self.batch(pairs)?)?.loss.context("an evaluation batch has target tokens")
+    }
+
+    fn generate(&self, source: &[u32], max_new_tokens: usize) -> Result<Vec<u32>> {
+        LlamaModel::generate(self, source, max_new_tokens)
+    }
+
+    /// Every layer over the real tokens of source and target.
+    fn block_states(&self, pairs: &[Pair]) -> Result<Vec<BlockStates>> {
+        let batch = self.batch(pairs)?;
+        let out = self.forward(&batch)?;
+        let real: Vec<bool> = batch.attention_mask.iter().map(|&m| m == 1).collect();
+        Ok(out
+            .layer_outputs
+            .iter()
+            .enumerate()
+            .map(|(l, output)| BlockStates {
+                prefix: format!("model.layers.{l}."),
+                input: out.hidden_states[l].clone(),
+                output: output.clone(),
+                real: real.clone(),
+            })
+            .collect())
+    }
+
+    /// The largest buffers of a step over source + target tokens: the logits (and their
+    /// gradient), the attention probabilities, the feed-forward activations, the embedding.
+    fn check_batch_buffers(&self, batch_size: usize, source_len: usize, target_len: usize) -> Result<()> {
+        let c = &self.config;
+        let f32_bytes = |dims: &[usize]| dims.iter().fold(4u64, |n, &d| n.saturating_mul(d as u64));
+        let seq = source_len + target_len;
+        let flags = "lower --batch-size, --max-source-len or --max-target-len";
+        let buffers = [
+            (
+                f32_bytes(&[batch_size, seq, c.vocab_size]),
+                format!("the logits of {batch_size} × {seq} tokens × {} vocabulary entries ({flags})", c.vocab_size),
+            ),
+            (
+                f32_bytes(&[batch_size, c.num_attention_heads, seq, seq]),
+                format!(
+                    "the attention probabilities of {batch_size} examples × {} heads × {seq} × {seq} tokens ({flags})",
+                    c.num_attention_heads
+                ),
+            ),
+            (
+                f32_bytes(&[batch_size, seq, c.intermediate_size]),
+                format!(
+                    "the feed-forward activations of {batch_size} × {seq} tokens × {} ({flags})",
+                    c.intermediate_size
+                ),
+            ),
+            (
+                f32_bytes(&[c.vocab_size, c.hidden_size]),
+                format!(
+                    "the embedding table of {} × {} (the model is too large for this adapter)",
+                    c.vocab_size, c.hidden_size
+                ),
+            ),
+        ];
+        for (bytes, what) in &buffers {
+            self.gpu.check_buffer_size(*bytes, what)?;
+        }
+        Ok(())
+    }
+
+    fn hf_files(&self) -> Result<Vec<(&'static str, Vec<u8>)>> {
+        let tensors: Vec<(String, &Tensor)> = self.params.iter().map(|(n, t)| (n.clone(), t)).collect();
+        Ok(vec![
+            ("config.json", self.config.to_hf_json()?.into_bytes()),
+            ("model.safetensors", super::weights::serialize(&tensors, None)?),
+        ])
+    }
+
+    fn default_targets(&self) -> Vec<String> {
+        crate::subspace::targets::LLAMA_DEFAULT.iter().map(|s| s.to_string()).collect()
+    }
+}
+
+/// One right-padded batch of (source, target) pairs for next-token prediction: each row is
+/// source ++ target, and the loss is taken only on the target tokens.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CausalBatch {
+    pub batch_size: usize,
+    pub seq_len: usize,
+    /// [batch_size * seq_len], right-padded with the padding id.
+    pub input_ids: Vec<u32>,
+    /// [batch_size * seq_len], 1 = real token, 0 = padding.
+    pub attention_mask: Vec<u32>,
+    /// [batch_size * seq_len], already shifted: labels[t] is the token at t + 1 when that is a
+    /// target token, else -100 (source, padding, the last position).
+    pub labels: Vec<i32>,
+    /// Factor on the loss gradient: 1 for a whole batch; a micro-batch of an accumulated step
+    /// takes its share of the step's labels, so the summed gradients equal one big batch's.
+    pub grad_scale: f32,
+}
+
+impl CausalBatch {
+    /// Concatenates each (source, target) pair and pads to the longest; `pad_token_id` is the
+    /// config's [`LlamaConfig::padding_id`] (pad_token_id, else eos). Sources and targets must
+    /// not be empty (the first target token is predicted from the last source token).
+    pub fn new(pairs: &[(Vec<u32>, Vec<u32>)], pad_token_id: u32) -> Result<CausalBatch> {
+        if pairs.is_empty() {
+            bail!("a batch needs at least one example");
+        }
+        if let Some(n) = pairs.iter().position(|(s, t)| s.is_empty() || t.is_empty()) {
+            bail!("example {n} has an empty source or target; both need at least one token");
+        }
+        let seq_len = pairs.iter().map(|(s, t)| s.len() + t.len()).max().unwrap_or(0);
+        let mut b = CausalBatch {
+            batch_size: pairs.len(),
+            seq_len,
+            input_ids: Vec::with_capacity(pairs.len() * seq_len),
+            attention_mask: Vec::with_capacity(pairs.len() * seq_len),
+            labels: Vec::with_capacity(pairs.len() * seq_len),
+            grad_scale: 1.0,
+        };
+        for (source, target) in pairs {
+            let len = source.len() + target.len();
+            b.input_ids
+                .extend(source.iter().chain(target).copied().chain(std::iter::repeat(pad_token_id)).take(seq_len));
+            b.attention_mask.extend((0..seq_len).map(|i| u32::from(i < len)));
+            b.labels.extend((0..seq_len).map(|t| {
+                let next = t + 1;
+                if next >= source.len() && next < len {
+                    target[next - source.len()] as i32
+                } else {
+                    IGNORE_INDEX
+                }
+            }));
+        }
+        Ok(b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_concatenates_pads_and_shifts_labels_onto_the_target() {
+        let b = CausalBatch::new(&[(vec![5, 6], vec![7, 1]), (vec![8], vec![9, 10, 1])], 0).unwrap();
+        assert_eq!((b.batch_size, b.seq_len), (2, 4));
+        assert_eq!(b.input_ids, vec![5, 6, 7, 1, 8, 9, 10, 1]);
+        assert_eq!(b.attention_mask, vec![1; 8]);
+        assert_eq!(b.labels, vec![-100, 7, 1, -100, 9, 10, 1, -100]);
+        let b = CausalBatch::new(&[(vec![5, 6, 4], vec![7]), (vec![8], vec![9])], 3).unwrap();
+        assert_eq!(b.input_ids, vec![5, 6, 4, 7, 8, 9, 3, 3]);
+        assert_eq!(b.attention_mask, vec![1, 1, 1, 1, 1, 1, 0, 0]);
+        assert_eq!(b.labels, vec![-100, -100, 7, -100, 9, -100, -100, -100]);
+        let err = CausalBatch::new(&[(vec![], vec![1])], 0).unwrap_err().to_string();
+        assert!(err.contains("example 0 has an empty source"), "{err}");
+    }
+
+    #[test]
+    fn parameter_names_follow_hugging_face() {
+        let config = LlamaConfig::from_json(
+            r#"{"hidden_size": 16, "intermediate_size": 24, "num_hidden_layers": 2, "num_attention_heads": 4,
+                "num_key_value_heads": 2, "vocab_size": 10}"#,
+        )
+        .unwrap();
+        let shapes: BTreeMap<String, Vec<usize>> = LlamaModel::parameter_shapes(&config).into_iter().collect();
+        assert_eq!(shapes.len(), 1 + 2 * 9 + 1 + 1);
+        assert_eq!(shapes["model.layers.1.self_attn.k_proj.weight"], vec![8, 16]);
+        assert_eq!(shapes["model.layers.0.self_attn.o_proj.weight"], vec![16, 16]);
+        assert_eq!(shapes["model.layers.1.mlp.down_proj.weight"], vec![16, 24]);
+        assert_eq!(shapes["model.layers.0.post_attention_layernorm.weight"], vec![16]);
+        assert_eq!(shapes[LM_HEAD], vec![10, 16]);
+        let mut tied = config.clone();
+        tied.tie_word_embeddings = true;
+        assert!(!LlamaModel::parameter_shapes(&tied).iter().any(|(n, _)| n == LM_HEAD));
+    }
+}

@@ -1,0 +1,211 @@
+//! The Llama family against the float64 transformers references of the two fixture models
+//! (tests/fixtures/README.md): forward, loss, hidden states, every gradient, greedy generation;
+//! plus checkpoint round trips and the refusal of unsupported configs.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::reference::{fixture, relative_error, relative_norm_error, Reference};
+use sculpt::model::{CausalBatch, Gradients, LlamaModel, Model, Tokenizer};
+use sculpt::{Gpu, Tensor};
+
+fn load(model_name: &str) -> (LlamaModel, Tokenizer, Reference) {
+    let gpu = Gpu::shared().unwrap();
+    let dir = fixture(model_name);
+    let model = LlamaModel::load(&gpu, &dir).unwrap();
+    let tokenizer = Tokenizer::load(&dir, model.config.vocab_size).unwrap();
+    (model, tokenizer, Reference::load(&dir))
+}
+
+/// The reference batch, checked against what the tokenizer and [`CausalBatch::new`] make of
+/// the reference examples.
+fn reference_batch(model_name: &str, model: &LlamaModel, tokenizer: &Tokenizer, r: &Reference) -> CausalBatch {
+    let (shape, _) = r.tensor("input_ids");
+    let u = |name: &str| r.ints(name).into_iter().map(|v| v as u32).collect::<Vec<_>>();
+    // transformers shifts its labels inside the loss: position t predicts labels[t + 1].
+    let hf_labels = r.ints("labels");
+    let labels =
+        (0..hf_labels.len()).map(|i| if (i + 1) % shape[1] == 0 { -100 } else { hf_labels[i + 1] as i32 }).collect();
+    let want = CausalBatch {
+        batch_size: shape[0],
+        seq_len: shape[1],
+        input_ids: u("input_ids"),
+        attention_mask: u("attention_mask"),
+        labels,
+        grad_scale: 1.0,
+    };
+    let pairs: Vec<_> = r.json["batch"]["examples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let text = |k: &str| tokenizer.encode(e[k].as_str().unwrap()).unwrap();
+            (text("source"), text("target"))
+        })
+        .collect();
+    let pad = model.config.padding_id().unwrap();
+    assert_eq!(pad as u64, r.json["batch"]["pad_token_id"].as_u64().unwrap());
+    assert_eq!(CausalBatch::new(&pairs, pad).unwrap(), want, "{model_name}: batch");
+    want
+}
+
+fn check_forward(model_name: &str) {
+    let (model, tokenizer, r) = load(model_name);
+    let batch = reference_batch(model_name, &model, &tokenizer, &r);
+
+    let (_, inv_freq) = r.tensor("inv_freq");
+    for (i, (&got, &want)) in model.inv_freq().iter().zip(&inv_freq).enumerate() {
+        // transformers derives them in float32
+        assert!((got - want).abs() <= 1e-6 * want, "{model_name}: inv_freq[{i}] {got} vs {want}");
+    }
+    assert_eq!(model.inv_freq().len(), inv_freq.len());
+
+    let out = model.forward(&batch).unwrap();
+    let mut report = Vec::new();
+    let mut check = |got: &Tensor, name: &str, tol: f64| {
+        let err = relative_error(got, &r.tensor(name), name);
+        report.push(format!("{name} {err:.2e}"));
+        assert!(err <= tol, "{model_name}: {name} relative error {err:e} > {tol:e}");
+    };
+    check(&out.logits, "logits", 1e-4);
+    assert_eq!(out.hidden_states.len(), r.json["num_hidden_states"].as_u64().unwrap() as usize);
+    for (i, t) in out.hidden_states.iter().enumerate() {
+        check(t, &format!("hidden_states.{i}"), 1e-4);
+    }
+    for (i, t) in out.layer_outputs.iter().enumerate() {
+        check(t, &format!("layer_output.{i}"), 1e-4);
+    }
+    let loss = out.loss.as_ref().unwrap().to_f32().unwrap()[0] as f64;
+    let want = r.tensor("loss").1[0];
+    let loss_err = (loss - want).abs() / want.abs();
+    eprintln!("{model_name}: loss {loss} vs {want} (relative {loss_err:.2e}); {}", report.join(", "));
+    assert!(loss_err <= 1e-5, "{model_name}: loss {loss} vs reference {want}");
+}
+
+fn check_gradients(model_name: &str) {
+    let (model, tokenizer, r) = load(model_name);
+    let batch = reference_batch(model_name, &model, &tokenizer, &r);
+    let grads = Gradients::zeros_like(&model).unwrap();
+    let out = model.forward(&batch).unwrap();
+    model.backward(&batch, &out, &grads).unwrap();
+    let names: Vec<&str> = r.json["parameter_names"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
+    assert_eq!(grads.grads.len(), names.len(), "one gradient per parameter");
+    let mut worst = (0.0f64, String::new());
+    for name in names {
+        let g = grads.get(name);
+        let (shape, want) = r.tensor(&format!("grad.{name}"));
+        assert_eq!(g.shape(), shape.as_slice(), "{name}");
+        let err = relative_norm_error(&g.to_f32().unwrap(), &want);
+        if err > worst.0 {
+            worst = (err, name.to_string());
+        }
+    }
+    eprintln!("{model_name}: worst gradient {} off by {:.2e} relative", worst.1, worst.0);
+    assert!(worst.0 <= 1e-4, "{model_name}: gradient of {} off by {:.2e} relative", worst.1, worst.0);
+}
+
+fn check_generate(model_name: &str) {
+    let (model, tokenizer, r) = load(model_name);
+    let max_new = r.json["generate_settings"]["max_new_tokens"].as_u64().unwrap() as usize;
+    let cases = r.json["generate"].as_array().unwrap();
+    assert!(!cases.is_empty());
+    for case in cases {
+        let ids = |k: &str| case[k].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect::<Vec<_>>();
+        let prompt = tokenizer.encode(case["input"].as_str().unwrap()).unwrap();
+        assert_eq!(prompt, ids("input_ids"), "{model_name}: tokenizer on {}", case["input"]);
+        let output = model.generate(&prompt, max_new).unwrap();
+        assert_eq!(output, ids("output_ids"), "{model_name}: greedy output for {}", case["input"]);
+    }
+}
+
+#[test]
+fn llama_gqa_forward_matches_pytorch() {
+    check_forward("llama_gqa");
+}
+
+#[test]
+fn llama_tied_forward_matches_pytorch() {
+    check_forward("llama_tied");
+}
+
+#[test]
+fn llama_gqa_gradients_match_pytorch() {
+    check_gradients("llama_gqa");
+}
+
+#[test]
+fn llama_tied_gradients_match_pytorch() {
+    check_gradients("llama_tied");
+}
+
+#[test]
+fn llama_gqa_greedy_generation_matches_transformers() {
+    check_generate("llama_gqa");
+}
+
+#[test]
+fn llama_tied_greedy_generation_matches_transformers() {
+    check_generate("llama_tied");
+}
+
+fn host_params(model: &LlamaModel) -> BTreeMap<String, Vec<f32>> {
+    model.params.iter().map(|(n, t)| (n.clone(), t.to_f32().unwrap())).collect()
+}
+
+#[test]
+fn saved_and_sharded_checkpoints_load_back_unchanged() {
+    let gpu = Gpu::shared().unwrap();
+    let model = LlamaModel::load(&gpu, &fixture("llama_gqa")).unwrap();
+    let want = host_params(&model);
+
+    let saved = common::scratch("llama", "saved");
+    for (file, bytes) in model.hf_files().unwrap() {
+        std::fs::write(saved.join(file), bytes).unwrap();
+    }
+    let reloaded = LlamaModel::load(&gpu, &saved).unwrap();
+    assert_eq!(host_params(&reloaded), want);
+    assert_eq!(reloaded.config.to_hf_json().unwrap(), model.config.to_hf_json().unwrap());
+
+    // The same tensors split over two shards with an index.
+    let sharded = common::scratch("llama", "sharded");
+    std::fs::copy(saved.join("config.json"), sharded.join("config.json")).unwrap();
+    let names: Vec<&String> = model.params.keys().collect();
+    let mut weight_map = serde_json::Map::new();
+    for (n, part) in names.chunks(names.len().div_ceil(2)).enumerate() {
+        let file = format!("model-0000{}-of-00002.safetensors", n + 1);
+        let tensors: Vec<(String, &Tensor)> = part.iter().map(|&name| (name.clone(), &model.params[name])).collect();
+        sculpt::model::weights::save(&sharded.join(&file), &tensors).unwrap();
+        for &name in part {
+            weight_map.insert(name.clone(), file.clone().into());
+        }
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    std::fs::write(sharded.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    assert_eq!(host_params(&LlamaModel::load(&gpu, &sharded).unwrap()), want);
+}
+
+#[test]
+fn unsupported_configs_are_refused_naming_the_field() {
+    let gpu = Gpu::shared().unwrap();
+    let original: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("llama_gqa").join("config.json")).unwrap()).unwrap();
+    let cases: [(&str, serde_json::Value, &str); 3] = [
+        ("attention_bias", serde_json::json!(true), "attention_bias is true"),
+        ("mlp_bias", serde_json::json!(true), "mlp_bias is true"),
+        (
+            "rope_parameters",
+            serde_json::json!({"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0}),
+            "rope_parameters.rope_type \"yarn\" is not supported",
+        ),
+    ];
+    for (field, value, want) in cases {
+        let dir = common::scratch("llama-refused", field);
+        let mut config = original.clone();
+        config[field] = value;
+        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+        std::fs::copy(fixture("llama_gqa").join("model.safetensors"), dir.join("model.safetensors")).unwrap();
+        let err = format!("{:#}", LlamaModel::load(&gpu, &dir).err().expect("refused"));
+        assert!(err.contains(want) && err.contains("config.json"), "{field}: {err}");
+    }
+}
