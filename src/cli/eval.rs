@@ -7,7 +7,7 @@ use crate::model::Model;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Hugging Face T5 folder (config.json, model.safetensors, tokenizer.json).
+    /// Hugging Face model folder, T5 or Llama (config.json, model.safetensors, tokenizer.json).
     #[arg(long)]
     model: PathBuf,
     /// JSON Lines of {"input": ..., "target": ...}.
@@ -69,9 +69,9 @@ pub fn evaluate(
 }
 
 pub fn run(gpu: &crate::Gpu, args: &Args) -> Result<()> {
-    let (model, tokenizer) = crate::model::load_t5(gpu, &args.model)?;
+    let (model, tokenizer) = crate::model::load_model(gpu, &args.model)?;
     let examples = crate::data::jsonl::read_jsonl(&args.data)?;
-    let r = evaluate(&model, &tokenizer, &examples, args.batch_size, args.max_new_tokens)?;
+    let r = evaluate(&*model, &tokenizer, &examples, args.batch_size, args.max_new_tokens)?;
     if args.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {

@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Hugging Face T5 folder (config.json, model.safetensors, tokenizer.json).
+    /// Hugging Face model folder, T5 or Llama (config.json, model.safetensors, tokenizer.json).
     #[arg(long)]
     model: PathBuf,
     /// Text to transform.
@@ -16,9 +16,9 @@ pub struct Args {
 }
 
 pub fn run(gpu: &crate::Gpu, args: &Args) -> Result<()> {
-    let (model, tokenizer) = crate::model::load_t5(gpu, &args.model)?;
+    let (model, tokenizer) = crate::model::load_model(gpu, &args.model)?;
     let ids = tokenizer.encode(&args.input)?;
-    crate::model::Model::check_batch_buffers(&model, 1, ids.len(), args.max_new_tokens)
+    model.check_batch_buffers(1, ids.len(), args.max_new_tokens)
         .context("generation (lower --max-new-tokens or shorten the input)")?;
     let output = model.generate(&ids, args.max_new_tokens)?;
     println!("{}", tokenizer.decode(&output)?);

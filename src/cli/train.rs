@@ -14,7 +14,7 @@ use crate::checkpoint::{self, write_atomic, CHECKPOINTS};
 use crate::continual::driver::{run_stream, Method, StreamOptions};
 use crate::continual::report::Results;
 use crate::data::{cl_benchmark, read_jsonl, synthetic, Stream, Task, TaskSettings};
-use crate::model::{load_t5, T5Config, T5Model, Tokenizer};
+use crate::model::{load_model, LlamaConfig, LlamaModel, Model, T5Config, T5Model, Tokenizer};
 use crate::optim::{AdamWConfig, Schedule};
 use crate::subspace::targets::{T5_CROSS_ATTENTION, T5_DEFAULT};
 use crate::subspace::{Mode, RankPolicy};
@@ -75,6 +75,10 @@ pub struct Args {
     /// Also constrain the cross-attention matrices.
     #[arg(long)]
     cross_attention: bool,
+    /// Model family of the built-in job's small model (a --model folder says its own).
+    #[arg(long, value_enum, default_value = "t5", conflicts_with = "model")]
+    #[serde(default)]
+    arch: Arch,
     /// Leave the first task unconstrained.
     #[arg(long)]
     free_first_task: bool,
@@ -123,6 +127,16 @@ pub struct Args {
     eval_examples: usize,
 }
 
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+enum Arch {
+    /// Encoder-decoder T5 (T5Config::tiny).
+    #[default]
+    T5,
+    /// Decoder-only Llama with grouped-query attention (LlamaConfig::tiny).
+    Llama,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 enum ProjectionMode {
@@ -149,7 +163,8 @@ impl Args {
         self.out.clone().unwrap_or_else(|| if self.is_builtin() { "runs/default" } else { "runs/train" }.into())
     }
 
-    fn stream_options(&self, method: Method, examples: usize) -> Result<StreamOptions> {
+    /// `targets`: the model family's default target patterns.
+    fn stream_options(&self, method: Method, examples: usize, mut targets: Vec<String>) -> Result<StreamOptions> {
         let policy = match (self.rank_ratio, self.unfreeze_rank_ratio) {
             (Some(r), _) => RankPolicy::Fixed { ratio: r },
             (None, Some(u)) => RankPolicy::from_unfreeze_ratio(u)?,
@@ -177,8 +192,10 @@ impl Args {
         };
         let steps = (self.epochs * train.steps_per_epoch(examples)) as u64;
         train.adamw.schedule = Schedule::Linear { warmup: (steps as f64 * self.warmup_ratio) as u64, total: steps };
-        let mut targets: Vec<String> = T5_DEFAULT.iter().map(|s| s.to_string()).collect();
         if self.cross_attention {
+            if !targets.iter().any(|t| T5_DEFAULT.contains(&t.as_str())) {
+                bail!("--cross-attention: this model has no cross-attention (it is decoder-only)");
+            }
             targets.extend(T5_CROSS_ATTENTION.iter().map(|s| s.to_string()));
         }
         Ok(StreamOptions {
@@ -200,7 +217,7 @@ impl Args {
 
     /// The starting model, its tokenizer and the tasks. The built-in job writes its
     /// tokenizer into `out`.
-    fn setup(&self, gpu: &crate::Gpu, out: &Path) -> Result<(T5Model, Tokenizer, Vec<Task>)> {
+    fn setup(&self, gpu: &crate::Gpu, out: &Path) -> Result<(Box<dyn Model>, Tokenizer, Vec<Task>)> {
         let Some(model_dir) = &self.model else {
             if self.train_examples == 0 || self.eval_examples == 0 {
                 bail!("--train-examples and --eval-examples must be positive");
@@ -210,10 +227,13 @@ impl Args {
             let tokenizer = Tokenizer::load(out, vocab)?;
             // A small initial scale, so that what a task teaches dominates each matrix's top
             // singular directions (the ones OSFT freezes) rather than the random start.
-            let model = T5Model::random(gpu, T5Config::tiny(vocab), true, 0.02, self.seed)?;
+            let model: Box<dyn Model> = match self.arch {
+                Arch::T5 => Box::new(T5Model::random(gpu, T5Config::tiny(vocab), true, 0.02, self.seed)?),
+                Arch::Llama => Box::new(LlamaModel::random(gpu, LlamaConfig::tiny(vocab), 0.02, self.seed)?),
+            };
             return Ok((model, tokenizer, synthetic::stream(self.seed, self.train_examples, self.eval_examples)));
         };
-        let (model, tokenizer) = load_t5(gpu, model_dir)?;
+        let (model, tokenizer) = load_model(gpu, model_dir)?;
         if let Some(stream) = &self.stream {
             return Ok((model, tokenizer, Stream::load(stream)?));
         }
@@ -286,7 +306,7 @@ fn catch_ctrl_c() -> Result<()> {
 fn run_method(gpu: &crate::Gpu, args: &Args, method: Method, dir: &Path) -> Result<Option<Results>> {
     let (model, tokenizer, tasks) = args.setup(gpu, dir)?;
     let examples = tasks.iter().map(|t| t.train.len()).max().unwrap_or(0);
-    let options = args.stream_options(method, examples)?;
+    let options = args.stream_options(method, examples, model.default_targets())?;
     let steps: usize = tasks.iter().map(|t| args.epochs * options.train.steps_per_epoch(t.train.len())).sum();
     let bar = indicatif::ProgressBar::new(steps as u64);
     bar.set_style(indicatif::ProgressStyle::with_template(
@@ -295,7 +315,7 @@ fn run_method(gpu: &crate::Gpu, args: &Args, method: Method, dir: &Path) -> Resu
     bar.set_prefix(format!("{method:?}").to_lowercase());
     let start = std::time::Instant::now();
     let mut tokens = 0usize;
-    let results = run_stream(&model, &tokenizer, &tasks, &options, Some(dir), |task, log| {
+    let results = run_stream(&*model, &tokenizer, &tasks, &options, Some(dir), |task, log| {
         tokens += log.tokens;
         bar.inc(1);
         let rate = tokens as f64 / start.elapsed().as_secs_f64().max(1e-9);

@@ -16,7 +16,36 @@ pub use tokenizer::Tokenizer;
 
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
+
+/// A Hugging Face model folder of any supported family, chosen by config.json's
+/// `model_type` ("t5", "llama"), with its tokenizer checked to fit the embedding.
+pub fn load_model(gpu: &crate::Gpu, dir: &Path) -> Result<(Box<dyn Model>, Tokenizer)> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("{}: cannot read the model config (is {} a model folder?)", path.display(), dir.display()))?;
+    let config: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))?;
+    let (model, vocab): (Box<dyn Model>, usize) = match config["model_type"].as_str() {
+        // T5 configs of old checkpoints may lack model_type.
+        Some("t5") | None => {
+            let model = T5Model::load(gpu, dir)?;
+            let vocab = model.config.vocab_size;
+            (Box::new(model), vocab)
+        }
+        Some("llama") => {
+            let model = LlamaModel::load(gpu, dir)?;
+            let vocab = model.config.vocab_size;
+            (Box::new(model), vocab)
+        }
+        Some(other) => bail!(
+            "{}: model_type {other:?} is not supported (supported: \"t5\" encoder-decoder, \"llama\" decoder-only)",
+            path.display()
+        ),
+    };
+    let tokenizer = Tokenizer::load(dir, vocab)?;
+    Ok((model, tokenizer))
+}
 
 /// A T5 folder: model weights on the GPU and its tokenizer, checked to fit each other.
 pub fn load_t5(gpu: &crate::Gpu, dir: &Path) -> Result<(T5Model, Tokenizer)> {

@@ -30,7 +30,7 @@ impl Tokenizer {
         let tokenizer_vocab = inner.get_vocab_size(true);
         if tokenizer_vocab > vocab_size {
             bail!(
-                "{}: the tokenizer has {tokenizer_vocab} tokens but the model's embedding \"shared.weight\" has only {vocab_size} rows (config vocab_size); tokenizer and model do not belong together",
+                "{}: the tokenizer has {tokenizer_vocab} tokens but the model's embedding table has only {vocab_size} rows (config vocab_size); tokenizer and model do not belong together",
                 path.display()
             );
         }

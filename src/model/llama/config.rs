@@ -103,6 +103,18 @@ impl LlamaConfig {
         Self::from_json(&text).with_context(|| format!("{}", path.display()))
     }
 
+    /// The built-in small decoder-only model of `sculpt train --arch llama`: about as many
+    /// parameters as [`crate::model::T5Config::tiny`], with grouped-query attention; the
+    /// ids follow the built-in tokenizer (pad 0, end 1).
+    pub fn tiny(vocab_size: usize) -> LlamaConfig {
+        let json = format!(
+            r#"{{"vocab_size": {vocab_size}, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4,
+                "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512,
+                "rope_theta": 10000.0, "pad_token_id": 0, "eos_token_id": 1, "tie_word_embeddings": false}}"#
+        );
+        Self::from_json(&json).expect("the built-in config is valid")
+    }
+
     /// Parses and checks the text of a `config.json`.
     pub fn from_json(text: &str) -> Result<LlamaConfig> {
         let config: LlamaConfig = serde_json::from_str(text).context("not a valid Llama config")?;
