@@ -1,15 +1,13 @@
 //! The method's invariant: after training with OSFT, the update of every target matrix has
 //! no component in its frozen subspace (strict: neither side; paper: not in U_kᵀ·ΔW·V_k),
-//! while plain fine-tuning moves those directions freely.
+//! while plain fine-tuning moves those directions freely; for T5 and for decoder-only Llama.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use sculpt::model::load_t5;
-use sculpt::model::Gradients;
+use sculpt::model::{load_model, Gradients};
 use sculpt::optim::{AdamW, AdamWConfig, Unconstrained, UpdateFilter};
 use sculpt::rng::Rng;
-use sculpt::subspace::targets::T5_DEFAULT;
 use sculpt::subspace::{Basis, Mode, RankPolicy, SubspaceSet};
 use sculpt::train::{encode, train, Position, TrainOptions};
 use sculpt::Gpu;
@@ -43,15 +41,17 @@ fn leakage(delta: &[f64], m: usize, n: usize, u: &[f32], v: &[f32], k: usize) ->
     (norm(&utdv) / d, norm(&utd) / d, norm(&dv) / d)
 }
 
-fn run(filter: Option<Mode>) -> Vec<(String, (f64, f64, f64))> {
+/// Trains the fixture model `fixture` (a T5 or Llama folder) on three examples with its
+/// default targets' subspaces (`filter`) or unconstrained (None); the leakage per target.
+fn run(fixture: &str, filter: Option<Mode>) -> Vec<(String, (f64, f64, f64))> {
     let gpu = Gpu::shared().unwrap();
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/t5_v1_1");
-    let (model, tokenizer) = load_t5(&gpu, &dir).unwrap();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(fixture);
+    let (model, tokenizer) = load_model(&gpu, &dir).unwrap();
     let before: BTreeMap<String, Vec<f32>> =
-        model.params.iter().map(|(n, p)| (n.clone(), p.to_f32().unwrap())).collect();
-    let targets: Vec<String> = T5_DEFAULT.iter().map(|s| s.to_string()).collect();
+        model.params().iter().map(|(n, p)| (n.clone(), p.to_f32().unwrap())).collect();
     let policy = RankPolicy::Fixed { ratio: 0.5 };
-    let set = SubspaceSet::build(&model.params, &targets, policy, filter.unwrap_or(Mode::Strict), |_| 0.5).unwrap();
+    let mode = filter.unwrap_or(Mode::Strict);
+    let set = SubspaceSet::build(model.params(), &model.default_targets(), policy, mode, |_| 0.5).unwrap();
     let examples: Vec<sculpt::data::Example> = ["copy: a b c", "reverse: d e f g", "sort: c a b"]
         .iter()
         .map(|s| sculpt::data::Example { input: s.to_string(), target: s.split_once(": ").unwrap().1.to_string() })
@@ -63,40 +63,56 @@ fn run(filter: Option<Mode>) -> Vec<(String, (f64, f64, f64))> {
         adamw: AdamWConfig { lr: 1e-2, weight_decay: 0.1, ..Default::default() },
         ..Default::default()
     };
-    let mut optimizer = AdamW::new(options.adamw, &model.params).unwrap();
-    let grads = Gradients::zeros_like(&model).unwrap();
+    let mut optimizer = AdamW::new(options.adamw, model.params()).unwrap();
+    let grads = Gradients::zeros_like(&*model).unwrap();
     let mut position = Position { epoch: 0, batch: 0, rng: Rng::new(5) };
     let f: &dyn UpdateFilter = if filter.is_some() { &set } else { &Unconstrained };
-    train(&model, &pairs, &options, &mut optimizer, &grads, f, &mut position, |_, _, _| Ok(true)).unwrap();
+    train(&*model, &pairs, &options, &mut optimizer, &grads, f, &mut position, |_, _, _| Ok(true)).unwrap();
     set.frozen
         .iter()
         .map(|(name, s)| {
             let (Basis::Frozen(u), Basis::Frozen(v)) = (&s.left, &s.right) else {
                 panic!("ratio 0.5 keeps U_k and V_k")
             };
-            let after = model.params[name].to_f32().unwrap();
+            let after = model.params()[name].to_f32().unwrap();
             let delta: Vec<f64> = after.iter().zip(&before[name]).map(|(&a, &b)| a as f64 - b as f64).collect();
             assert!(norm(&delta) > 0.0, "{name} did not move");
-            (name.clone(), leakage(&delta, s.rows, s.cols, &u.to_f32().unwrap(), &v.to_f32().unwrap(), s.k))
+            // The bases' width: k and any zero padding columns, which add nothing.
+            let width = u.shape()[1];
+            (name.clone(), leakage(&delta, s.rows, s.cols, &u.to_f32().unwrap(), &v.to_f32().unwrap(), width))
         })
         .collect()
 }
 
 #[test]
 fn strict_osft_keeps_both_frozen_sides_fixed_and_seqft_does_not() {
-    let strict = run(Some(Mode::Strict));
+    let strict = run("t5_v1_1", Some(Mode::Strict));
     assert!(strict.len() >= 10, "every default target has a subspace");
     for (name, (both, l, r)) in &strict {
         assert!(*both <= 1e-4 && *l <= 1e-4 && *r <= 1e-4, "{name}: leakage {both:.2e} {l:.2e} {r:.2e}");
     }
-    let free = run(None);
+    let free = run("t5_v1_1", None);
     let worst = free.iter().map(|(_, (both, _, _))| *both).fold(0.0, f64::max);
     assert!(worst > 0.1, "plain fine-tuning should move the top subspace, largest share {worst}");
 }
 
 #[test]
 fn paper_mode_keeps_the_frozen_block_fixed() {
-    for (name, (both, _, _)) in run(Some(Mode::Paper)) {
+    for (name, (both, _, _)) in run("t5_v1_1", Some(Mode::Paper)) {
         assert!(both <= 1e-4, "{name}: ‖U_kᵀ ΔW V_k‖/‖ΔW‖ = {both:.2e}");
     }
+}
+
+#[test]
+fn osft_on_a_grouped_query_llama_keeps_every_target_fixed_in_both_modes() {
+    for mode in [Mode::Strict, Mode::Paper] {
+        let constrained = run("llama_gqa", Some(mode));
+        assert_eq!(constrained.len(), 2 * 7, "q, k, v, o, gate, up and down of both layers");
+        for (name, (both, l, r)) in &constrained {
+            let worst = if mode == Mode::Strict { both.max(*l).max(*r) } else { *both };
+            assert!(worst <= 1e-4, "{name} ({mode:?}): leakage {both:.2e} {l:.2e} {r:.2e}");
+        }
+    }
+    let worst = run("llama_gqa", None).iter().map(|(_, (both, _, _))| *both).fold(0.0, f64::max);
+    assert!(worst > 0.1, "plain fine-tuning should move the top subspace, largest share {worst}");
 }
