@@ -110,7 +110,7 @@ pub fn rope(
     let width = heads * 2 * table.half_dim;
     ensure!(x.dtype() == DType::F32, "rope: x must be f32, got {:?}", x.dtype());
     ensure!(
-        heads > 0 && seq_len > 0 && x.len() % (width * seq_len) == 0,
+        heads > 0 && seq_len > 0 && x.len().is_multiple_of(width * seq_len),
         "rope: x has shape {:?}, not whole sequences of {seq_len} rows of {heads} heads x {} dims",
         x.shape(),
         2 * table.half_dim
