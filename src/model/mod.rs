@@ -24,3 +24,10 @@ pub fn load_t5(gpu: &crate::Gpu, dir: &Path) -> Result<(T5Model, Tokenizer)> {
     let tokenizer = Tokenizer::load(dir, model.config.vocab_size)?;
     Ok((model, tokenizer))
 }
+
+/// A Llama folder: model weights on the GPU and its tokenizer, checked to fit each other.
+pub fn load_llama(gpu: &crate::Gpu, dir: &Path) -> Result<(LlamaModel, Tokenizer)> {
+    let model = LlamaModel::load(gpu, dir)?;
+    let tokenizer = Tokenizer::load(dir, model.config.vocab_size)?;
+    Ok((model, tokenizer))
+}
