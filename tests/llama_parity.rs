@@ -7,14 +7,12 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::reference::{fixture, relative_error, relative_norm_error, Reference};
-use sculpt::model::{CausalBatch, Gradients, LlamaModel, Model, Tokenizer};
+use sculpt::model::{load_llama, CausalBatch, Gradients, LlamaModel, Model, Tokenizer};
 use sculpt::{Gpu, Tensor};
 
 fn load(model_name: &str) -> (LlamaModel, Tokenizer, Reference) {
-    let gpu = Gpu::shared().unwrap();
     let dir = fixture(model_name);
-    let model = LlamaModel::load(&gpu, &dir).unwrap();
-    let tokenizer = Tokenizer::load(&dir, model.config.vocab_size).unwrap();
+    let (model, tokenizer) = load_llama(&Gpu::shared().unwrap(), &dir).unwrap();
     (model, tokenizer, Reference::load(&dir))
 }
 

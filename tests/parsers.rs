@@ -245,7 +245,10 @@ proptest! {
     fn jsonl_data(m in json_mutation()) {
         let dir = common::scratch("parsers", "jsonl");
         let path = dir.join("train.jsonl");
-        let seed = "{\"input\": \"a b\", \"target\": \"b a\"}\n{\"input\": \"c\", \"target\": \"c\", \"extra\": [1]}\n";
+        let seed = concat!(
+            "{\"input\": \"a b\", \"target\": \"b a\"}\n{\"input\": \"c\", \"target\": \"c\", \"extra\": [1]}\n",
+            "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": \"assistant\", \"content\": \"yo\"}]}\n"
+        );
         let bytes = mutate_jsonl(seed, &m);
         std::fs::write(&path, &bytes).unwrap();
         names_the_file(jsonl::read_jsonl(&path), &path)?;

@@ -18,7 +18,8 @@ pub struct Args {
 pub fn run(gpu: &crate::Gpu, args: &Args) -> Result<()> {
     let (model, tokenizer) = crate::model::load_model(gpu, &args.model)?;
     let ids = tokenizer.encode(&args.input)?;
-    model.check_batch_buffers(1, ids.len(), args.max_new_tokens)
+    model
+        .check_batch_buffers(1, ids.len(), args.max_new_tokens)
         .context("generation (lower --max-new-tokens or shorten the input)")?;
     let output = model.generate(&ids, args.max_new_tokens)?;
     println!("{}", tokenizer.decode(&output)?);

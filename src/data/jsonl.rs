@@ -1,4 +1,5 @@
-//! Seq2seq examples from JSON Lines: one `{"input": ..., "target": ...}` object per line.
+//! Examples from JSON Lines: one `{"input": ..., "target": ...}` object per line, or a chat
+//! conversation `{"messages": [...]}` (each assistant message one example, see [`super::chat`]).
 
 use std::path::Path;
 
@@ -14,32 +15,43 @@ pub struct Example {
 /// Parses JSONL text; `origin` names the file in errors. Blank lines are skipped.
 pub fn parse_jsonl(text: &str, origin: &str) -> Result<Vec<Example>> {
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() {
-            continue;
+    for line in json_lines(text, origin, r#"{"input": ..., "target": ...} or {"messages": [...]}"#) {
+        let (n, value) = line?;
+        match value.get("messages") {
+            Some(messages) => out.extend(super::chat::conversation(messages, origin, n)?),
+            None => out.push(example_from(&value, origin, n)?),
         }
-        let value: serde_json::Value = serde_json::from_str(line).with_context(|| {
-            format!(
-                "{origin}:{}: not valid JSON; each line must be one object {{\"input\": ..., \"target\": ...}}",
-                i + 1
-            )
-        })?;
-        let field = |key: &str| -> Result<String> {
-            match value.get(key) {
-                Some(serde_json::Value::String(s)) => Ok(s.clone()),
-                Some(other) => bail!("{origin}:{}: \"{key}\" must be a string, got {other}", i + 1),
-                None => {
-                    bail!("{origin}:{}: missing \"{key}\"; each line needs \"input\" and \"target\" strings", i + 1)
-                }
-            }
-        };
-        out.push(Example { input: field("input")?, target: field("target")? });
     }
     if out.is_empty() {
-        bail!("{origin}: no examples (expected JSON Lines with \"input\" and \"target\")");
+        bail!("{origin}: no examples (expected JSON Lines with \"input\" and \"target\", or \"messages\")");
     }
     Ok(out)
+}
+
+/// Every non-blank line of JSONL text as (1-based line number, JSON value); `shape` shows
+/// what a line should look like in the error of an unparsable one.
+pub(crate) fn json_lines<'a>(
+    text: &'a str,
+    origin: &'a str,
+    shape: &'a str,
+) -> impl Iterator<Item = Result<(usize, serde_json::Value)>> + 'a {
+    text.lines().enumerate().filter(|(_, line)| !line.trim().is_empty()).map(move |(i, line)| {
+        let value = serde_json::from_str(line.trim())
+            .with_context(|| format!("{origin}:{}: not valid JSON; each line must be one object {shape}", i + 1))?;
+        Ok((i + 1, value))
+    })
+}
+
+/// The example of one parsed line `{"input": ..., "target": ...}`; errors name `origin:line`.
+pub(crate) fn example_from(value: &serde_json::Value, origin: &str, line: usize) -> Result<Example> {
+    let field = |key: &str| -> Result<String> {
+        match value.get(key) {
+            Some(serde_json::Value::String(s)) => Ok(s.clone()),
+            Some(other) => bail!("{origin}:{line}: \"{key}\" must be a string, got {other}"),
+            None => bail!("{origin}:{line}: missing \"{key}\"; each line needs \"input\" and \"target\" strings"),
+        }
+    };
+    Ok(Example { input: field("input")?, target: field("target")? })
 }
 
 pub fn read_jsonl(path: &Path) -> Result<Vec<Example>> {

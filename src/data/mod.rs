@@ -1,6 +1,7 @@
-//! Data: tasks and stream files, JSONL seq2seq examples, O-LoRA's CL_Benchmark layout and
-//! the built-in synthetic task stream.
+//! Data: tasks and stream files, JSONL seq2seq examples, chat JSONL for decoder-only models,
+//! O-LoRA's CL_Benchmark layout and the built-in synthetic task stream.
 
+pub mod chat;
 pub mod cl_benchmark;
 pub mod jsonl;
 pub mod stream;

@@ -91,7 +91,7 @@ impl AttentionShape {
             "attention: every dimension must be positive, got {self:?}"
         );
         ensure!(
-            heads % kv_heads == 0,
+            heads.is_multiple_of(kv_heads),
             "attention: {heads} query heads cannot be grouped over {kv_heads} key/value heads (must divide)"
         );
         ensure!(

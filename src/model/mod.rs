@@ -22,34 +22,32 @@ use anyhow::{bail, Context, Result};
 /// `model_type` ("t5", "llama"), with its tokenizer checked to fit the embedding.
 pub fn load_model(gpu: &crate::Gpu, dir: &Path) -> Result<(Box<dyn Model>, Tokenizer)> {
     let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("{}: cannot read the model config (is {} a model folder?)", path.display(), dir.display()))?;
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!("{}: cannot read the model config (is {} a model folder?)", path.display(), dir.display())
+    })?;
     let config: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))?;
-    let (model, vocab): (Box<dyn Model>, usize) = match config["model_type"].as_str() {
+    match config["model_type"].as_str() {
         // T5 configs of old checkpoints may lack model_type.
-        Some("t5") | None => {
-            let model = T5Model::load(gpu, dir)?;
-            let vocab = model.config.vocab_size;
-            (Box::new(model), vocab)
-        }
-        Some("llama") => {
-            let model = LlamaModel::load(gpu, dir)?;
-            let vocab = model.config.vocab_size;
-            (Box::new(model), vocab)
-        }
+        Some("t5") | None => load_t5(gpu, dir).map(|(m, t)| (Box::new(m) as Box<dyn Model>, t)),
+        Some("llama") => load_llama(gpu, dir).map(|(m, t)| (Box::new(m) as Box<dyn Model>, t)),
         Some(other) => bail!(
             "{}: model_type {other:?} is not supported (supported: \"t5\" encoder-decoder, \"llama\" decoder-only)",
             path.display()
         ),
-    };
-    let tokenizer = Tokenizer::load(dir, vocab)?;
-    Ok((model, tokenizer))
+    }
 }
 
 /// A T5 folder: model weights on the GPU and its tokenizer, checked to fit each other.
 pub fn load_t5(gpu: &crate::Gpu, dir: &Path) -> Result<(T5Model, Tokenizer)> {
     let model = T5Model::load(gpu, dir)?;
+    let tokenizer = Tokenizer::load(dir, model.config.vocab_size)?;
+    Ok((model, tokenizer))
+}
+
+/// A Llama folder: model weights on the GPU and its tokenizer, checked to fit each other.
+pub fn load_llama(gpu: &crate::Gpu, dir: &Path) -> Result<(LlamaModel, Tokenizer)> {
+    let model = LlamaModel::load(gpu, dir)?;
     let tokenizer = Tokenizer::load(dir, model.config.vocab_size)?;
     Ok((model, tokenizer))
 }

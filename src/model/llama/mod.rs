@@ -321,6 +321,37 @@ mod tests {
     }
 
     #[test]
+    fn cached_generation_matches_full_forwards_over_the_growing_sequence() {
+        let gpu = crate::kernels::testing::gpu();
+        let config = LlamaConfig::from_json(
+            r#"{"hidden_size": 16, "intermediate_size": 24, "num_hidden_layers": 2, "num_attention_heads": 4,
+                "num_key_value_heads": 2, "vocab_size": 20, "rope_theta": 10.0}"#,
+        )
+        .unwrap();
+        let model = LlamaModel::random(&gpu, config, 0.5, 7).unwrap();
+        let prompt = vec![3, 5, 7, 11];
+        let generated = model.generate(&prompt, 6).unwrap();
+        assert_eq!(generated.len(), 6, "no eos id: runs to max_new_tokens");
+        let mut sequence = prompt.clone();
+        for &token in &generated {
+            let n = sequence.len();
+            let batch = CausalBatch {
+                batch_size: 1,
+                seq_len: n,
+                input_ids: sequence.clone(),
+                attention_mask: vec![1; n],
+                labels: vec![IGNORE_INDEX; n],
+                grad_scale: 1.0,
+            };
+            let out = model.forward(&batch).unwrap();
+            assert!(out.loss.is_none());
+            let logits = out.logits.to_f32().unwrap();
+            assert_eq!(crate::model::t5::argmax(&logits[(n - 1) * 20..]), token, "after {sequence:?}");
+            sequence.push(token);
+        }
+    }
+
+    #[test]
     fn parameter_names_follow_hugging_face() {
         let config = LlamaConfig::from_json(
             r#"{"hidden_size": 16, "intermediate_size": 24, "num_hidden_layers": 2, "num_attention_heads": 4,
