@@ -4,6 +4,7 @@
 //! OSFT's projection, and the SVD pass that builds the frozen subspaces at a task start.
 //! Both report the share of GPU time spent in matmul kernels (timestamp queries).
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -18,6 +19,7 @@ use crate::subspace::project::FrozenSubspace;
 use crate::subspace::set::RankChoice;
 use crate::subspace::targets::is_target;
 use crate::subspace::{Mode, RankPolicy, SubspaceSet};
+use crate::tensor::Tensor;
 
 #[derive(clap::Args, Clone, Copy)]
 pub struct ModelArgs {
@@ -176,12 +178,29 @@ struct StepBench {
     /// The same step with every target matrix's update projected (strict mode).
     osft_step_ms: f64,
     osft_tokens_per_s: f64,
-    /// (osft − plain) / osft, in GPU time where the adapter has timestamps, else wall time;
-    /// measured side by side.
+    /// Projection time over plain step + projection time: the projection pass timed alone
+    /// (GPU time where the adapter has timestamps, else wall time) times the passes an osft
+    /// step makes, beside the plain step in the same run.
     projection_share: f64,
     /// Batched SVD of every target matrix and the subspace build at a task start (None with
     /// --random-subspaces).
     svd_pass_ms: Option<f64>,
+}
+
+/// Passes updates on to `inner`, counting the projections.
+struct CountingFilter<'a> {
+    inner: &'a dyn UpdateFilter,
+    calls: Cell<usize>,
+}
+
+impl UpdateFilter for CountingFilter<'_> {
+    fn filters(&self, name: &str) -> bool {
+        self.inner.filters(name)
+    }
+    fn filter(&self, name: &str, update: &Tensor) -> Result<()> {
+        self.calls.set(self.calls.get() + 1);
+        self.inner.filter(name, update)
+    }
 }
 
 /// Frozen subspaces of the ranks `policy` gives at importance 0.5, from random orthonormal
@@ -241,11 +260,29 @@ pub fn step(gpu: &crate::Gpu, args: &ModelArgs) -> Result<()> {
         gpu.flush()?;
         (set, Some(start.elapsed().as_secs_f64() * 1e3))
     };
-    let osft_step_ms = mean_ms(args.runs, || run(&set))?;
+    let counting = CountingFilter { inner: &set, calls: Cell::new(0) };
+    let osft_step_ms = mean_ms(args.runs, || run(&counting))?;
     let osft_prof = profile(gpu, || run(&set))?;
-    let projection_share = match (&prof, &osft_prof) {
-        (Some(plain), Some(osft)) => (osft.total_ms - plain.total_ms) / osft.total_ms,
-        _ => (osft_step_ms - step_ms) / osft_step_ms,
+    // The projection alone, timed directly on updates shaped like the targets, times the
+    // passes one step makes: the difference of two whole-step times drowns in the noise of a
+    // shared machine.
+    let passes = counting.calls.get() as f64 / ((args.runs + 1) * set.frozen.len()) as f64;
+    let updates = set
+        .frozen
+        .iter()
+        .map(|(name, s)| Ok((name, Tensor::from_f32(gpu, &[s.rows, s.cols], &vec![1e-3; s.rows * s.cols])?)))
+        .collect::<Result<Vec<_>>>()?;
+    let project_all = || -> Result<()> {
+        for (name, update) in &updates {
+            set.filter(name, update)?;
+        }
+        gpu.flush()
+    };
+    let pass_ms = mean_ms(args.runs, project_all)?;
+    let pass_prof = profile(gpu, project_all)?;
+    let projection_share = match (&prof, &pass_prof) {
+        (Some(step), Some(pass)) => passes * pass.total_ms / (step.total_ms + passes * pass.total_ms),
+        _ => passes * pass_ms / (step_ms + passes * pass_ms),
     };
     let result = StepBench {
         batch: args.batch,
@@ -256,7 +293,7 @@ pub fn step(gpu: &crate::Gpu, args: &ModelArgs) -> Result<()> {
         matmul_share: prof.as_ref().map(|p| p.matmul_ms / p.total_ms),
         osft_step_ms,
         osft_tokens_per_s: tokens / osft_step_ms * 1e3,
-        projection_share: projection_share.max(0.0),
+        projection_share,
         svd_pass_ms,
     };
     if args.json {
