@@ -38,6 +38,7 @@ fn a_diverging_run_stops_at_the_first_bad_step_and_keeps_its_checkpoints() {
         },
         importance_samples: 4,
         free_first_task: false,
+        freeze_non_targets: false,
         seed: 5,
         eval_every: 0,
         save_every: 1,

@@ -78,6 +78,11 @@ pub struct Args {
     /// Leave the first task unconstrained.
     #[arg(long)]
     free_first_task: bool,
+    /// Train only the target matrices: embeddings, norms and relative position bias (and
+    /// cross-attention unless --cross-attention) get no update, with either method.
+    #[arg(long)]
+    #[serde(default)]
+    freeze_non_targets: bool,
     /// Seed of the data order, the built-in stream and the built-in model's weights.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -192,6 +197,7 @@ impl Args {
             train,
             importance_samples: 32,
             free_first_task: self.free_first_task,
+            freeze_non_targets: self.freeze_non_targets,
             seed: self.seed,
             eval_every: self.eval_every,
             save_every: self.save_every,
