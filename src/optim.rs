@@ -52,10 +52,10 @@ impl AdamW {
     }
 
     /// Records one optimizer step over every parameter that has a gradient and that the
-    /// filter does not freeze. Clipping uses
-    /// the global gradient norm computed on the GPU; the returned [1] tensor holds the
-    /// squared norm (before clipping), to be read back with the loss. Filtered parameters
-    /// get their whole update (weight decay included) rewritten before it is applied.
+    /// filter does not freeze. Clipping uses the global gradient norm computed on the GPU;
+    /// the returned [1] tensor holds the squared norm (before clipping), to be read back
+    /// with the loss. Filtered parameters get their gradient rewritten before AdamW sees
+    /// it, and their whole update (weight decay included) rewritten before it is applied.
     pub fn step(
         &mut self,
         params: &BTreeMap<String, Tensor>,
@@ -74,8 +74,16 @@ impl AdamW {
             let (param, grad) = (&params[name], &grads[name]);
             let Some(moments) = self.moments.get(name) else { bail!("no optimizer state for parameter {name}") };
             if filter.filters(name) {
+                // The gradient is filtered too: the moments then only see the trainable part,
+                // and the step stays a descent direction (⟨g, P(d ∘ Pg)⟩ = Σ d (Pg)² ≥ 0 for a
+                // projection P). Filtering the update alone is not: when most of the gradient
+                // lies in the frozen subspace, AdamW's per-element scaling moves it out, and
+                // the projected step can raise the loss.
+                let filtered = Tensor::uninit(param.gpu(), grad.shape(), grad.dtype())?;
+                filtered.copy_from(grad)?;
+                filter.filter(name, &filtered)?;
                 let update = Tensor::uninit(param.gpu(), param.shape(), DType::F32)?;
-                adamw_update(&step, param, grad, &sumsq, moments, &update)?;
+                adamw_update(&step, param, &filtered, &sumsq, moments, &update)?;
                 filter.filter(name, &update)?;
                 axpy(1.0, &update, param)?;
             } else {
@@ -188,6 +196,8 @@ mod tests {
         let want: f32 = grads.values().flat_map(|g| g.to_f32().unwrap()).map(|v| v * v).sum();
         assert_close(&sumsq.to_f32().unwrap(), &[want], 1e-5);
         assert_eq!(params["frozen.w"].to_f32().unwrap(), before[1], "filtered update was zeroed");
+        let moment = opt.moments["frozen.w"].exp_avg.to_f32().unwrap();
+        assert!(moment.iter().all(|&m| m == 0.0), "the moments saw the filtered (zeroed) gradient");
         assert_ne!(params["free.w"].to_f32().unwrap(), before[0], "free parameter moved");
         assert_eq!(opt.step, 1);
     }
