@@ -75,6 +75,10 @@ pub struct Args {
     /// Also constrain the cross-attention matrices.
     #[arg(long)]
     cross_attention: bool,
+    /// More target matrices (name globs, `*` for any run of characters), e.g. lm_head.weight.
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default)]
+    extra_targets: Vec<String>,
     /// Leave the first task unconstrained.
     #[arg(long)]
     free_first_task: bool,
@@ -121,6 +125,10 @@ pub struct Args {
     /// Save a checkpoint every N steps (0: after every task only).
     #[arg(long, default_value_t = 0)]
     save_every: u64,
+    /// Standard deviation of the built-in model's random initial weights.
+    #[arg(long, default_value_t = 0.02)]
+    #[serde(default = "default_init_std")]
+    init_std: f32,
     /// Training and evaluation examples per synthetic task (built-in job).
     #[arg(long, default_value_t = 256)]
     train_examples: usize,
@@ -136,6 +144,10 @@ enum ProjectionMode {
 }
 
 const RUN_FILE: &str = "run.json";
+
+fn default_init_std() -> f32 {
+    0.02
+}
 
 impl Args {
     fn is_builtin(&self) -> bool {
@@ -186,6 +198,7 @@ impl Args {
         if self.cross_attention {
             targets.extend(T5_CROSS_ATTENTION.iter().map(|s| s.to_string()));
         }
+        targets.extend(self.extra_targets.iter().cloned());
         Ok(StreamOptions {
             method,
             policy,
@@ -216,7 +229,7 @@ impl Args {
             let tokenizer = Tokenizer::load(out, vocab)?;
             // A small initial scale, so that what a task teaches dominates each matrix's top
             // singular directions (the ones OSFT freezes) rather than the random start.
-            let model = T5Model::random(gpu, T5Config::tiny(vocab), true, 0.02, self.seed)?;
+            let model = T5Model::random(gpu, T5Config::tiny(vocab), true, self.init_std, self.seed)?;
             return Ok((model, tokenizer, synthetic::stream(self.seed, self.train_examples, self.eval_examples)));
         };
         let (model, tokenizer) = load_t5(gpu, model_dir)?;
