@@ -64,6 +64,7 @@ fn main() -> Result<()> {
         },
         importance_samples: 8,
         free_first_task: false,
+        freeze_non_targets: false,
         seed: 0,
         eval_every: 0,
         save_every: 0,

@@ -18,6 +18,11 @@ pub trait UpdateFilter {
     fn filters(&self, name: &str) -> bool;
     /// Records the rewrite of `update` in place.
     fn filter(&self, name: &str, update: &Tensor) -> Result<()>;
+    /// True when `name` gets no update at all: its weights and moments stay as they are,
+    /// and its gradient is left out of the global norm used for clipping.
+    fn freezes(&self, _name: &str) -> bool {
+        false
+    }
 }
 
 /// No filter: plain AdamW.
@@ -46,19 +51,20 @@ impl AdamW {
         Ok(AdamW { config, step: 0, moments })
     }
 
-    /// Records one optimizer step over every parameter that has a gradient. Clipping uses
-    /// the global gradient norm computed on the GPU; the returned [1] tensor holds the
-    /// squared norm (before clipping), to be read back with the loss. Filtered parameters
-    /// get their whole update (weight decay included) rewritten before it is applied.
+    /// Records one optimizer step over every parameter that has a gradient and that the
+    /// filter does not freeze. Clipping uses the global gradient norm computed on the GPU;
+    /// the returned [1] tensor holds the squared norm (before clipping), to be read back
+    /// with the loss. Filtered parameters get their gradient rewritten before AdamW sees
+    /// it, and their whole update (weight decay included) rewritten before it is applied.
     pub fn step(
         &mut self,
         params: &BTreeMap<String, Tensor>,
         grads: &BTreeMap<String, Tensor>,
         filter: &dyn UpdateFilter,
     ) -> Result<Tensor> {
-        let names: Vec<&String> = params.keys().filter(|n| grads.contains_key(*n)).collect();
+        let names: Vec<&String> = params.keys().filter(|n| grads.contains_key(*n) && !filter.freezes(n)).collect();
         if names.is_empty() {
-            bail!("optimizer step with no gradients");
+            bail!("optimizer step with no gradients (or every parameter frozen)");
         }
         let grad_list: Vec<&Tensor> = names.iter().map(|n| &grads[*n]).collect();
         let sumsq = sum_squares(&grad_list)?;
@@ -68,8 +74,16 @@ impl AdamW {
             let (param, grad) = (&params[name], &grads[name]);
             let Some(moments) = self.moments.get(name) else { bail!("no optimizer state for parameter {name}") };
             if filter.filters(name) {
+                // The gradient is filtered too: the moments then only see the trainable part,
+                // and the step stays a descent direction (⟨g, P(d ∘ Pg)⟩ = Σ d (Pg)² ≥ 0 for a
+                // projection P). Filtering the update alone is not: when most of the gradient
+                // lies in the frozen subspace, AdamW's per-element scaling moves it out, and
+                // the projected step can raise the loss.
+                let filtered = Tensor::uninit(param.gpu(), grad.shape(), grad.dtype())?;
+                filtered.copy_from(grad)?;
+                filter.filter(name, &filtered)?;
                 let update = Tensor::uninit(param.gpu(), param.shape(), DType::F32)?;
-                adamw_update(&step, param, grad, &sumsq, moments, &update)?;
+                adamw_update(&step, param, &filtered, &sumsq, moments, &update)?;
                 filter.filter(name, &update)?;
                 axpy(1.0, &update, param)?;
             } else {
@@ -182,8 +196,47 @@ mod tests {
         let want: f32 = grads.values().flat_map(|g| g.to_f32().unwrap()).map(|v| v * v).sum();
         assert_close(&sumsq.to_f32().unwrap(), &[want], 1e-5);
         assert_eq!(params["frozen.w"].to_f32().unwrap(), before[1], "filtered update was zeroed");
+        let moment = opt.moments["frozen.w"].exp_avg.to_f32().unwrap();
+        assert!(moment.iter().all(|&m| m == 0.0), "the moments saw the filtered (zeroed) gradient");
         assert_ne!(params["free.w"].to_f32().unwrap(), before[0], "free parameter moved");
         assert_eq!(opt.step, 1);
+    }
+
+    /// Freezes every parameter whose name starts with "fixed".
+    struct FreezeFixed;
+    impl UpdateFilter for FreezeFixed {
+        fn filters(&self, _: &str) -> bool {
+            false
+        }
+        fn filter(&self, _: &str, _: &Tensor) -> Result<()> {
+            Ok(())
+        }
+        fn freezes(&self, name: &str) -> bool {
+            name.starts_with("fixed")
+        }
+    }
+
+    #[test]
+    fn frozen_parameters_keep_weights_and_moments_and_leave_the_norm() {
+        let gpu = gpu();
+        let mut params = BTreeMap::new();
+        let mut grads = BTreeMap::new();
+        for (i, name) in ["fixed.w", "free.w"].iter().enumerate() {
+            params.insert(name.to_string(), Tensor::from_f32(&gpu, &[4, 3], &random(12, 20 + i as u64)).unwrap());
+            grads.insert(name.to_string(), Tensor::from_f32(&gpu, &[4, 3], &random(12, 30 + i as u64)).unwrap());
+        }
+        let fixed = params["fixed.w"].to_vec::<u32>().unwrap();
+        let free = params["free.w"].to_f32().unwrap();
+        let mut opt = AdamW::new(AdamWConfig::default(), &params).unwrap();
+        let mut sumsq = None;
+        for _ in 0..3 {
+            sumsq = Some(opt.step(&params, &grads, &FreezeFixed).unwrap());
+        }
+        assert_eq!(params["fixed.w"].to_vec::<u32>().unwrap(), fixed, "frozen weights are bit-identical");
+        assert!(opt.moments["fixed.w"].exp_avg.to_f32().unwrap().iter().all(|&m| m == 0.0));
+        assert_ne!(params["free.w"].to_f32().unwrap(), free, "the free parameter moved");
+        let want: f32 = grads["free.w"].to_f32().unwrap().iter().map(|v| v * v).sum();
+        assert_close(&sumsq.unwrap().to_f32().unwrap(), &[want], 1e-5);
     }
 
     #[test]

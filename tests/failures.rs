@@ -38,6 +38,7 @@ fn every_step_saved(lr: f32, epochs: usize) -> StreamOptions {
         },
         importance_samples: 4,
         free_first_task: false,
+        freeze_non_targets: false,
         seed: 5,
         eval_every: 0,
         save_every: 1,

@@ -2,12 +2,17 @@
 //! no component in its frozen subspace (strict: neither side; paper: not in U_kᵀ·ΔW·V_k),
 //! while plain fine-tuning moves those directions freely; for T5 and for decoder-only Llama.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use sculpt::model::{load_model, Gradients};
-use sculpt::optim::{AdamW, AdamWConfig, Unconstrained, UpdateFilter};
+use sculpt::continual::driver::{run_stream, Method, StreamOptions};
+use sculpt::data::synthetic;
+use sculpt::model::{load_model, Gradients, T5Config, T5Model, Tokenizer};
+use sculpt::optim::{AdamW, AdamWConfig, Schedule, Unconstrained, UpdateFilter};
 use sculpt::rng::Rng;
+use sculpt::subspace::targets::T5_DEFAULT;
 use sculpt::subspace::{Basis, Mode, RankPolicy, SubspaceSet};
 use sculpt::train::{encode, train, Position, TrainOptions};
 use sculpt::Gpu;
@@ -115,4 +120,53 @@ fn osft_on_a_grouped_query_llama_keeps_every_target_fixed_in_both_modes() {
     }
     let worst = run("llama_gqa", None).iter().map(|(_, (both, _, _))| *both).fold(0.0, f64::max);
     assert!(worst > 0.1, "plain fine-tuning should move the top subspace, largest share {worst}");
+}
+
+#[test]
+fn freezing_non_targets_leaves_them_bit_identical_while_targets_move() {
+    let gpu = Gpu::shared().unwrap();
+    let dir = common::scratch("osft", "freeze");
+    std::fs::write(dir.join("tokenizer.json"), synthetic::tokenizer_json()).unwrap();
+    let vocab = 3 + synthetic::vocabulary().len();
+    let tokenizer = Tokenizer::load(&dir, vocab).unwrap();
+    let model = T5Model::random(&gpu, T5Config::tiny(vocab), true, 0.1, 3).unwrap();
+    let bits = |m: &T5Model| -> BTreeMap<String, Vec<u32>> {
+        m.params.iter().map(|(n, p)| (n.clone(), p.to_vec::<u32>().unwrap())).collect()
+    };
+    let before = bits(&model);
+    let targets: Vec<String> = T5_DEFAULT.iter().map(|s| s.to_string()).collect();
+    let options = StreamOptions {
+        method: Method::Osft,
+        policy: RankPolicy::Fixed { ratio: 0.5 },
+        mode: Mode::Strict,
+        targets: targets.clone(),
+        train: TrainOptions {
+            epochs: 1,
+            batch_size: 4,
+            max_source_len: 16,
+            max_target_len: 16,
+            adamw: AdamWConfig { lr: 1e-2, weight_decay: 0.1, schedule: Schedule::Constant, ..Default::default() },
+            ..Default::default()
+        },
+        importance_samples: 4,
+        free_first_task: false,
+        freeze_non_targets: true,
+        seed: 1,
+        eval_every: 0,
+        save_every: 0,
+    };
+    let tasks: Vec<_> = synthetic::stream(2, 8, 2).into_iter().take(1).collect();
+    run_stream(&model, &tokenizer, &tasks, &options, None, |_, _| true).unwrap().unwrap();
+    let after = bits(&model);
+    let (mut moved, mut kept) = (0, 0);
+    for (name, was) in &before {
+        if sculpt::subspace::targets::is_target(&targets, name) {
+            assert_ne!(&after[name], was, "target {name} did not move");
+            moved += 1;
+        } else {
+            assert_eq!(&after[name], was, "non-target {name} changed");
+            kept += 1;
+        }
+    }
+    assert!(moved >= 10 && kept >= 5, "{moved} targets, {kept} non-targets");
 }

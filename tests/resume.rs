@@ -33,6 +33,7 @@ fn options(method: Method) -> StreamOptions {
         },
         importance_samples: 4,
         free_first_task: false,
+        freeze_non_targets: false,
         seed: 5,
         eval_every: 3,
         save_every: 3,

@@ -79,9 +79,18 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "t5", conflicts_with = "model")]
     #[serde(default)]
     arch: Arch,
+    /// More target matrices (name globs, `*` for any run of characters), e.g. lm_head.weight.
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default)]
+    extra_targets: Vec<String>,
     /// Leave the first task unconstrained.
     #[arg(long)]
     free_first_task: bool,
+    /// Train only the target matrices: embeddings, norms and relative position bias (and
+    /// cross-attention unless --cross-attention) get no update, with either method.
+    #[arg(long)]
+    #[serde(default)]
+    freeze_non_targets: bool,
     /// Seed of the data order, the built-in stream and the built-in model's weights.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -120,6 +129,10 @@ pub struct Args {
     /// Save a checkpoint every N steps (0: after every task only).
     #[arg(long, default_value_t = 0)]
     save_every: u64,
+    /// Standard deviation of the built-in model's random initial weights.
+    #[arg(long, default_value_t = 0.02)]
+    #[serde(default = "default_init_std")]
+    init_std: f32,
     /// Training and evaluation examples per synthetic task (built-in job).
     #[arg(long, default_value_t = 256)]
     train_examples: usize,
@@ -145,6 +158,10 @@ enum ProjectionMode {
 }
 
 const RUN_FILE: &str = "run.json";
+
+fn default_init_std() -> f32 {
+    0.02
+}
 
 impl Args {
     fn is_builtin(&self) -> bool {
@@ -198,6 +215,7 @@ impl Args {
             }
             targets.extend(T5_CROSS_ATTENTION.iter().map(|s| s.to_string()));
         }
+        targets.extend(self.extra_targets.iter().cloned());
         Ok(StreamOptions {
             method,
             policy,
@@ -209,6 +227,7 @@ impl Args {
             train,
             importance_samples: 32,
             free_first_task: self.free_first_task,
+            freeze_non_targets: self.freeze_non_targets,
             seed: self.seed,
             eval_every: self.eval_every,
             save_every: self.save_every,
@@ -228,8 +247,8 @@ impl Args {
             // A small initial scale, so that what a task teaches dominates each matrix's top
             // singular directions (the ones OSFT freezes) rather than the random start.
             let model: Box<dyn Model> = match self.arch {
-                Arch::T5 => Box::new(T5Model::random(gpu, T5Config::tiny(vocab), true, 0.02, self.seed)?),
-                Arch::Llama => Box::new(LlamaModel::random(gpu, LlamaConfig::tiny(vocab), 0.02, self.seed)?),
+                Arch::T5 => Box::new(T5Model::random(gpu, T5Config::tiny(vocab), true, self.init_std, self.seed)?),
+                Arch::Llama => Box::new(LlamaModel::random(gpu, LlamaConfig::tiny(vocab), self.init_std, self.seed)?),
             };
             return Ok((model, tokenizer, synthetic::stream(self.seed, self.train_examples, self.eval_examples)));
         };

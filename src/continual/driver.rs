@@ -16,11 +16,13 @@ use crate::checkpoint::{self, TrainingState};
 use crate::data::{Example, Task};
 use crate::model::weights::Weights;
 use crate::model::{Gradients, Model, Pair, Tokenizer};
-use crate::optim::{AdamW, Schedule, Unconstrained, UpdateFilter};
+use crate::optim::{AdamW, Schedule, UpdateFilter};
 use crate::rng::Rng;
 use crate::subspace::rank::normalise_importance;
 use crate::subspace::state::SUBSPACE_FILE;
+use crate::subspace::targets::is_target;
 use crate::subspace::{Mode, RankPolicy, SubspaceSet};
+use crate::tensor::Tensor;
 use crate::train::{encode, eval_loss, exact_match, train, Encoded, Position, StepLog, TrainOptions};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -43,6 +45,9 @@ pub struct StreamOptions {
     pub importance_samples: usize,
     /// Leave the first task unconstrained.
     pub free_first_task: bool,
+    /// Parameters that `targets` does not match (embeddings, norms, relative position
+    /// bias, ...) get no update in any task, with either method.
+    pub freeze_non_targets: bool,
     pub seed: u64,
     /// Evaluate the current task (loss, exact match) every this many steps; 0: at task ends only.
     pub eval_every: u64,
@@ -133,6 +138,28 @@ fn subspaces_for(
     let importance = layer_importance(model, tokenizer, samples)?;
     let of = |name: &str| importance.iter().find(|(p, _)| name.starts_with(p.as_str())).map_or(0.5, |(_, v)| *v);
     Ok(Some(SubspaceSet::build(model.params(), &options.targets, options.policy, options.mode, of)?))
+}
+
+/// A task's update filter: the frozen subspaces (OSFT), and no update at all for the
+/// parameters that are not targets when the run freezes them.
+struct TaskFilter<'a> {
+    subspaces: Option<&'a SubspaceSet>,
+    frozen_unless: Option<&'a [String]>,
+}
+
+impl UpdateFilter for TaskFilter<'_> {
+    fn filters(&self, name: &str) -> bool {
+        self.subspaces.is_some_and(|s| s.filters(name))
+    }
+    fn filter(&self, name: &str, update: &Tensor) -> Result<()> {
+        match self.subspaces {
+            Some(s) => s.filter(name, update),
+            None => Ok(()),
+        }
+    }
+    fn freezes(&self, name: &str) -> bool {
+        self.frozen_unless.is_some_and(|targets| !is_target(targets, name))
+    }
 }
 
 /// One JSON object per line: every step, every evaluation, every task end.
@@ -252,9 +279,9 @@ pub fn run_stream(
             Some(set) => Some(set),
             None => subspaces_for(model, tokenizer, tasks, i, options)?,
         };
-        let filter: &dyn UpdateFilter = match &subspaces {
-            Some(set) => set,
-            None => &Unconstrained,
+        let filter = TaskFilter {
+            subspaces: subspaces.as_ref(),
+            frozen_unless: options.freeze_non_targets.then_some(options.targets.as_slice()),
         };
         // Serialised once per task (a read-back), and only when checkpoints are written.
         let subspace_file = if out.is_some() { subspace_files(subspaces.as_ref())? } else { Vec::new() };
@@ -280,7 +307,7 @@ pub fn run_stream(
             &train_options,
             &mut optimizer,
             &grads,
-            filter,
+            &filter,
             &mut position,
             |step, position, opt| {
                 state.global_step += 1;
