@@ -60,7 +60,8 @@ pub struct Args {
     /// Method to run (default: both on the built-in stream, osft on user data).
     #[arg(long, value_enum)]
     method: Option<Method>,
-    /// The run folder (default: runs/default for the built-in job, runs/train otherwise).
+    /// The run folder (default: runs/default for the built-in job, runs/default-llama with
+    /// --arch llama, runs/train otherwise).
     #[arg(long)]
     out: Option<PathBuf>,
     /// Fraction of min(m, n) frozen in every target matrix (fixed policy; default: adaptive).
@@ -177,7 +178,12 @@ impl Args {
     }
 
     fn out(&self) -> PathBuf {
-        self.out.clone().unwrap_or_else(|| if self.is_builtin() { "runs/default" } else { "runs/train" }.into())
+        let default = match (self.is_builtin(), self.arch) {
+            (true, Arch::T5) => "runs/default",
+            (true, Arch::Llama) => "runs/default-llama",
+            (false, _) => "runs/train",
+        };
+        self.out.clone().unwrap_or_else(|| default.into())
     }
 
     /// `targets`: the model family's default target patterns.
