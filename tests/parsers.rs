@@ -12,7 +12,7 @@ use proptest::sample::Index;
 use serde_json::Value;
 
 use sculpt::checkpoint::{self, TrainingState};
-use sculpt::data::{cl_benchmark, jsonl, Stream};
+use sculpt::data::{cl_benchmark, jsonl, trace, Stream};
 use sculpt::model::{weights, T5Config, Tokenizer};
 use sculpt::optim::{AdamW, AdamWConfig};
 use sculpt::rng::Rng;
@@ -265,6 +265,15 @@ proptest! {
         let labels = dir.join(cl_benchmark::LABELS_FILE);
         std::fs::write(&labels, mutate_json(br#"["negative", "positive"]"#, &m)).unwrap();
         names_the_file(cl_benchmark::read_labels(&labels), &labels)?;
+    }
+
+    #[test]
+    fn trace_split(m in json_mutation()) {
+        let dir = common::scratch("parsers", "trace");
+        let split = dir.join("test.json");
+        let seed = r#"[{"prompt": "Is 2 > 1?\nAnswer:", "answer": "yes"}, {"prompt": "x", "answer": "", "extra": [1]}]"#;
+        std::fs::write(&split, mutate_json(seed.as_bytes(), &m)).unwrap();
+        names_the_file(trace::read_split(&split), &split)?;
     }
 
     #[test]

@@ -34,10 +34,10 @@ pub struct Args {
     #[arg(long, requires = "model", conflicts_with = "preset")]
     stream: Option<PathBuf>,
     /// A CL_Benchmark task order from the literature (order1-3: the standard 4-task
-    /// benchmark, order4-6: the long 15-task one) over the data in --data (needs --model).
+    /// benchmark, order4-6: the long 15-task one) or "trace" (TRACE's 8 tasks) over the data in --data (needs --model).
     #[arg(long, requires_all = ["model", "data"])]
     preset: Option<String>,
-    /// The CL_Benchmark folder (O-LoRA layout) of --preset.
+    /// The benchmark folder of --preset (O-LoRA's CL_Benchmark, or TRACE's with DATASET/{train,test}.json).
     #[arg(long, requires = "preset")]
     data: Option<PathBuf>,
     /// At most this many training / evaluation examples per --preset task.

@@ -7,7 +7,7 @@
 //! DBpedia) and orders 4–6 over the long fifteen-task one. The data is the user's copy of
 //! the CL_Benchmark folder; nothing is downloaded.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
@@ -103,43 +103,83 @@ pub fn template(dataset: &Dataset) -> String {
     }
 }
 
-/// The tasks of preset `name` ("order1" … "order6") from a CL_Benchmark folder, keeping
-/// at most `max_train` / `max_eval` examples of each split (the first ones).
+/// Every preset name: the CL_Benchmark orders, then TRACE's stream.
+pub fn preset_names() -> Vec<&'static str> {
+    ORDERS.iter().map(|(n, _)| *n).chain([super::trace::PRESET]).collect()
+}
+
+/// The tasks of preset `name` (see [`preset_names`]) from the benchmark folder `data_dir`
+/// (CL_Benchmark for the orders, TRACE's folder for "trace"), keeping at most `max_train`
+/// / `max_eval` examples of each split (the first ones).
 pub fn preset(name: &str, data_dir: &Path, max_train: Option<usize>, max_eval: Option<usize>) -> Result<Vec<Task>> {
+    if name == super::trace::PRESET {
+        return super::trace::tasks(data_dir, max_train, max_eval);
+    }
     let Some((_, order)) = ORDERS.iter().find(|(n, _)| *n == name) else {
-        let names: Vec<&str> = ORDERS.iter().map(|(n, _)| *n).collect();
-        bail!("unknown preset {name:?}; the presets are {}", names.join(", "));
+        bail!("unknown preset {name:?}; the presets are {}", preset_names().join(", "));
     };
     order
         .iter()
         .map(|task| {
             let dataset = DATASETS.iter().find(|d| d.name == *task).expect("every ordered task is a dataset");
-            let folder = data_dir.join(dataset.folder);
-            for file in ["train.json", "test.json", LABELS_FILE] {
-                if !folder.join(file).is_file() {
-                    bail!(
-                        "preset {name}: {} is missing; give the CL_Benchmark folder of O-LoRA, with {}/{{train.json, test.json, labels.json}}",
-                        folder.join(file).display(),
-                        dataset.folder
-                    );
-                }
-            }
-            let spec = TaskSpec {
-                name: dataset.name.to_string(),
-                train: folder.join("train.json"),
-                eval: folder.join("test.json"),
+            let layout = format!(
+                "the CL_Benchmark folder of O-LoRA, with {}/{{train.json, test.json, labels.json}}",
+                dataset.folder
+            );
+            let task = PresetTask {
+                preset: name,
+                task: dataset.name,
+                folder: data_dir.join(dataset.folder),
                 format: Format::ClBenchmark,
                 instruction: Some(template(dataset)),
-                labels: None,
-                max_train,
-                max_eval,
-                epochs: None,
-                lr: None,
-                batch_size: None,
+                layout: &layout,
             };
-            spec.check().and_then(|_| spec.load(Path::new(""))).with_context(|| format!("preset {name}: task {task}"))
+            task.load(max_train, max_eval)
         })
         .collect()
+}
+
+/// One task of a preset: a dataset folder holding `train.json` and `test.json` (and
+/// `labels.json` for CL_Benchmark).
+pub(super) struct PresetTask<'a> {
+    pub preset: &'a str,
+    pub task: &'a str,
+    pub folder: PathBuf,
+    pub format: Format,
+    pub instruction: Option<String>,
+    /// What the preset's data folder should look like, for the error of a missing file.
+    pub layout: &'a str,
+}
+
+impl PresetTask<'_> {
+    pub(super) fn load(self, max_train: Option<usize>, max_eval: Option<usize>) -> Result<Task> {
+        let mut files = vec!["train.json", "test.json"];
+        if self.format == Format::ClBenchmark {
+            files.push(LABELS_FILE);
+        }
+        for file in files {
+            let path = self.folder.join(file);
+            if !path.is_file() {
+                bail!("preset {}: {} is missing; give {}", self.preset, path.display(), self.layout);
+            }
+        }
+        let spec = TaskSpec {
+            name: self.task.to_string(),
+            train: self.folder.join("train.json"),
+            eval: self.folder.join("test.json"),
+            format: self.format,
+            instruction: self.instruction,
+            labels: None,
+            max_train,
+            max_eval,
+            epochs: None,
+            lr: None,
+            batch_size: None,
+        };
+        spec.check()
+            .and_then(|_| spec.load(Path::new("")))
+            .with_context(|| format!("preset {}: task {}", self.preset, self.task))
+    }
 }
 
 /// The label set of a dataset folder.
@@ -253,7 +293,7 @@ mod tests {
             "{err}"
         );
         let err = preset("order9", &dir, None, None).unwrap_err().to_string();
-        assert!(err.contains("order9") && err.contains("order1, order2"), "{err}");
+        assert!(err.contains("order9") && err.contains("order1, order2") && err.contains("order6, trace"), "{err}");
         std::fs::write(dir.join("TC/dbpedia/labels.json"), "[\"x\"]").unwrap();
         let err = format!("{:#}", preset("order2", &dir, None, None).unwrap_err());
         assert!(err.contains("task dbpedia") && err.contains("not in the label set [x]"), "{err}");

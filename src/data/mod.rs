@@ -1,11 +1,12 @@
 //! Data: tasks and stream files, JSONL seq2seq examples, chat JSONL for decoder-only models,
-//! O-LoRA's CL_Benchmark layout and the built-in synthetic task stream.
+//! O-LoRA's CL_Benchmark and TRACE layouts and the built-in synthetic task stream.
 
 pub mod chat;
 pub mod cl_benchmark;
 pub mod jsonl;
 pub mod stream;
 pub mod synthetic;
+pub mod trace;
 
 pub use jsonl::{read_jsonl, Example};
 pub use stream::{Stream, Task, TaskSettings};

@@ -11,8 +11,9 @@
 //! ```
 //!
 //! Paths are relative to the stream file's folder. `format` is `jsonl` (the default: lines
-//! `{"input", "target"}`) or `cl_benchmark` (O-LoRA's JSON arrays of `{"sentence", "label"}`,
-//! whose label set is read from `labels.json` beside the training file when not given).
+//! `{"input", "target"}`), `cl_benchmark` (O-LoRA's JSON arrays of `{"sentence", "label"}`,
+//! whose label set is read from `labels.json` beside the training file when not given) or
+//! `trace` (TRACE's JSON arrays of `{"prompt", "answer"}`, the prompt taken as the input).
 //! The instruction template (default `{input}`) wraps every input; `{labels}` is the label
 //! set joined with ", "; `{{` and `}}` are literal braces. With a label set, every target
 //! must be one of its labels. Only `name`, `train` and `eval` are required.
@@ -23,8 +24,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::cl_benchmark;
 use super::jsonl::{read_jsonl, Example};
+use super::{cl_benchmark, trace};
 
 /// Per-task overrides of the run's training options.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -53,6 +54,8 @@ pub enum Format {
     Jsonl,
     /// O-LoRA's CL_Benchmark: a JSON array of `{"sentence": ..., "label": ...}`.
     ClBenchmark,
+    /// TRACE: a JSON array of `{"prompt": ..., "answer": ...}`.
+    Trace,
 }
 
 /// How to build one task from files.
@@ -198,6 +201,7 @@ impl TaskSpec {
             match self.format {
                 Format::Jsonl => read_jsonl(path),
                 Format::ClBenchmark => cl_benchmark::read_split(path),
+                Format::Trace => trace::read_split(path),
             }
         };
         let mut train = read(&train_path, "train")?;
@@ -212,7 +216,7 @@ impl TaskSpec {
                     "no \"labels\" field, so the label set is read from labels.json beside the training file",
                 )?)
             }
-            (None, Format::Jsonl) => None,
+            (None, Format::Jsonl | Format::Trace) => None,
         };
         if let Some(labels) = &labels {
             for (examples, path) in [(&train, &train_path), (&eval, &eval_path)] {

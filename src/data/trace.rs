@@ -1,0 +1,165 @@
+//! TRACE (Wang et al. 2023, a continual-learning benchmark for decoder-only LLMs): one
+//! folder per dataset, each split a JSON array of `{"prompt": ..., "answer": ...}` records
+//! whose prompt already holds the task instruction, so prompts are used as they are.
+//!
+//! TRACE's loaders read `train.json`, `eval.json` and `test.json`, and its inference
+//! scripts score the test split; the preset trains on `train.json` and evaluates on
+//! `test.json` (`eval.json`, the validation split, is not needed). TRACE scores MeetingBank,
+//! 20Minuten and Py150 by ROUGE-L, SARI and edit similarity; sculpt scores every task by
+//! exact match.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use super::cl_benchmark::PresetTask;
+use super::jsonl::Example;
+use super::stream::{Format, Task};
+
+/// The preset's name for `--preset`.
+pub const PRESET: &str = "trace";
+
+/// The eight datasets in the paper's training order; each name is also its folder.
+pub const DATASETS: &[&str] =
+    &["C-STANCE", "FOMC", "MeetingBank", "Py150", "ScienceQA", "NumGLUE-cm", "NumGLUE-ds", "20Minuten"];
+
+/// What `--data` must be, for the error of a missing file.
+const LAYOUT: &str = "the TRACE benchmark folder (e.g. LLM-CL-Benchmark_5000) with DATASET/{train.json, test.json} \
+    for each of C-STANCE, FOMC, MeetingBank, Py150, ScienceQA, NumGLUE-cm, NumGLUE-ds, 20Minuten";
+
+/// The tasks of the TRACE stream from the benchmark folder (e.g. `LLM-CL-Benchmark_5000`),
+/// keeping at most `max_train` / `max_eval` examples of each split (the first ones).
+pub fn tasks(data_dir: &Path, max_train: Option<usize>, max_eval: Option<usize>) -> Result<Vec<Task>> {
+    DATASETS
+        .iter()
+        .map(|name| {
+            let task = PresetTask {
+                preset: PRESET,
+                task: name,
+                folder: data_dir.join(name),
+                format: Format::Trace,
+                instruction: None,
+                layout: LAYOUT,
+            };
+            task.load(max_train, max_eval)
+        })
+        .collect()
+}
+
+/// One split: each record's prompt is the input, its answer the target.
+pub fn read_split(path: &Path) -> Result<Vec<Example>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let records: Vec<Value> = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{}: not valid JSON for a TRACE split (one array of {{\"prompt\": ..., \"answer\": ...}} objects, both strings)",
+            path.display()
+        )
+    })?;
+    if records.is_empty() {
+        bail!("{}: no examples (the array is empty)", path.display());
+    }
+    records
+        .iter()
+        .enumerate()
+        .map(|(i, record)| {
+            let field = |key: &str| -> Result<String> {
+                match record.get(key) {
+                    Some(Value::String(s)) => Ok(s.clone()),
+                    Some(other) => {
+                        bail!("{}: record {}: \"{key}\" must be a string, got {other}", path.display(), i + 1)
+                    }
+                    None => bail!(
+                        "{}: record {}: missing \"{key}\"; each record needs \"prompt\" and \"answer\" strings",
+                        path.display(),
+                        i + 1
+                    ),
+                }
+            };
+            Ok(Example { input: field("prompt")?, target: field("answer")? })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::cl_benchmark::preset;
+    use crate::data::stream::tests::scratch;
+
+    /// A fake TRACE folder: two records per split per dataset, tagged with dataset, file and index.
+    fn fake_trace(dir: &Path) {
+        for name in DATASETS {
+            let folder = dir.join(name);
+            std::fs::create_dir_all(&folder).unwrap();
+            for file in ["train.json", "eval.json", "test.json"] {
+                let records: Vec<_> = (0..2)
+                    .map(|i| serde_json::json!({"prompt": format!("{name} {file} {i}\nAnswer:"), "answer": format!("{name}-{i}")}))
+                    .collect();
+                std::fs::write(folder.join(file), serde_json::to_string(&records).unwrap()).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn the_preset_reads_the_eight_tasks_in_the_paper_order_with_prompts_as_they_are() {
+        let dir = scratch("trace-preset");
+        fake_trace(&dir);
+        let tasks = preset("trace", &dir, None, None).unwrap();
+        let names: Vec<&str> = tasks.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["C-STANCE", "FOMC", "MeetingBank", "Py150", "ScienceQA", "NumGLUE-cm", "NumGLUE-ds", "20Minuten"]
+        );
+        let py150 = &tasks[3];
+        assert_eq!(
+            py150.train,
+            vec![
+                Example { input: "Py150 train.json 0\nAnswer:".into(), target: "Py150-0".into() },
+                Example { input: "Py150 train.json 1\nAnswer:".into(), target: "Py150-1".into() },
+            ]
+        );
+        assert_eq!(py150.eval[1], Example { input: "Py150 test.json 1\nAnswer:".into(), target: "Py150-1".into() });
+        assert!(tasks.iter().all(|t| t.labels.is_none() && t.train.len() == 2 && t.eval.len() == 2));
+        let capped = preset("trace", &dir, Some(1), None).unwrap();
+        assert!(capped.iter().all(|t| t.train.len() == 1 && t.eval.len() == 2));
+        let capped = preset("trace", &dir, None, Some(1)).unwrap();
+        assert!(capped.iter().all(|t| t.train.len() == 2 && t.eval.len() == 1));
+        assert_eq!(
+            capped[7].eval,
+            vec![Example { input: "20Minuten test.json 0\nAnswer:".into(), target: "20Minuten-0".into() }]
+        );
+    }
+
+    #[test]
+    fn a_missing_file_or_a_malformed_record_is_named() {
+        let dir = scratch("trace-bad");
+        fake_trace(&dir);
+        // eval.json is TRACE's validation split, which the preset does not read.
+        std::fs::remove_file(dir.join("FOMC/eval.json")).unwrap();
+        assert_eq!(preset("trace", &dir, None, None).unwrap().len(), 8);
+        std::fs::remove_file(dir.join("ScienceQA/test.json")).unwrap();
+        let err = format!("{:#}", preset("trace", &dir, None, None).unwrap_err());
+        assert!(
+            err.contains("preset trace")
+                && err.contains("ScienceQA/test.json is missing")
+                && err.contains("DATASET/{train.json, test.json}"),
+            "{err}"
+        );
+        let split = dir.join("NumGLUE-cm/train.json");
+        let cases = [
+            (r#"[{"prompt": "p", "answer": "a"}, {"prompt": "q"}]"#, "record 2: missing \"answer\""),
+            (r#"[{"prompt": 7, "answer": "a"}]"#, "record 1: \"prompt\" must be a string, got 7"),
+            (r#"[]"#, "no examples"),
+            (r#"{"prompt": "p", "answer": "a"}"#, "not valid JSON for a TRACE split"),
+        ];
+        for (text, want) in cases {
+            std::fs::write(&split, text).unwrap();
+            let err = format!("{:#}", read_split(&split).unwrap_err());
+            assert!(err.contains(&split.display().to_string()) && err.contains(want), "{err}");
+        }
+        std::fs::write(dir.join("ScienceQA/test.json"), r#"[{"prompt": "p", "answer": "a"}]"#).unwrap();
+        let err = format!("{:#}", preset("trace", &dir, None, None).unwrap_err());
+        assert!(err.contains("preset trace: task NumGLUE-cm") && err.contains("NumGLUE-cm/train.json"), "{err}");
+    }
+}
