@@ -74,11 +74,7 @@ fn check_forward(model_name: &str) {
     for (i, t) in out.layer_outputs.iter().enumerate() {
         check(t, &format!("layer_output.{i}"), 1e-4);
     }
-    let loss = out.loss.as_ref().unwrap().to_f32().unwrap()[0] as f64;
-    let want = r.tensor("loss").1[0];
-    let loss_err = (loss - want).abs() / want.abs();
-    eprintln!("{model_name}: loss {loss} vs {want} (relative {loss_err:.2e}); {}", report.join(", "));
-    assert!(loss_err <= 1e-5, "{model_name}: loss {loss} vs reference {want}");
+    r.assert_loss(model_name, out.loss.as_ref().unwrap(), &report);
 }
 
 fn check_gradients(model_name: &str) {

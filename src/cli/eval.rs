@@ -2,8 +2,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-use crate::model::family::count_target_tokens;
 use crate::model::Model;
+use crate::train::eval_loss;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -48,24 +48,13 @@ pub fn evaluate(
     model
         .check_batch_buffers(batch_size.max(1), source, target.max(max_new_tokens))
         .context("evaluation (in `sculpt eval`: lower --batch-size or --max-new-tokens, or shorten the inputs)")?;
-    let mut loss_sum = 0.0f64;
-    let mut tokens = 0usize;
+    let loss = eval_loss(model, &pairs, batch_size)?;
     let mut correct = 0usize;
-    for (chunk, pairs) in examples.chunks(batch_size.max(1)).zip(pairs.chunks(batch_size.max(1))) {
-        let loss = model.loss(pairs)?.to_f32()?[0];
-        let valid = count_target_tokens(pairs, model.vocab_size())?;
-        loss_sum += loss as f64 * valid as f64;
-        tokens += valid;
-        for (example, (source, _)) in chunk.iter().zip(pairs) {
-            let output = tokenizer.decode(&model.generate(source, max_new_tokens)?)?;
-            correct += usize::from(output.trim() == example.target.trim());
-        }
+    for (example, (source, _)) in examples.iter().zip(&pairs) {
+        let output = tokenizer.decode(&model.generate(source, max_new_tokens)?)?;
+        correct += usize::from(output.trim() == example.target.trim());
     }
-    Ok(EvalResult {
-        examples: examples.len(),
-        loss: loss_sum / tokens as f64,
-        exact_match: correct as f64 / examples.len() as f64,
-    })
+    Ok(EvalResult { examples: examples.len(), loss, exact_match: correct as f64 / examples.len() as f64 })
 }
 
 pub fn run(gpu: &crate::Gpu, args: &Args) -> Result<()> {

@@ -37,13 +37,35 @@ pub trait Model {
     fn generate(&self, source: &[u32], max_new_tokens: usize) -> Result<Vec<u32>>;
     /// The input and output hidden states of every block over one batch of `pairs`.
     fn block_states(&self, pairs: &[Pair]) -> Result<Vec<BlockStates>>;
-    /// Refuses, before any GPU work, a batch of `batch_size` pairs of these lengths whose
-    /// largest buffers exceed the adapter's limit, naming the flags that shrink them.
-    fn check_batch_buffers(&self, batch_size: usize, source_len: usize, target_len: usize) -> Result<()>;
-    /// The files of a Hugging Face model folder (config.json, model.safetensors).
-    fn hf_files(&self) -> Result<Vec<(&'static str, Vec<u8>)>>;
+    /// The largest buffers of a step on a batch of `batch_size` pairs of these lengths:
+    /// (bytes, what they hold and the flags that shrink them).
+    fn step_buffers(&self, batch_size: usize, source_len: usize, target_len: usize) -> Vec<(u64, String)>;
+    /// The `config.json` that transformers loads.
+    fn hf_config_json(&self) -> Result<String>;
     /// Name patterns of the matrices the method constrains by default.
     fn default_targets(&self) -> Vec<String>;
+
+    /// Refuses, before any GPU work, a batch whose largest buffers exceed the adapter's limit.
+    fn check_batch_buffers(&self, batch_size: usize, source_len: usize, target_len: usize) -> Result<()> {
+        for (bytes, what) in self.step_buffers(batch_size, source_len, target_len) {
+            self.gpu().check_buffer_size(bytes, &what)?;
+        }
+        Ok(())
+    }
+
+    /// The files of a Hugging Face model folder: config.json and model.safetensors.
+    fn hf_files(&self) -> Result<Vec<(&'static str, Vec<u8>)>> {
+        let tensors: Vec<(String, &Tensor)> = self.params().iter().map(|(n, t)| (n.clone(), t)).collect();
+        Ok(vec![
+            ("config.json", self.hf_config_json()?.into_bytes()),
+            ("model.safetensors", super::weights::serialize(&tensors, None)?),
+        ])
+    }
+}
+
+/// Bytes of an f32 tensor of shape `dims` (saturating: sizes come from user configs).
+pub fn f32_bytes(dims: &[usize]) -> u64 {
+    dims.iter().fold(4u64, |n, &d| n.saturating_mul(d as u64))
 }
 
 /// One gradient buffer per parameter, under the parameter's name.

@@ -42,6 +42,16 @@ impl Reference {
     pub fn ints(&self, name: &str) -> Vec<i64> {
         self.tensor(name).1.into_iter().map(|v| v as i64).collect()
     }
+
+    /// Asserts `loss` within 1e-5 (relative) of the reference loss, printing it beside the
+    /// per-tensor errors of `report`.
+    pub fn assert_loss(&self, model_name: &str, loss: &Tensor, report: &[String]) {
+        let loss = loss.to_f32().unwrap()[0] as f64;
+        let want = self.tensor("loss").1[0];
+        let loss_err = (loss - want).abs() / want.abs();
+        eprintln!("{model_name}: loss {loss} vs {want} (relative {loss_err:.2e}); {}", report.join(", "));
+        assert!(loss_err <= 1e-5, "{model_name}: loss {loss} vs reference {want}");
+    }
 }
 
 /// max |got - want| / max |want|

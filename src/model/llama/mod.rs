@@ -19,7 +19,7 @@ use anyhow::{bail, Context, Result};
 pub use config::LlamaConfig;
 pub use forward::{LayerActivations, LlamaForwardOutput};
 
-use super::family::{BlockStates, Gradients, Model, Pair};
+use super::family::{f32_bytes, BlockStates, Gradients, Model, Pair};
 use super::weights::Weights;
 use crate::gpu::Gpu;
 use crate::kernels::loss::IGNORE_INDEX;
@@ -194,12 +194,11 @@ impl Model for LlamaModel {
 
     /// The largest buffers of a step over source + target tokens: the logits (and their
     /// gradient), the attention probabilities, the feed-forward activations, the embedding.
-    fn check_batch_buffers(&self, batch_size: usize, source_len: usize, target_len: usize) -> Result<()> {
+    fn step_buffers(&self, batch_size: usize, source_len: usize, target_len: usize) -> Vec<(u64, String)> {
         let c = &self.config;
-        let f32_bytes = |dims: &[usize]| dims.iter().fold(4u64, |n, &d| n.saturating_mul(d as u64));
         let seq = source_len + target_len;
         let flags = "lower --batch-size, --max-source-len or --max-target-len";
-        let buffers = [
+        vec![
             (
                 f32_bytes(&[batch_size, seq, c.vocab_size]),
                 format!("the logits of {batch_size} × {seq} tokens × {} vocabulary entries ({flags})", c.vocab_size),
@@ -225,19 +224,11 @@ impl Model for LlamaModel {
                     c.vocab_size, c.hidden_size
                 ),
             ),
-        ];
-        for (bytes, what) in &buffers {
-            self.gpu.check_buffer_size(*bytes, what)?;
-        }
-        Ok(())
+        ]
     }
 
-    fn hf_files(&self) -> Result<Vec<(&'static str, Vec<u8>)>> {
-        let tensors: Vec<(String, &Tensor)> = self.params.iter().map(|(n, t)| (n.clone(), t)).collect();
-        Ok(vec![
-            ("config.json", self.config.to_hf_json()?.into_bytes()),
-            ("model.safetensors", super::weights::serialize(&tensors, None)?),
-        ])
+    fn hf_config_json(&self) -> Result<String> {
+        self.config.to_hf_json()
     }
 
     fn default_targets(&self) -> Vec<String> {

@@ -15,7 +15,7 @@ pub(crate) use generate::argmax;
 pub use generate::KvCache;
 
 use super::config::{FeedForward, T5Config};
-use super::family::{BlockStates, Gradients, Model, Pair};
+use super::family::{f32_bytes, BlockStates, Gradients, Model, Pair};
 use super::weights::Weights;
 use crate::gpu::Gpu;
 use crate::kernels::loss::IGNORE_INDEX;
@@ -117,8 +117,7 @@ impl T5Model {
         let shapes = Self::parameter_shapes(&config, untied_head)?;
         // Refused before reading gigabytes of weights.
         for (name, shape) in &shapes {
-            let bytes = shape.iter().fold(4u64, |n, &d| n.saturating_mul(d as u64));
-            gpu.check_buffer_size(bytes, &format!("{}: parameter {name} {shape:?}", dir.display()))?;
+            gpu.check_buffer_size(f32_bytes(shape), &format!("{}: parameter {name} {shape:?}", dir.display()))?;
         }
         let weights = Weights::load(dir)?;
         let mut params = BTreeMap::new();
@@ -239,11 +238,10 @@ impl Model for T5Model {
 
     /// The largest buffers of a step: the logits (and their gradient), the attention
     /// probabilities, the feed-forward activations and the embedding table.
-    fn check_batch_buffers(&self, batch_size: usize, source_len: usize, target_len: usize) -> Result<()> {
+    fn step_buffers(&self, batch_size: usize, source_len: usize, target_len: usize) -> Vec<(u64, String)> {
         let config = &self.config;
-        let f32_bytes = |dims: &[usize]| dims.iter().fold(4u64, |n, &d| n.saturating_mul(d as u64));
         let longest = source_len.max(target_len);
-        let buffers = [
+        vec![
             (
                 f32_bytes(&[batch_size, target_len, config.vocab_size]),
                 format!("the logits of {batch_size} × {target_len} target tokens × {} vocabulary entries (lower --batch-size or --max-target-len)", config.vocab_size),
@@ -260,19 +258,11 @@ impl Model for T5Model {
                 f32_bytes(&[config.vocab_size, config.d_model]),
                 format!("the embedding table of {} × {} (the model is too large for this adapter)", config.vocab_size, config.d_model),
             ),
-        ];
-        for (bytes, what) in &buffers {
-            self.gpu.check_buffer_size(*bytes, what)?;
-        }
-        Ok(())
+        ]
     }
 
-    fn hf_files(&self) -> Result<Vec<(&'static str, Vec<u8>)>> {
-        let tensors: Vec<(String, &Tensor)> = self.params.iter().map(|(n, t)| (n.clone(), t)).collect();
-        Ok(vec![
-            ("config.json", self.config.to_hf_json()?.into_bytes()),
-            ("model.safetensors", super::weights::serialize(&tensors, None)?),
-        ])
+    fn hf_config_json(&self) -> Result<String> {
+        self.config.to_hf_json()
     }
 
     fn default_targets(&self) -> Vec<String> {
