@@ -64,34 +64,44 @@ pub struct Args {
     /// --arch llama, runs/train otherwise).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Fraction of min(m, n) frozen in every target matrix (fixed policy; default: adaptive).
-    #[arg(long, conflicts_with = "unfreeze_rank_ratio")]
+    /// Fraction of min(m, n) frozen in every target matrix (fixed policy; default: adaptive,
+    /// but 0.75 for the built-in job).
+    #[arg(long, conflicts_with_all = ["unfreeze_rank_ratio", "adaptive"])]
     rank_ratio: Option<f64>,
     /// The trained fraction instead (mini_trainer's spelling): rank ratio = 1 − this.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "adaptive")]
     unfreeze_rank_ratio: Option<f64>,
+    /// The paper's adaptive rank policy, for the built-in job too.
+    #[arg(long)]
+    #[serde(default)]
+    adaptive: bool,
     /// strict: (I − UUᵀ) ΔW (I − VVᵀ); paper: ΔW − UUᵀ ΔW VVᵀ.
     #[arg(long, value_enum, default_value = "strict")]
     projection: ProjectionMode,
-    /// Also constrain the cross-attention matrices.
-    #[arg(long)]
-    cross_attention: bool,
+    /// Also constrain the cross-attention matrices (default: yes for the built-in T5, no
+    /// otherwise; `--cross-attention=false` to turn off).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    cross_attention: Option<bool>,
     /// Model family of the built-in job's small model (a --model folder says its own).
     #[arg(long, value_enum, default_value = "t5", conflicts_with = "model")]
     #[serde(default)]
     arch: Arch,
-    /// More target matrices (name globs, `*` for any run of characters), e.g. lm_head.weight.
-    #[arg(long, value_delimiter = ',')]
+    /// More target matrices (name globs, `*` for any run of characters), e.g. lm_head.weight
+    /// (default: lm_head.weight for the built-in job, none otherwise; the flag with no value
+    /// for none).
+    #[arg(long, value_delimiter = ',', num_args = 0..)]
     #[serde(default)]
-    extra_targets: Vec<String>,
-    /// Leave the first task unconstrained.
-    #[arg(long)]
-    free_first_task: bool,
+    extra_targets: Option<Vec<String>>,
+    /// Leave the first task unconstrained (default: yes for the built-in job, whose model
+    /// starts random, so there is nothing to keep yet; no otherwise).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    free_first_task: Option<bool>,
     /// Train only the target matrices: embeddings, norms and relative position bias (and
-    /// cross-attention unless --cross-attention) get no update, with either method.
-    #[arg(long)]
+    /// cross-attention unless it is a target) get no update, with either method (default: yes
+    /// for the built-in job, so that its two methods train the same matrices; no otherwise).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     #[serde(default)]
-    freeze_non_targets: bool,
+    freeze_non_targets: Option<bool>,
     /// Seed of the data order, the built-in stream and the built-in model's weights.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -131,7 +141,7 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     save_every: u64,
     /// Standard deviation of the built-in model's random initial weights.
-    #[arg(long, default_value_t = 0.02)]
+    #[arg(long, default_value_t = 0.002)]
     #[serde(default = "default_init_std")]
     init_std: f32,
     /// Training and evaluation examples per synthetic task (built-in job).
@@ -160,6 +170,7 @@ enum ProjectionMode {
 
 const RUN_FILE: &str = "run.json";
 
+/// The scale of run.json files written before --init-std existed.
 fn default_init_std() -> f32 {
     0.02
 }
@@ -186,11 +197,37 @@ impl Args {
         self.out.clone().unwrap_or_else(|| default.into())
     }
 
+    // The built-in job's recipe (see the flags): the model made on the spot has no pretrained
+    // knowledge, so what OSFT keeps is what the earlier tasks taught, through the matrices
+    // that learn it, the untied head included.
+    fn free_first_task(&self) -> bool {
+        self.free_first_task.unwrap_or(self.is_builtin())
+    }
+
+    fn freeze_non_targets(&self) -> bool {
+        self.freeze_non_targets.unwrap_or(self.is_builtin())
+    }
+
+    fn cross_attention(&self) -> bool {
+        self.cross_attention.unwrap_or(self.is_builtin() && self.arch == Arch::T5)
+    }
+
+    fn extra_targets(&self) -> Vec<String> {
+        match &self.extra_targets {
+            Some(targets) => targets.iter().filter(|t| !t.is_empty()).cloned().collect(),
+            None if self.is_builtin() => vec!["lm_head.weight".to_string()],
+            None => Vec::new(),
+        }
+    }
+
     /// `targets`: the model family's default target patterns.
     fn stream_options(&self, method: Method, examples: usize, mut targets: Vec<String>) -> Result<StreamOptions> {
         let policy = match (self.rank_ratio, self.unfreeze_rank_ratio) {
             (Some(r), _) => RankPolicy::Fixed { ratio: r },
             (None, Some(u)) => RankPolicy::from_unfreeze_ratio(u)?,
+            // On the built-in stream the adaptive policy leaves a layer of every model as
+            // little as 10% (min-max normalised importance), and that layer forgets.
+            (None, None) if self.is_builtin() && !self.adaptive => RankPolicy::Fixed { ratio: 0.75 },
             (None, None) => RankPolicy::default(),
         };
         policy.validate()?;
@@ -215,13 +252,13 @@ impl Args {
         };
         let steps = (self.epochs * train.steps_per_epoch(examples)) as u64;
         train.adamw.schedule = Schedule::Linear { warmup: (steps as f64 * self.warmup_ratio) as u64, total: steps };
-        if self.cross_attention {
+        if self.cross_attention() {
             if !targets.iter().any(|t| T5_DEFAULT.contains(&t.as_str())) {
                 bail!("--cross-attention: this model has no cross-attention (it is decoder-only)");
             }
             targets.extend(T5_CROSS_ATTENTION.iter().map(|s| s.to_string()));
         }
-        targets.extend(self.extra_targets.iter().cloned());
+        targets.extend(self.extra_targets());
         Ok(StreamOptions {
             method,
             policy,
@@ -232,8 +269,8 @@ impl Args {
             targets,
             train,
             importance_samples: 32,
-            free_first_task: self.free_first_task,
-            freeze_non_targets: self.freeze_non_targets,
+            free_first_task: self.free_first_task(),
+            freeze_non_targets: self.freeze_non_targets(),
             seed: self.seed,
             eval_every: self.eval_every,
             save_every: self.save_every,
@@ -432,4 +469,64 @@ fn resume(gpu: &crate::Gpu, dir: &Path) -> Result<()> {
         println!("{}", results.markdown());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn parse(line: &str) -> Args {
+        Cli::try_parse_from(std::iter::once("train").chain(line.split_whitespace())).unwrap().args
+    }
+
+    fn recipe(args: &Args) -> (bool, bool, bool, Vec<String>) {
+        (args.free_first_task(), args.freeze_non_targets(), args.cross_attention(), args.extra_targets())
+    }
+
+    fn policy(line: &str) -> RankPolicy {
+        let args = parse(line);
+        args.stream_options(Method::Osft, 16, T5_DEFAULT.iter().map(|t| t.to_string()).collect()).unwrap().policy
+    }
+
+    #[test]
+    fn builtin_job_freezes_three_quarters_unless_told_otherwise() {
+        assert_eq!(policy(""), RankPolicy::Fixed { ratio: 0.75 });
+        assert_eq!(policy("--adaptive"), RankPolicy::default());
+        assert_eq!(policy("--rank-ratio 0.5"), RankPolicy::Fixed { ratio: 0.5 });
+        assert_eq!(policy("--model m --train t.jsonl"), RankPolicy::default());
+        assert!(Cli::try_parse_from(["train", "--adaptive", "--rank-ratio", "0.5"]).is_err());
+    }
+
+    #[test]
+    fn builtin_job_has_its_recipe_and_user_models_the_methods_defaults() {
+        let head = vec!["lm_head.weight".to_string()];
+        assert_eq!(recipe(&parse("")), (true, true, true, head.clone()));
+        assert_eq!(recipe(&parse("--arch llama")), (true, true, false, head));
+        assert_eq!(recipe(&parse("--model m --train t.jsonl")), (false, false, false, vec![]));
+        assert_eq!(
+            recipe(&parse("--model m --train t.jsonl --free-first-task --cross-attention --extra-targets a,b")),
+            (true, false, true, vec!["a".to_string(), "b".to_string()])
+        );
+        assert_eq!(
+            recipe(&parse(
+                "--free-first-task=false --freeze-non-targets=false --cross-attention=false --extra-targets"
+            )),
+            (false, false, false, vec![])
+        );
+    }
+
+    #[test]
+    fn recipe_survives_run_json() {
+        let args = parse("--arch llama --freeze-non-targets=false");
+        let back: Args = serde_json::from_str(&serde_json::to_string(&args).unwrap()).unwrap();
+        assert_eq!(recipe(&back), recipe(&args));
+        assert_eq!(back, args);
+    }
 }

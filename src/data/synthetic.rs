@@ -1,20 +1,27 @@
 //! The built-in task stream, generated from a seed with no files: four tasks over one
-//! shared vocabulary of symbols that interfere when learned in sequence (the same inputs
-//! need different outputs), each with a held-out evaluation set. Every answer is one word,
-//! so a small model learns each task in a few hundred steps.
+//! shared vocabulary that interfere when learned in sequence. Like tasks from different
+//! domains that share a label set, each task reads its own window of the alphabet and all of
+//! them answer with the same eight index words (the position of a symbol in its window), so
+//! a new task pulls the shared answers towards its own rule. Every answer is one word, so a
+//! small model learns each task in a few hundred steps; each task has a held-out
+//! evaluation set.
 
 use super::jsonl::Example;
 use super::stream::{Task, TaskSettings};
 use crate::rng::Rng;
 
-/// The symbols every task draws from.
-pub const SYMBOLS: &[&str] = &["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l"];
-/// Label words of the classification task.
-pub const LABELS: &[&str] = &["low", "high"];
-/// Label words of the colour task, one per run of three symbols (a-c, d-f, g-i, j-l).
-pub const COLOURS: &[&str] = &["red", "green", "blue", "gold"];
-/// Task prefixes, in stream order.
-pub const TASKS: &[&str] = &["max", "min", "classify", "colour"];
+/// The alphabet: one window of [`WINDOW`] symbols per task, in stream order.
+pub const SYMBOLS: &[&str] = &[
+    "a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n", "o", "p", "q", "r", "s", "t", "u", "v", "w",
+    "x", "y", "z", "A", "B", "C", "D", "E", "F",
+];
+/// Symbols per task window, and the number of answer words.
+pub const WINDOW: usize = 8;
+/// The answer words: positions in a window.
+pub const ANSWERS: &[&str] = &["0", "1", "2", "3", "4", "5", "6", "7"];
+/// Task prefixes, in stream order: the position of the largest symbol, of the smallest, the
+/// half of the window most symbols come from (0 or 1), the quarter of the smallest (0-3).
+pub const TASKS: &[&str] = &["max", "min", "half", "quarter"];
 
 /// A word-level `tokenizer.json` over [`vocabulary`] with T5's conventions (pad 0, </s> 1,
 /// unk 2, </s> appended), loadable by the tokenizers crate and by transformers.
@@ -59,23 +66,20 @@ pub fn word_tokenizer_json(words: &[String]) -> String {
 /// Every word the synthetic tasks use, for building a word-level tokenizer.
 pub fn vocabulary() -> Vec<String> {
     let mut words: Vec<String> = TASKS.iter().map(|t| format!("{t}:")).collect();
-    words.extend(SYMBOLS.iter().chain(LABELS).chain(COLOURS).map(|s| s.to_string()));
+    words.extend(SYMBOLS.iter().chain(ANSWERS).map(|s| s.to_string()));
     words
 }
 
-fn answer(task: &str, symbols: &[usize]) -> String {
+/// The answer of `task` on `symbols`, given as positions in the task's window.
+fn answer(task: &str, symbols: &[usize]) -> &'static str {
     let (max, min) = (*symbols.iter().max().expect("non-empty"), *symbols.iter().min().expect("non-empty"));
-    match task {
-        "max" => SYMBOLS[max].to_string(),
-        "min" => SYMBOLS[min].to_string(),
-        // the colour of the smallest symbol
-        "colour" => COLOURS[min * COLOURS.len() / SYMBOLS.len()].to_string(),
-        // "high" when most symbols come from the upper half of the alphabet.
-        _ => {
-            let high = symbols.iter().filter(|&&i| i >= SYMBOLS.len() / 2).count();
-            LABELS[(2 * high > symbols.len()) as usize].to_string()
-        }
-    }
+    ANSWERS[match task {
+        "max" => max,
+        "min" => min,
+        "quarter" => min * 4 / WINDOW,
+        "half" => (2 * symbols.iter().filter(|&&i| i >= WINDOW / 2).count() > symbols.len()) as usize,
+        _ => unreachable!("unknown synthetic task {task}"),
+    }]
 }
 
 /// `n_train` + `n_eval` distinct examples per task, 3 to 5 symbols each, from `seed`.
@@ -84,17 +88,19 @@ pub fn stream(seed: u64, n_train: usize, n_eval: usize) -> Vec<Task> {
     let mut rng = Rng::new(seed);
     TASKS
         .iter()
-        .map(|&task| {
+        .enumerate()
+        .map(|(t, &task)| {
+            let window = &SYMBOLS[t * WINDOW..(t + 1) * WINDOW];
             let mut seen = std::collections::HashSet::new();
             let mut examples = Vec::new();
             while examples.len() < n_train + n_eval {
                 let len = 3 + rng.below(3);
-                // odd lengths keep the classification free of ties
-                let len = if task == "classify" && len.is_multiple_of(2) { len + 1 } else { len };
-                let symbols: Vec<usize> = (0..len).map(|_| rng.below(SYMBOLS.len())).collect();
+                // odd lengths keep the halves free of ties
+                let len = if task == "half" && len.is_multiple_of(2) { len + 1 } else { len };
+                let symbols: Vec<usize> = (0..len).map(|_| rng.below(WINDOW)).collect();
                 if seen.insert(symbols.clone()) {
-                    let body = symbols.iter().map(|&i| SYMBOLS[i]).collect::<Vec<_>>().join(" ");
-                    examples.push(Example { input: format!("{task}: {body}"), target: answer(task, &symbols) });
+                    let body = symbols.iter().map(|&i| window[i]).collect::<Vec<_>>().join(" ");
+                    examples.push(Example { input: format!("{task}: {body}"), target: answer(task, &symbols).into() });
                 }
             }
             let eval = examples.split_off(n_train);
@@ -109,21 +115,21 @@ mod tests {
 
     #[test]
     fn tasks_give_the_expected_answers() {
-        assert_eq!(answer("max", &[2, 0, 5]), "f");
-        assert_eq!(answer("min", &[2, 7, 5]), "c");
-        assert_eq!(answer("colour", &[6, 7, 11]), "blue");
-        assert_eq!(answer("colour", &[3, 5]), "green");
-        assert_eq!(answer("classify", &[0, 1, 11]), "low");
-        assert_eq!(answer("classify", &[10, 1, 11]), "high");
+        assert_eq!(answer("max", &[2, 0, 5]), "5");
+        assert_eq!(answer("min", &[2, 7, 5]), "2");
+        assert_eq!(answer("quarter", &[6, 7, 5]), "2");
+        assert_eq!(answer("quarter", &[3, 1]), "0");
+        assert_eq!(answer("half", &[0, 1, 7]), "0");
+        assert_eq!(answer("half", &[6, 1, 7]), "1");
     }
 
     #[test]
     fn tokenizer_round_trips_every_task() {
         let tok: tokenizers::Tokenizer = tokenizer_json().parse().unwrap();
-        let enc = tok.encode("max: c a", true).unwrap();
+        let enc = tok.encode("min: c a", true).unwrap();
         let vocab = vocabulary();
         let id = |w: &str| 3 + vocab.iter().position(|v| v == w).unwrap() as u32;
-        assert_eq!(enc.get_ids(), &[id("max:"), id("c"), id("a"), 1]);
+        assert_eq!(enc.get_ids(), &[id("min:"), id("c"), id("a"), 1]);
         for task in stream(1, 5, 2) {
             for e in task.train {
                 let ids = tok.encode(e.target.as_str(), true).unwrap().get_ids().to_vec();
@@ -139,8 +145,12 @@ mod tests {
         let b = stream(7, 50, 20);
         assert_eq!(a.len(), TASKS.len());
         let vocab = vocabulary();
-        for (ta, tb) in a.iter().zip(&b) {
+        for (t, (ta, tb)) in a.iter().zip(&b).enumerate() {
             assert_eq!(ta.train, tb.train);
+            let window = &SYMBOLS[t * WINDOW..(t + 1) * WINDOW];
+            for e in &ta.train {
+                assert!(e.input.split(' ').skip(1).all(|w| window.contains(&w)), "{:?} leaves its window", e.input);
+            }
             assert_eq!((ta.train.len(), ta.eval.len()), (50, 20));
             for e in &ta.eval {
                 assert!(!ta.train.iter().any(|t| t.input == e.input), "eval input {:?} also in training", e.input);
