@@ -83,13 +83,16 @@ fn answer(task: &str, symbols: &[usize]) -> &'static str {
 }
 
 /// `n_train` + `n_eval` distinct examples per task, 3 to 5 symbols each, from `seed`.
-/// Evaluation inputs never occur in the training set of the same task.
+/// Evaluation inputs never occur in the training set of the same task. Each task draws from
+/// its own generator, and its training examples come first, so `n_eval` changes no training
+/// example.
 pub fn stream(seed: u64, n_train: usize, n_eval: usize) -> Vec<Task> {
-    let mut rng = Rng::new(seed);
+    let mut seeds = Rng::new(seed);
     TASKS
         .iter()
         .enumerate()
         .map(|(t, &task)| {
+            let mut rng = Rng::new(seeds.next_u64());
             let window = &SYMBOLS[t * WINDOW..(t + 1) * WINDOW];
             let mut seen = std::collections::HashSet::new();
             let mut examples = Vec::new();
@@ -162,5 +165,10 @@ mod tests {
             }
         }
         assert_ne!(stream(8, 50, 20)[0].train, a[0].train);
+        let more_eval = stream(7, 50, 40);
+        for (ta, tm) in a.iter().zip(&more_eval) {
+            assert_eq!(ta.train, tm.train, "the evaluation size changed the training data");
+            assert_eq!(ta.eval, tm.eval[..20]);
+        }
     }
 }
