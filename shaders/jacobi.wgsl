@@ -167,14 +167,18 @@ fn eigen(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
         tile[e] = select(0.0, 1.0, e / P == e % P);
     }
     workgroupBarrier();
+    // Each invocation's largest cosine in a register, then one atomic per invocation. The
+    // maximum is taken over the bit patterns, as the atomic does, so that NaN (above every
+    // finite cosine) reaches `off` and the driver reports the bad input.
+    var own_off = 0u;
     for (var e = lid; e < P * P; e += EIG_WG) {
         let i = e / P;
         let j = e % P;
         if i < j {
-            let cs = cosine(mat[e], mat[i * P + i], mat[j * P + j]);
-            atomicMax(&local_off, bitcast<u32>(cs));
+            own_off = max(own_off, bitcast<u32>(cosine(mat[e], mat[i * P + i], mat[j * P + j])));
         }
     }
+    atomicMax(&local_off, own_off);
     let off = broadcast_off(lid);
     if lid == 0u {
         atomicMax(&eig_off[0], off);
@@ -267,10 +271,18 @@ fn eigen(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
                 break;
             }
         }
+        newton_schulz_to_q(lid, pair);
     }
+    if lid == 0u {
+        eig_rotated[pair] = select(0u, 1u, bitcast<f32>(off) > p.tol);
+    }
+}
+
+// Q (in tile) -> eig_q of `pair` through one Newton-Schulz step Q <- Q (3I - QᵀQ) / 2, which
+// removes the rounding drift of the rotation product (error δ -> O(δ²)); otherwise V loses
+// orthogonality over the sweeps. Only pairs that rotate need it: `rotate` skips the others.
+fn newton_schulz_to_q(lid: u32, pair: u32) {
     workgroupBarrier();
-    // One Newton-Schulz step Q <- Q (3I - QᵀQ) / 2 removes the rounding drift of the
-    // rotation product (error δ -> O(δ²)); otherwise V loses orthogonality over the sweeps.
     for (var e = lid; e < P * P; e += EIG_WG) {
         let a = e / P;
         let c = e % P;
@@ -289,9 +301,6 @@ fn eigen(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
             qs += tile[row * P + k] * mat[k * P + c];
         }
         eig_q[pair * P * P + e] = 1.5 * tile[e] - 0.5 * qs;
-    }
-    if lid == 0u {
-        eig_rotated[pair] = select(0u, 1u, bitcast<f32>(off) > p.tol);
     }
 }
 

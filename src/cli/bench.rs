@@ -28,6 +28,13 @@ enum BenchKind {
         /// One JSON object per case and line instead of a table.
         #[arg(long)]
         json: bool,
+        /// Only these shapes, e.g. `--shape 256x256 --shape 512x512` (default: six shapes up to
+        /// 1024x4096).
+        #[arg(long, value_parser = super::svd::parse_shape)]
+        shape: Vec<(usize, usize)>,
+        /// Also print the GPU time per kernel (when the adapter has timestamp queries).
+        #[arg(long)]
+        profile: bool,
     },
     /// T5-small-shaped encoder + decoder forward time and its matmul share.
     Forward(super::bench_model::ModelArgs),
@@ -37,11 +44,11 @@ enum BenchKind {
 }
 
 pub fn run(gpu: &Gpu, args: &Args) -> Result<()> {
-    match args.kind {
-        BenchKind::Matmul { json } => matmul(gpu, json),
-        BenchKind::Svd { json } => super::svd::bench_svd(gpu, json),
-        BenchKind::Forward(args) => super::bench_model::forward(gpu, &args),
-        BenchKind::Step(args) => super::bench_model::step(gpu, &args),
+    match &args.kind {
+        BenchKind::Matmul { json } => matmul(gpu, *json),
+        BenchKind::Svd { json, shape, profile } => super::svd::bench_svd(gpu, *json, shape, *profile),
+        BenchKind::Forward(args) => super::bench_model::forward(gpu, args),
+        BenchKind::Step(args) => super::bench_model::step(gpu, args),
     }
 }
 

@@ -190,10 +190,20 @@ fn write_plot(spectra: &[Spectrum], path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `sculpt bench svd`: time, sweeps and a CPU SVD (faer, f32) per shape.
-pub fn bench_svd(gpu: &Gpu, json: bool) -> Result<()> {
+/// `MxN` (e.g. `256x512`) as (m, n), for `sculpt bench svd --shape`.
+pub fn parse_shape(text: &str) -> Result<(usize, usize)> {
+    let parsed = text.split_once('x').and_then(|(m, n)| Some((m.parse().ok()?, n.parse().ok()?)));
+    match parsed {
+        Some((m, n)) if m > 0 && n > 0 => Ok((m, n)),
+        _ => bail!("shape {text:?}: expected MxN with positive M and N, e.g. 256x256"),
+    }
+}
+
+/// `sculpt bench svd`: time, sweeps and a CPU SVD (faer, f32) per shape (`shapes`, or six
+/// default ones); with `profile`, the GPU time per kernel of a second, profiled run.
+pub fn bench_svd(gpu: &Gpu, json: bool, shapes: &[(usize, usize)], profile: bool) -> Result<()> {
     const SHAPES: [(usize, usize); 6] = [(256, 256), (512, 512), (1024, 1024), (512, 2048), (2048, 512), (1024, 4096)];
-    for (m, n) in SHAPES {
+    for &(m, n) in if shapes.is_empty() { &SHAPES[..] } else { shapes } {
         let mut rng = crate::rng::Rng::new((m * 7919 + n) as u64);
         let data: Vec<f32> = (0..m * n).map(|_| rng.normal()).collect();
         let mats = Tensor::from_f32(gpu, &[1, m, n], &data)?;
@@ -225,9 +235,26 @@ pub fn bench_svd(gpu: &Gpu, json: bool) -> Result<()> {
                 gpu_s / matmul_s
             );
         }
+        if profile {
+            print_profile(gpu, &mats, m, n)?;
+        }
     }
     if !json {
         println!("matmul-equivalent: one (m x n)·(n x n) GEMM on the same adapter");
+    }
+    Ok(())
+}
+
+/// GPU milliseconds per kernel entry point of one decomposition of `mats`.
+fn print_profile(gpu: &Gpu, mats: &Tensor, m: usize, n: usize) -> Result<()> {
+    if !gpu.set_profiling(true) {
+        println!("profile: this adapter has no timestamp queries");
+        return Ok(());
+    }
+    let rows = svd_batched(mats).and_then(|_| gpu.take_profile());
+    gpu.set_profiling(false);
+    for (entry, dispatches, ms) in rows? {
+        println!("  {m}x{n} {entry:>10} {dispatches:>7} dispatches {ms:>10.1} ms");
     }
     Ok(())
 }

@@ -26,9 +26,9 @@ const ROTATE_ROWS: usize = 64;
 /// Rows one workgroup of `gram` / `rotate` covers; longer columns are split over workgroups.
 const CHUNK: usize = 256;
 /// Inner Jacobi sweeps of the small eigensolve at most. The outer sweeps converge anyway, so
-/// solving each pair only roughly costs no more outer sweeps (measured: 10 inner sweeps and 2
-/// both take 11 outer sweeps at 256², 13 at 512²) and a fraction of the eigensolve time.
-const INNER_SWEEPS: usize = 2;
+/// solving each pair only roughly costs no more outer sweeps (measured: 10, 2 and 1 inner
+/// sweeps all take 11 outer sweeps at 256², 13 at 512²) and a fraction of the eigensolve time.
+const INNER_SWEEPS: usize = 1;
 /// Invocations of an `eigen` workgroup (EIG_WG in the shader).
 const EIGEN_WORKGROUP: usize = 32;
 pub const MAX_SWEEPS: usize = 30;
