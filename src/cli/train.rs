@@ -65,7 +65,7 @@ pub struct Args {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Fraction of min(m, n) frozen in every target matrix (fixed policy; default: adaptive,
-    /// but 0.75 for the built-in job).
+    /// but 0.85 for the built-in job).
     #[arg(long, conflicts_with_all = ["unfreeze_rank_ratio", "adaptive"])]
     rank_ratio: Option<f64>,
     /// The trained fraction instead (mini_trainer's spelling): rank ratio = 1 − this.
@@ -228,7 +228,7 @@ impl Args {
             (None, Some(u)) => RankPolicy::from_unfreeze_ratio(u)?,
             // On the built-in stream the adaptive policy leaves a layer of every model as
             // little as 10% (min-max normalised importance), and that layer forgets.
-            (None, None) if self.is_builtin() && !self.adaptive => RankPolicy::Fixed { ratio: 0.75 },
+            (None, None) if self.is_builtin() && !self.adaptive => RankPolicy::Fixed { ratio: 0.85 },
             (None, None) => RankPolicy::default(),
         };
         policy.validate()?;
@@ -498,7 +498,7 @@ mod tests {
 
     #[test]
     fn builtin_job_freezes_three_quarters_unless_told_otherwise() {
-        assert_eq!(policy(""), RankPolicy::Fixed { ratio: 0.75 });
+        assert_eq!(policy(""), RankPolicy::Fixed { ratio: 0.85 });
         assert_eq!(policy("--adaptive"), RankPolicy::default());
         assert_eq!(policy("--rank-ratio 0.5"), RankPolicy::Fixed { ratio: 0.5 });
         assert_eq!(policy("--model m --train t.jsonl"), RankPolicy::default());
