@@ -1,10 +1,11 @@
-// Block one-sided Jacobi SVD (Hestenes). The working matrix W [batch, NP, M] stores each
-// column contiguously (NP = columns padded to an even number of B-wide blocks, padding = 0),
-// and V [batch, NP, NP] likewise. One round orthogonalises NB/2 disjoint block pairs at once:
-//   gram:   partial Gram matrices of each pair's 2B columns over chunks of rows
+// Block one-sided Jacobi SVD (Hestenes). The working matrix X [batch, NP, LD + NP] stores
+// each column contiguously: W's column (LD rows) above V's column (NP rows), NP = columns
+// padded to an even number of B-wide blocks (padding = 0). Stacking V under W lets one
+// rotation pass move both. One round orthogonalises NB/2 disjoint block pairs at once:
+//   gram:   partial Gram matrices of each pair's 2B columns of W over chunks of rows
 //   eigen:  sum the chunks, measure the largest off-diagonal cosine (atomic max into `off`),
 //           Jacobi-eigensolve the 2B x 2B Gram in workgroup memory -> rotation Q
-//   rotate: columns of W (and of V) of the pair <- columns * Q
+//   rotate: the pair's columns of X (W and V) <- columns * Q
 // The pair of round r comes from the round-robin (circle) ordering: block NB-1 stays put,
 // block at position i < NB-1 is (i + r) mod (NB-1), pair k joins positions k and NB-1-k.
 
@@ -13,7 +14,8 @@ const P: u32 = 32u; // 2B columns per pair
 const ROT_ROWS: u32 = 64u; // rows per step of a rotate workgroup
 
 struct Params {
-    m: u32,       // rows of W (column length) / of V for `rotate` on V
+    m: u32,       // rows to visit: W's for gram, W's and V's for rotate
+    ld: u32,      // column stride of X
     np: u32,      // padded column count
     nb: u32,      // blocks (even)
     round: u32,
@@ -25,11 +27,18 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
-fn block_at(pos: u32) -> u32 {
-    if pos == p.nb - 1u {
+// Position `pos` of a round-robin of `n` places advanced by `step` (< n), the last place
+// fixed. A conditional subtraction rather than %: llvmpipe divides lane by lane.
+fn circle(pos: u32, step: u32, n: u32) -> u32 {
+    if pos == n - 1u {
         return pos;
     }
-    return (pos + p.round) % (p.nb - 1u);
+    let x = pos + step;
+    return select(x, x - (n - 1u), x >= n - 1u);
+}
+
+fn block_at(pos: u32) -> u32 {
+    return circle(pos, p.round, p.nb);
 }
 
 // Global column index of local column c (0..P) of pair k.
@@ -55,10 +64,10 @@ fn outer(u: vec4<f32>, v: vec4<f32>) -> mat4x4<f32> {
 @group(0) @binding(1) var<storage, read> gram_w: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> gram_out: array<f32>;
 
-// Rows 4q..4q + 4 of 4 neighbouring columns (column c at vec4 q + c * m / 4) as the columns
+// Rows 4q..4q + 4 of 4 neighbouring columns (column c at vec4 q + c * ld / 4) as the columns
 // of a matrix.
 fn gram_load(q: u32) -> mat4x4<f32> {
-    let m4 = p.m / 4u;
+    let m4 = p.ld / 4u;
     return mat4x4<f32>(gram_w[q], gram_w[q + m4], gram_w[q + 2u * m4], gram_w[q + 3u * m4]);
 }
 
@@ -72,7 +81,7 @@ fn gram_store(g: mat4x4<f32>, dst: u32, i0: u32, j0: u32) {
     }
 }
 
-// W's column length m is a multiple of 4 (zero rows at the end), as are the chunk bounds.
+// m and ld are multiples of 4 (zero rows at the end of W), as are the chunk bounds.
 @compute @workgroup_size(16)
 fn gram(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let k = wg.x;
@@ -80,10 +89,10 @@ fn gram(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let b = wg.z;
     let i0 = (lid / 4u) * 8u;
     let j0 = (lid % 4u) * 8u;
-    let base = b * p.np * p.m;
-    let ci = (base + pair_column(k, i0) * p.m) / 4u;
-    let cj = (base + pair_column(k, j0) * p.m) / 4u;
-    let far = p.m; // 4 columns on, in vec4
+    let base = b * p.np * p.ld;
+    let ci = (base + pair_column(k, i0) * p.ld) / 4u;
+    let cj = (base + pair_column(k, j0) * p.ld) / 4u;
+    let far = p.ld; // 4 columns on, in vec4
     let row0 = chunk * p.chunk;
     let row1 = min(row0 + p.chunk, p.m);
     var g00 = mat4x4<f32>();
@@ -136,10 +145,7 @@ const TINY: f32 = 1e-30;
 
 // The pair (lo, hi) of the inner round-robin step `step`, rotation slot s (0..16) over P indices.
 fn inner_index(step: u32, pos: u32) -> u32 {
-    if pos == P - 1u {
-        return pos;
-    }
-    return (pos + step) % (P - 1u);
+    return circle(pos, step, P);
 }
 
 fn cosine(gij: f32, gii: f32, gjj: f32) -> f32 {
@@ -304,7 +310,7 @@ fn newton_schulz_to_q(lid: u32, pair: u32) {
     }
 }
 
-// ---- rotate: columns of X [b, NP, m] of pair k, rows of this chunk, <- columns * Q.
+// ---- rotate: columns of X of pair k, rows of this chunk, <- columns * Q.
 // In place and from registers: invocation (rg, cg) of 8 x 4 computes rows 8 rg.. of each
 // 64-row block for output columns 8 cg..; the barrier lets every invocation read the block's
 // old values before any writes them.
@@ -317,7 +323,7 @@ fn newton_schulz_to_q(lid: u32, pair: u32) {
 fn rot_store(y: mat4x4<f32>, col: u32, row: u32, row1: u32) {
     if row < row1 {
         for (var t = 0u; t < 4u; t++) {
-            rot_x[(col + t * p.m + row) / 4u] = y[t];
+            rot_x[(col + t * p.ld + row) / 4u] = y[t];
         }
     }
 }
@@ -335,8 +341,11 @@ fn rotate(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
         return;
     }
     let c0 = (lid % 4u) * 8u;
-    let base = b * p.np * p.m;
-    let out = base + pair_column(k, c0) * p.m;
+    let base = b * p.np * p.ld;
+    let out = base + pair_column(k, c0) * p.ld;
+    // The pair's two blocks, hoisted out of the column loop.
+    let col_a = base + block_at(k) * B * p.ld;
+    let col_b = base + block_at(p.nb - 1u - k) * B * p.ld;
     // Q[c][c0..c0 + 8] is vec4 number q + 8c and the next one.
     let q = (pair * P * P + c0) / 4u;
     let row0 = chunk * p.chunk;
@@ -349,7 +358,7 @@ fn rotate(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
         var y10 = mat4x4<f32>();
         var y11 = mat4x4<f32>();
         for (var c = 0u; c < P; c++) {
-            let col = base + pair_column(k, c) * p.m;
+            let col = select(col_b + (c - B) * p.ld, col_a + c * p.ld, c < B);
             let x0 = rot_x[(col + row) / 4u];
             let x1 = rot_x[(col + row) / 4u + 1u];
             let q0 = rot_q[q + 8u * c];
@@ -361,9 +370,9 @@ fn rotate(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
         }
         workgroupBarrier();
         rot_store(y00, out, row, row1);
-        rot_store(y01, out + 4u * p.m, row, row1);
+        rot_store(y01, out + 4u * p.ld, row, row1);
         rot_store(y10, out, row + 4u, row1);
-        rot_store(y11, out + 4u * p.m, row + 4u, row1);
+        rot_store(y11, out + 4u * p.ld, row + 4u, row1);
         workgroupBarrier();
     }
 }
@@ -371,11 +380,12 @@ fn rotate(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
 // ---- setup and finish: flat elementwise kernels with their own parameter block.
 struct Shape {
     batch: u32,
-    len: u32,    // column length of the column-major output (or source, for gather)
-    np: u32,     // padded column count of W / V
+    len: u32,    // load: A's column length in W's sense; norms, gather: rows to read
+    np: u32,     // padded column count of X
     cols: u32,   // load: A's true column count in W's sense; gather: r output columns
     transpose: u32, // load: 1 when W's columns are A's columns (A stored [len, cols])
-    ld: u32,     // load: W's column stride; gather: distance between the source's columns
+    ld: u32,     // X's column stride
+    offset: u32, // load: W's rows (V starts there); gather: the first row to read
 }
 
 @group(0) @binding(0) var<uniform> sh: Shape;
@@ -384,9 +394,10 @@ fn flat(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wg.x + wg.y * nwg.x) * 256u + lid;
 }
 
-// W[b, j, i] = column j of A (or of A^T), zero for padding columns and rows (i >= len).
+// X[b, j, i] = column j of A (or of A^T) for rows i < offset, zero for padding columns and
+// rows; below them V = I.
 @group(0) @binding(1) var<storage, read> load_a: array<f32>;
-@group(0) @binding(2) var<storage, read_write> load_w: array<f32>;
+@group(0) @binding(2) var<storage, read_write> load_x: array<f32>;
 
 @compute @workgroup_size(256)
 fn load(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -399,7 +410,9 @@ fn load(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     let j = (idx % per) / sh.ld;
     let i = idx % sh.ld;
     var v = 0.0;
-    if j < sh.cols && i < sh.len {
+    if i >= sh.offset {
+        v = select(0.0, 1.0, i - sh.offset == j);
+    } else if j < sh.cols && i < sh.len {
         let src = b * sh.cols * sh.len;
         if sh.transpose == 1u {
             v = load_a[src + i * sh.cols + j];
@@ -407,18 +420,7 @@ fn load(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
             v = load_a[src + j * sh.len + i];
         }
     }
-    load_w[idx] = v;
-}
-
-@group(0) @binding(1) var<storage, read_write> identity_v: array<f32>;
-
-@compute @workgroup_size(256)
-fn identity(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let idx = flat(wg, nwg, lid);
-    if idx < sh.batch * sh.np * sh.np {
-        let e = idx % (sh.np * sh.np);
-        identity_v[idx] = select(0.0, 1.0, e / sh.np == e % sh.np);
-    }
+    load_x[idx] = v;
 }
 
 // norms[b, j] = |W[b, j, :]|, one workgroup per column.
@@ -433,7 +435,7 @@ fn norms(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
     var acc = 0.0;
     for (var i = lid; i < sh.len; i += 256u) {
-        let v = norm_w[col * sh.len + i];
+        let v = norm_w[col * sh.ld + i];
         acc += v * v;
     }
     tile[lid] = acc;
@@ -449,7 +451,8 @@ fn norms(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
 }
 
-// out[b, i, k] = src[b, perm[b, k], i] * scale[b, k] for i < len, k < cols (sorted, scaled columns).
+// out[b, i, k] = X[b, perm[b, k], offset + i] * scale[b, k] for i < len, k < cols (sorted,
+// scaled columns).
 @group(0) @binding(1) var<storage, read> gather_src: array<f32>;
 @group(0) @binding(2) var<storage, read> gather_perm: array<u32>;
 @group(0) @binding(3) var<storage, read> gather_scale: array<f32>;
@@ -466,5 +469,5 @@ fn gather(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
     let i = (idx % per) / sh.cols;
     let k = idx % sh.cols;
     let s = b * sh.cols + k;
-    gather_out[idx] = gather_src[(b * sh.np + gather_perm[s]) * sh.ld + i] * gather_scale[s];
+    gather_out[idx] = gather_src[(b * sh.np + gather_perm[s]) * sh.ld + sh.offset + i] * gather_scale[s];
 }
