@@ -170,6 +170,23 @@ mod tests {
     use super::*;
     use crate::kernels::testing::{assert_close, gpu, random};
 
+    type Named = BTreeMap<String, Tensor>;
+
+    /// Random parameters of `shape` under `names`, and random gradients for them: the i-th
+    /// parameter from seed `seed + i`, its gradient from seed `seed + 10 + i`.
+    fn params_and_grads(names: &[&str], shape: &[usize], seed: u64) -> (Named, Named) {
+        let gpu = gpu();
+        let len = shape.iter().product();
+        let tensor = |seed| Tensor::from_f32(&gpu, shape, &random(len, seed)).unwrap();
+        let mut params = BTreeMap::new();
+        let mut grads = BTreeMap::new();
+        for (i, name) in names.iter().enumerate() {
+            params.insert(name.to_string(), tensor(seed + i as u64));
+            grads.insert(name.to_string(), tensor(seed + 10 + i as u64));
+        }
+        (params, grads)
+    }
+
     /// Zeroes the update of every parameter whose name starts with "frozen".
     struct FreezeByName;
     impl UpdateFilter for FreezeByName {
@@ -183,13 +200,7 @@ mod tests {
 
     #[test]
     fn step_updates_free_parameters_and_routes_filtered_ones_through_the_filter() {
-        let gpu = gpu();
-        let mut params = BTreeMap::new();
-        let mut grads = BTreeMap::new();
-        for (i, name) in ["frozen.w", "free.w"].iter().enumerate() {
-            params.insert(name.to_string(), Tensor::from_f32(&gpu, &[3, 5], &random(15, i as u64)).unwrap());
-            grads.insert(name.to_string(), Tensor::from_f32(&gpu, &[3, 5], &random(15, 10 + i as u64)).unwrap());
-        }
+        let (params, grads) = params_and_grads(&["frozen.w", "free.w"], &[3, 5], 0);
         let before: Vec<Vec<f32>> = params.values().map(|p| p.to_f32().unwrap()).collect();
         let mut opt = AdamW::new(AdamWConfig::default(), &params).unwrap();
         let sumsq = opt.step(&params, &grads, &FreezeByName).unwrap();
@@ -218,13 +229,7 @@ mod tests {
 
     #[test]
     fn frozen_parameters_keep_weights_and_moments_and_leave_the_norm() {
-        let gpu = gpu();
-        let mut params = BTreeMap::new();
-        let mut grads = BTreeMap::new();
-        for (i, name) in ["fixed.w", "free.w"].iter().enumerate() {
-            params.insert(name.to_string(), Tensor::from_f32(&gpu, &[4, 3], &random(12, 20 + i as u64)).unwrap());
-            grads.insert(name.to_string(), Tensor::from_f32(&gpu, &[4, 3], &random(12, 30 + i as u64)).unwrap());
-        }
+        let (params, grads) = params_and_grads(&["fixed.w", "free.w"], &[4, 3], 20);
         let fixed = params["fixed.w"].to_vec::<u32>().unwrap();
         let free = params["free.w"].to_f32().unwrap();
         let mut opt = AdamW::new(AdamWConfig::default(), &params).unwrap();

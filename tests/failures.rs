@@ -7,7 +7,7 @@ mod common;
 use sculpt::checkpoint;
 use sculpt::continual::driver::{run_stream, Method, StreamOptions};
 use sculpt::data::synthetic;
-use sculpt::model::{load_t5, T5Config, T5Model, Tokenizer};
+use sculpt::model::{load_t5, T5Model, Tokenizer};
 use sculpt::optim::{AdamWConfig, Schedule};
 use sculpt::subspace::{Mode, RankPolicy};
 use sculpt::train::TrainOptions;
@@ -16,9 +16,7 @@ use std::path::Path;
 
 /// The tiny built-in model and tokenizer on `gpu`, with the tokenizer file in `out`.
 fn tiny_model(gpu: &Gpu, out: &Path) -> (Tokenizer, T5Model) {
-    std::fs::write(out.join("tokenizer.json"), synthetic::tokenizer_json()).unwrap();
-    let vocab = 3 + synthetic::vocabulary().len();
-    (Tokenizer::load(out, vocab).unwrap(), T5Model::random(gpu, T5Config::tiny(vocab), true, 0.1, 3).unwrap())
+    (common::synthetic_tokenizer(out), common::tiny_t5(gpu, 3))
 }
 
 /// Plain fine-tuning in batches of 4 at a constant `lr`, a checkpoint after every step.

@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::reference::{fixture, relative_error, relative_norm_error, Reference};
+use common::reference::{fixture, Reference};
 use sculpt::model::{load_llama, CausalBatch, Gradients, LlamaModel, Model, Tokenizer};
 use sculpt::{Gpu, Tensor};
 
@@ -33,18 +33,9 @@ fn reference_batch(model_name: &str, model: &LlamaModel, tokenizer: &Tokenizer, 
         labels,
         grad_scale: 1.0,
     };
-    let pairs: Vec<_> = r.json["batch"]["examples"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            let text = |k: &str| tokenizer.encode(e[k].as_str().unwrap()).unwrap();
-            (text("source"), text("target"))
-        })
-        .collect();
     let pad = model.config.padding_id().unwrap();
     assert_eq!(pad as u64, r.json["batch"]["pad_token_id"].as_u64().unwrap());
-    assert_eq!(CausalBatch::new(&pairs, pad).unwrap(), want, "{model_name}: batch");
+    assert_eq!(CausalBatch::new(&r.pairs(tokenizer), pad).unwrap(), want, "{model_name}: batch");
     want
 }
 
@@ -61,18 +52,13 @@ fn check_forward(model_name: &str) {
 
     let out = model.forward(&batch).unwrap();
     let mut report = Vec::new();
-    let mut check = |got: &Tensor, name: &str, tol: f64| {
-        let err = relative_error(got, &r.tensor(name), name);
-        report.push(format!("{name} {err:.2e}"));
-        assert!(err <= tol, "{model_name}: {name} relative error {err:e} > {tol:e}");
-    };
-    check(&out.logits, "logits", 1e-4);
+    r.check(model_name, &out.logits, "logits", 1e-4, &mut report);
     assert_eq!(out.hidden_states.len(), r.json["num_hidden_states"].as_u64().unwrap() as usize);
     for (i, t) in out.hidden_states.iter().enumerate() {
-        check(t, &format!("hidden_states.{i}"), 1e-4);
+        r.check(model_name, t, &format!("hidden_states.{i}"), 1e-4, &mut report);
     }
     for (i, t) in out.layer_outputs.iter().enumerate() {
-        check(t, &format!("layer_output.{i}"), 1e-4);
+        r.check(model_name, t, &format!("layer_output.{i}"), 1e-4, &mut report);
     }
     r.assert_loss(model_name, out.loss.as_ref().unwrap(), &report);
 }
@@ -83,34 +69,12 @@ fn check_gradients(model_name: &str) {
     let grads = Gradients::zeros_like(&model).unwrap();
     let out = model.forward(&batch).unwrap();
     model.backward(&batch, &out, &grads).unwrap();
-    let names: Vec<&str> = r.json["parameter_names"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
-    assert_eq!(grads.grads.len(), names.len(), "one gradient per parameter");
-    let mut worst = (0.0f64, String::new());
-    for name in names {
-        let g = grads.get(name);
-        let (shape, want) = r.tensor(&format!("grad.{name}"));
-        assert_eq!(g.shape(), shape.as_slice(), "{name}");
-        let err = relative_norm_error(&g.to_f32().unwrap(), &want);
-        if err > worst.0 {
-            worst = (err, name.to_string());
-        }
-    }
-    eprintln!("{model_name}: worst gradient {} off by {:.2e} relative", worst.1, worst.0);
-    assert!(worst.0 <= 1e-4, "{model_name}: gradient of {} off by {:.2e} relative", worst.1, worst.0);
+    r.assert_gradients(model_name, &grads);
 }
 
 fn check_generate(model_name: &str) {
     let (model, tokenizer, r) = load(model_name);
-    let max_new = r.json["generate_settings"]["max_new_tokens"].as_u64().unwrap() as usize;
-    let cases = r.json["generate"].as_array().unwrap();
-    assert!(!cases.is_empty());
-    for case in cases {
-        let ids = |k: &str| case[k].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect::<Vec<_>>();
-        let prompt = tokenizer.encode(case["input"].as_str().unwrap()).unwrap();
-        assert_eq!(prompt, ids("input_ids"), "{model_name}: tokenizer on {}", case["input"]);
-        let output = model.generate(&prompt, max_new).unwrap();
-        assert_eq!(output, ids("output_ids"), "{model_name}: greedy output for {}", case["input"]);
-    }
+    r.assert_generations(model_name, &model, &tokenizer);
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use sculpt::continual::driver::{run_stream, Method, StreamOptions};
 use sculpt::data::synthetic;
-use sculpt::model::{load_model, Gradients, T5Config, T5Model, Tokenizer};
+use sculpt::model::{load_model, Gradients, T5Model};
 use sculpt::optim::{AdamW, AdamWConfig, Schedule, Unconstrained, UpdateFilter};
 use sculpt::rng::Rng;
 use sculpt::subspace::targets::T5_DEFAULT;
@@ -126,10 +126,8 @@ fn osft_on_a_grouped_query_llama_keeps_every_target_fixed_in_both_modes() {
 fn freezing_non_targets_leaves_them_bit_identical_while_targets_move() {
     let gpu = Gpu::shared().unwrap();
     let dir = common::scratch("osft", "freeze");
-    std::fs::write(dir.join("tokenizer.json"), synthetic::tokenizer_json()).unwrap();
-    let vocab = 3 + synthetic::vocabulary().len();
-    let tokenizer = Tokenizer::load(&dir, vocab).unwrap();
-    let model = T5Model::random(&gpu, T5Config::tiny(vocab), true, 0.1, 3).unwrap();
+    let tokenizer = common::synthetic_tokenizer(&dir);
+    let model = common::tiny_t5(&gpu, 3);
     let bits = |m: &T5Model| -> BTreeMap<String, Vec<u32>> {
         m.params.iter().map(|(n, p)| (n.clone(), p.to_vec::<u32>().unwrap())).collect()
     };

@@ -10,7 +10,7 @@ use sculpt::checkpoint;
 use sculpt::continual::driver::{run_stream, Method, StreamOptions};
 use sculpt::continual::report::Results;
 use sculpt::data::synthetic;
-use sculpt::model::{load_t5, T5Config, T5Model, Tokenizer};
+use sculpt::model::{load_t5, T5Model};
 use sculpt::optim::{AdamWConfig, Schedule};
 use sculpt::subspace::targets::T5_DEFAULT;
 use sculpt::subspace::{Mode, RankPolicy};
@@ -44,10 +44,8 @@ fn options(method: Method) -> StreamOptions {
 /// `stop_after` when given; returns the final weights and results when the run finished.
 fn run(out: &Path, method: Method, stop_after: Option<u64>) -> Option<(Vec<Vec<f32>>, Results)> {
     let gpu = Gpu::shared().unwrap();
-    std::fs::write(out.join("tokenizer.json"), synthetic::tokenizer_json()).unwrap();
-    let vocab = 3 + synthetic::vocabulary().len();
-    let tokenizer = Tokenizer::load(out, vocab).unwrap();
-    let model = T5Model::random(&gpu, T5Config::tiny(vocab), true, 0.1, 3).unwrap();
+    let tokenizer = common::synthetic_tokenizer(out);
+    let model = common::tiny_t5(&gpu, 3);
     let tasks: Vec<_> = synthetic::stream(1, 16, 4).into_iter().take(2).collect();
     let mut steps = 0;
     let results = run_stream(&model, &tokenizer, &tasks, &options(method), Some(out), |_, _| {

@@ -3,9 +3,9 @@
 
 mod common;
 
-use common::reference::{fixture, relative_error, relative_norm_error, Reference};
-use sculpt::model::{load_t5, Batch};
-use sculpt::{Gpu, Tensor};
+use common::reference::{fixture, relative_norm_error, Reference};
+use sculpt::model::{load_t5, Batch, T5Model, Tokenizer};
+use sculpt::Gpu;
 
 fn reference_batch(r: &Reference) -> Batch {
     let (shape, _) = r.tensor("input_ids");
@@ -23,65 +23,42 @@ fn reference_batch(r: &Reference) -> Batch {
     }
 }
 
-fn check_forward(model_name: &str) {
-    let gpu = Gpu::shared().unwrap();
+fn load(model_name: &str) -> (T5Model, Tokenizer, Reference) {
     let dir = fixture(model_name);
-    let r = Reference::load(&dir);
-    let (model, tokenizer) = load_t5(&gpu, &dir).unwrap();
+    let (model, tokenizer) = load_t5(&Gpu::shared().unwrap(), &dir).unwrap();
+    (model, tokenizer, Reference::load(&dir))
+}
+
+fn check_forward(model_name: &str) {
+    let (model, tokenizer, r) = load(model_name);
     let batch = reference_batch(&r);
 
     // The tokenizer and batching reproduce transformers' padded batch.
-    let pairs: Vec<_> = r.json["batch"]["examples"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            let text = |k: &str| tokenizer.encode(e[k].as_str().unwrap()).unwrap();
-            (text("source"), text("target"))
-        })
-        .collect();
     let c = &model.config;
+    let pairs = r.pairs(&tokenizer);
     assert_eq!(Batch::new(&pairs, c.pad_token_id, c.decoder_start_token_id).unwrap(), batch, "{model_name}: batch");
 
     let out = model.forward(&batch).unwrap();
     let mut report = Vec::new();
-    let mut check = |got: &Tensor, name: &str, tol: f64| {
-        let err = relative_error(got, &r.tensor(name), name);
-        report.push(format!("{name} {err:.2e}"));
-        assert!(err <= tol, "{model_name}: {name} relative error {err:e} > {tol:e}");
-    };
-    check(&out.logits, "logits", 1e-4);
+    r.check(model_name, &out.logits, "logits", 1e-4, &mut report);
     for (stack, states, blocks) in [
         ("encoder", out.encoder_hidden_states(), &out.encoder.stack.block_outputs),
         ("decoder", out.decoder_hidden_states(), &out.decoder.block_outputs),
     ] {
         assert_eq!(states.len(), r.json[format!("num_{stack}_hidden_states")].as_u64().unwrap() as usize);
         for (i, t) in states.iter().enumerate() {
-            check(t, &format!("{stack}_hidden_states.{i}"), 1e-4);
+            r.check(model_name, t, &format!("{stack}_hidden_states.{i}"), 1e-4, &mut report);
         }
         for (i, t) in blocks.iter().enumerate() {
-            check(t, &format!("{stack}_block_output.{i}"), 1e-4);
+            r.check(model_name, t, &format!("{stack}_block_output.{i}"), 1e-4, &mut report);
         }
     }
     r.assert_loss(model_name, out.loss.as_ref().unwrap(), &report);
 }
 
 fn check_generate(model_name: &str) {
-    let gpu = Gpu::shared().unwrap();
-    let dir = fixture(model_name);
-    let r = Reference::load(&dir);
-    let (model, tokenizer) = load_t5(&gpu, &dir).unwrap();
-    let max_new = r.json["generate_settings"]["max_new_tokens"].as_u64().unwrap() as usize;
-    let cases = r.json["generate"].as_array().unwrap();
-    assert!(!cases.is_empty());
-    for case in cases {
-        let ids = |k: &str| case[k].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect::<Vec<_>>();
-        let input_ids = tokenizer.encode(case["input"].as_str().unwrap()).unwrap();
-        assert_eq!(input_ids, ids("input_ids"), "{model_name}: tokenizer on {}", case["input"]);
-        let output = model.generate(&input_ids, max_new).unwrap();
-        assert_eq!(output, ids("output_ids"), "{model_name}: greedy output for {}", case["input"]);
-        assert_eq!(tokenizer.decode(&output).unwrap(), case["output_text"].as_str().unwrap());
-    }
+    let (model, tokenizer, r) = load(model_name);
+    r.assert_generations(model_name, &model, &tokenizer);
 }
 
 #[test]
@@ -106,22 +83,10 @@ fn t5_v1_1_greedy_generation_matches_transformers() {
 
 #[test]
 fn eval_reports_loss_and_exact_match() {
-    let gpu = Gpu::shared().unwrap();
-    let dir = fixture("t5_v1_0");
-    let r = Reference::load(&dir);
-    let (model, tokenizer) = load_t5(&gpu, &dir).unwrap();
+    let (model, tokenizer, r) = load("t5_v1_0");
     // The reference batch's examples give the reference loss (token-level mean over the
     // whole set, even when split into batches of 2 and 1).
-    let examples: Vec<sculpt::data::jsonl::Example> = r.json["batch"]["examples"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| sculpt::data::jsonl::Example {
-            input: e["source"].as_str().unwrap().into(),
-            target: e["target"].as_str().unwrap().into(),
-        })
-        .collect();
-    let result = sculpt::cli::eval::evaluate(&model, &tokenizer, &examples, 2, 8).unwrap();
+    let result = sculpt::cli::eval::evaluate(&model, &tokenizer, &r.examples(), 2, 8).unwrap();
     let want = r.tensor("loss").1[0];
     assert!((result.loss - want).abs() / want < 1e-5, "{} vs {want}", result.loss);
     // A generation case as its own target: greedy output matches exactly.
@@ -139,26 +104,13 @@ fn check_gradients_and_adamw(model_name: &str) {
     use sculpt::model::Gradients;
     use sculpt::optim::{AdamW, AdamWConfig, Schedule, Unconstrained};
 
-    let gpu = Gpu::shared().unwrap();
-    let dir = fixture(model_name);
-    let r = Reference::load(&dir);
-    let (model, _) = load_t5(&gpu, &dir).unwrap();
+    let (model, _, r) = load(model_name);
     let batch = reference_batch(&r);
     let grads = Gradients::zeros_like(&model).unwrap();
 
     let out = model.forward(&batch).unwrap();
     model.backward(&batch, &out, &grads).unwrap();
-    assert_eq!(grads.grads.len(), r.json["parameter_names"].as_array().unwrap().len(), "one gradient per parameter");
-    let mut worst = (0.0f64, String::new());
-    for (name, g) in &grads.grads {
-        let (shape, want) = r.tensor(&format!("grad.{name}"));
-        assert_eq!(g.shape(), shape.as_slice(), "{name}");
-        let err = relative_norm_error(&g.to_f32().unwrap(), &want);
-        if err > worst.0 {
-            worst = (err, name.clone());
-        }
-    }
-    assert!(worst.0 <= 1e-4, "{model_name}: gradient of {} off by {:.2e} relative", worst.1, worst.0);
+    r.assert_gradients(model_name, &grads);
 
     // Three AdamW steps with weight decay, clipping and warmup, on the same batch.
     let a = &r.json["adamw"];

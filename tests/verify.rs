@@ -10,7 +10,7 @@ use sculpt::cli::verify::verify;
 use sculpt::data::{synthetic, Example};
 use sculpt::model::weights::{save, WEIGHTS_FILE};
 use sculpt::model::Gradients;
-use sculpt::model::{T5Config, T5Model, Tokenizer};
+use sculpt::model::{T5Model, Tokenizer};
 use sculpt::optim::{AdamW, AdamWConfig, Unconstrained, UpdateFilter};
 use sculpt::rng::Rng;
 use sculpt::subspace::state::SUBSPACE_FILE;
@@ -46,10 +46,8 @@ fn train_steps(gpu: &Gpu, tokenizer: &Tokenizer, model: &T5Model, filter: &dyn U
 fn osft_checkpoints_verify_clean_and_unconstrained_ones_do_not() {
     let gpu = Gpu::shared().unwrap();
     let dir = common::scratch("verify", "run");
-    std::fs::write(dir.join("tokenizer.json"), synthetic::tokenizer_json()).unwrap();
-    let vocab = 3 + synthetic::vocabulary().len();
-    let tokenizer = Tokenizer::load(&dir, vocab).unwrap();
-    let fresh = || T5Model::random(&gpu, T5Config::tiny(vocab), true, 0.1, 11).unwrap();
+    let tokenizer = common::synthetic_tokenizer(&dir);
+    let fresh = || common::tiny_t5(&gpu, 11);
     let targets: Vec<String> = T5_DEFAULT.iter().map(|s| s.to_string()).collect();
 
     let model = fresh();

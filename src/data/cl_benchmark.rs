@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use serde::de::DeserializeOwned;
 
 use super::jsonl::Example;
 use super::stream::{Format, Task, TaskSpec};
@@ -193,17 +194,23 @@ struct Record {
 
 /// One split: the sentence is the input, the label the target.
 pub fn read_split(path: &Path) -> Result<Vec<Example>> {
+    let records: Vec<Record> = read_records(
+        path,
+        r#"a CL_Benchmark split (one array of {"sentence": ..., "label": ...} objects, both strings)"#,
+    )?;
+    Ok(records.into_iter().map(|r| Example { input: r.sentence, target: r.label }).collect())
+}
+
+/// A split file of either preset: one non-empty JSON array of records; `what` names the
+/// layout in the error of a file that does not parse as one.
+pub(super) fn read_records<T: DeserializeOwned>(path: &Path, what: &str) -> Result<Vec<T>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let records: Vec<Record> = serde_json::from_str(&text).with_context(|| {
-        format!(
-            "{}: not valid JSON for a CL_Benchmark split (one array of {{\"sentence\": ..., \"label\": ...}} objects, both strings)",
-            path.display()
-        )
-    })?;
+    let records: Vec<T> =
+        serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON for {what}", path.display()))?;
     if records.is_empty() {
         bail!("{}: no examples (the array is empty)", path.display());
     }
-    Ok(records.into_iter().map(|r| Example { input: r.sentence, target: r.label }).collect())
+    Ok(records)
 }
 
 /// A `labels.json`: a non-empty JSON array of strings.

@@ -1,6 +1,7 @@
 //! Examples from JSON Lines: one `{"input": ..., "target": ...}` object per line, or a chat
 //! conversation `{"messages": [...]}` (each assistant message one example, see [`super::chat`]).
 
+use std::fmt::Display;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -44,14 +45,20 @@ pub(crate) fn json_lines<'a>(
 
 /// The example of one parsed line `{"input": ..., "target": ...}`; errors name `origin:line`.
 pub(crate) fn example_from(value: &serde_json::Value, origin: &str, line: usize) -> Result<Example> {
-    let field = |key: &str| -> Result<String> {
-        match value.get(key) {
-            Some(serde_json::Value::String(s)) => Ok(s.clone()),
-            Some(other) => bail!("{origin}:{line}: \"{key}\" must be a string, got {other}"),
-            None => bail!("{origin}:{line}: missing \"{key}\"; each line needs \"input\" and \"target\" strings"),
-        }
-    };
+    let needs = "each line needs \"input\" and \"target\" strings";
+    let field = |key: &str| string_field(value, key, format_args!("{origin}:{line}"), needs);
     Ok(Example { input: field("input")?, target: field("target")? })
+}
+
+/// The string `key` of one JSON record; errors start with `at`, which names the record
+/// (`file:line`, `file: record 3`), and a missing key's error ends with `needs`, which says
+/// what every record must hold.
+pub(crate) fn string_field(record: &serde_json::Value, key: &str, at: impl Display, needs: &str) -> Result<String> {
+    match record.get(key) {
+        Some(serde_json::Value::String(s)) => Ok(s.clone()),
+        Some(other) => bail!("{at}: \"{key}\" must be a string, got {other}"),
+        None => bail!("{at}: missing \"{key}\"; {needs}"),
+    }
 }
 
 pub fn read_jsonl(path: &Path) -> Result<Vec<Example>> {

@@ -10,11 +10,11 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use serde_json::Value;
 
-use super::cl_benchmark::PresetTask;
-use super::jsonl::Example;
+use super::cl_benchmark::{read_records, PresetTask};
+use super::jsonl::{string_field, Example};
 use super::stream::{Format, Task};
 
 /// The preset's name for `--preset`.
@@ -49,33 +49,15 @@ pub fn tasks(data_dir: &Path, max_train: Option<usize>, max_eval: Option<usize>)
 
 /// One split: each record's prompt is the input, its answer the target.
 pub fn read_split(path: &Path) -> Result<Vec<Example>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let records: Vec<Value> = serde_json::from_str(&text).with_context(|| {
-        format!(
-            "{}: not valid JSON for a TRACE split (one array of {{\"prompt\": ..., \"answer\": ...}} objects, both strings)",
-            path.display()
-        )
-    })?;
-    if records.is_empty() {
-        bail!("{}: no examples (the array is empty)", path.display());
-    }
+    let records: Vec<Value> =
+        read_records(path, r#"a TRACE split (one array of {"prompt": ..., "answer": ...} objects, both strings)"#)?;
+    let needs = r#"each record needs "prompt" and "answer" strings"#;
     records
         .iter()
         .enumerate()
         .map(|(i, record)| {
-            let field = |key: &str| -> Result<String> {
-                match record.get(key) {
-                    Some(Value::String(s)) => Ok(s.clone()),
-                    Some(other) => {
-                        bail!("{}: record {}: \"{key}\" must be a string, got {other}", path.display(), i + 1)
-                    }
-                    None => bail!(
-                        "{}: record {}: missing \"{key}\"; each record needs \"prompt\" and \"answer\" strings",
-                        path.display(),
-                        i + 1
-                    ),
-                }
-            };
+            let field =
+                |key: &str| string_field(record, key, format_args!("{}: record {}", path.display(), i + 1), needs);
             Ok(Example { input: field("prompt")?, target: field("answer")? })
         })
         .collect()

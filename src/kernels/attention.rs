@@ -105,14 +105,14 @@ impl AttentionShape {
         Ok(())
     }
 
-    /// Worst-case loop iterations of one invocation of a row kernel: a strided pass over keys
-    /// with a head_dim dot product each, `extra_key_passes` more strided passes over keys,
-    /// `reductions` tree reductions, and a strided pass over head dims with a loop over keys.
     /// Query heads sharing one key/value head.
     fn group(&self) -> usize {
         self.heads / self.kv_heads
     }
 
+    /// Worst-case loop iterations of one invocation of a row kernel: a strided pass over keys
+    /// with a head_dim dot product each, `extra_key_passes` more strided passes over keys,
+    /// `reductions` tree reductions, and a strided pass over head dims with a loop over keys.
     fn row_kernel_iterations(&self, extra_key_passes: u64, reductions: u64) -> u64 {
         let key_strides = (self.k_len as u64).div_ceil(WG);
         let dim_strides = (self.head_dim as u64).div_ceil(WG);
@@ -334,6 +334,17 @@ fn check_table(table: &Tensor) -> Result<(usize, usize)> {
     }
 }
 
+/// The kernel parameters of the position-bias gather and its backward.
+fn position_bias_params(heads: usize, q_len: usize, k_len: usize, num_buckets: usize) -> Params {
+    Params {
+        heads: heads as u32,
+        q_len: q_len as u32,
+        k_len: k_len as u32,
+        buckets: num_buckets as u32,
+        ..Default::default()
+    }
+}
+
 /// bias[h, i, j] = table[bucket[i*k_len+j], h]; table is HF's relative_attention_bias.weight
 /// [num_buckets, H]. buckets: U32 tensor of [q_len * k_len] ids below num_buckets.
 pub fn position_bias(table: &Tensor, buckets: &Tensor, q_len: usize, k_len: usize) -> Result<Tensor> {
@@ -342,13 +353,7 @@ pub fn position_bias(table: &Tensor, buckets: &Tensor, q_len: usize, k_len: usiz
     check_buckets(buckets.len(), q_len, k_len)?;
     let gpu = table.gpu();
     let bias = Tensor::uninit(gpu, &[heads, q_len, k_len], DType::F32)?;
-    let params = Params {
-        heads: heads as u32,
-        q_len: q_len as u32,
-        k_len: k_len as u32,
-        buckets: num_buckets as u32,
-        ..Default::default()
-    };
+    let params = position_bias_params(heads, q_len, k_len, num_buckets);
     gpu.launch(&Launch {
         shader: &SHADER,
         entry: "position_bias_gather",
@@ -397,13 +402,7 @@ pub fn position_bias_backward(dbias: &Tensor, buckets: &[u32], dtable: &Tensor) 
     let gpu = dtable.gpu();
     let offsets = Tensor::from_u32(gpu, &[num_buckets + 1], &offsets)?;
     let positions = Tensor::from_u32(gpu, &[positions.len()], &positions)?;
-    let params = Params {
-        heads: heads as u32,
-        q_len: q_len as u32,
-        k_len: k_len as u32,
-        buckets: num_buckets as u32,
-        ..Default::default()
-    };
+    let params = position_bias_params(heads, q_len, k_len, num_buckets);
     gpu.launch(&Launch {
         shader: &SHADER,
         entry: "position_bias_backward",
@@ -466,6 +465,13 @@ mod tests {
             }
         }
 
+        /// The f64 reference forward pass of this case.
+        fn reference(&self) -> (Vec<f64>, Vec<f64>) {
+            let bias = self.bias.as_deref().map(f64s);
+            let (q, k, v) = (f64s(&self.q), f64s(&self.k), f64s(&self.v));
+            reference_forward(&self.s, &q, &k, &v, bias.as_deref(), self.mask.as_deref())
+        }
+
         fn upload(&self) -> [Option<Tensor>; 5] {
             let gpu = gpu();
             let s = &self.s;
@@ -494,6 +500,19 @@ mod tests {
             .unwrap();
             (out, probs, inputs)
         }
+    }
+
+    /// [`attention_backward`] on the q, k and v of [`Case::upload`].
+    fn backward(
+        s: &AttentionShape,
+        inputs: &[Option<Tensor>; 5],
+        dout: &Tensor,
+        probs: &Tensor,
+        dbias: Option<&Tensor>,
+    ) -> (Tensor, Tensor, Tensor) {
+        let [q, k, v, _, _] = inputs;
+        let (q, k, v) = (q.as_ref().unwrap(), k.as_ref().unwrap(), v.as_ref().unwrap());
+        attention_backward(s, dout, q, k, v, probs, dbias).unwrap()
     }
 
     fn visible(s: &AttentionShape, mask: Option<&[f32]>, b: usize, i: usize, j: usize) -> bool {
@@ -615,16 +634,8 @@ mod tests {
         let s = &case.s;
         let what = format!("{s:?} bias={} mask={}", case.bias.is_some(), case.mask.is_some());
         let (out, probs, inputs) = case.run();
-        let [q, k, v, _, _] = &inputs;
-        let bias64 = case.bias.as_deref().map(f64s);
-        let (want_out, want_probs) = reference_forward(
-            s,
-            &f64s(&case.q),
-            &f64s(&case.k),
-            &f64s(&case.v),
-            bias64.as_deref(),
-            case.mask.as_deref(),
-        );
+        let [q, ..] = &inputs;
+        let (want_out, want_probs) = case.reference();
         let got_probs = probs.to_f32().unwrap();
         assert_close(&out.to_f32().unwrap(), &f32s(&want_out), 2e-5);
         assert_close(&got_probs, &f32s(&want_probs), 2e-5);
@@ -636,16 +647,7 @@ mod tests {
         let dout = Tensor::from_f32(&gpu(), q.as_ref().unwrap().shape(), &dout_host).unwrap();
         let initial_dbias = random(s.heads * s.q_len * s.k_len, 7);
         let dbias = Tensor::from_f32(&gpu(), &[s.heads, s.q_len, s.k_len], &initial_dbias).unwrap();
-        let (dq, dk, dv) = attention_backward(
-            s,
-            &dout,
-            q.as_ref().unwrap(),
-            k.as_ref().unwrap(),
-            v.as_ref().unwrap(),
-            &probs,
-            Some(&dbias),
-        )
-        .unwrap();
+        let (dq, dk, dv) = backward(s, &inputs, &dout, &probs, Some(&dbias));
         let [want_dq, want_dk, want_dv, want_dbias] =
             reference_backward(s, &f64s(&dout_host), &f64s(&case.q), &f64s(&case.k), &f64s(&case.v), &f64s(&got_probs));
         assert_close(&dq.to_f32().unwrap(), &f32s(&want_dq), 1e-4);
@@ -690,18 +692,9 @@ mod tests {
         let probs_host = probs.to_f32().unwrap();
         let plane = case.s.heads * case.s.q_len * case.s.k_len;
         assert!(probs_host[..plane].iter().all(|&x| x == 0.0));
-        let [q, k, v, _, _] = &inputs;
+        let [q, ..] = &inputs;
         let dout = Tensor::from_f32(&gpu(), q.as_ref().unwrap().shape(), &random(case.q.len(), 3)).unwrap();
-        let (dq, dk, dv) = attention_backward(
-            &case.s,
-            &dout,
-            q.as_ref().unwrap(),
-            k.as_ref().unwrap(),
-            v.as_ref().unwrap(),
-            &probs,
-            None,
-        )
-        .unwrap();
+        let (dq, dk, dv) = backward(&case.s, &inputs, &dout, &probs, None);
         for g in [dq, dk, dv] {
             let g = g.to_f32().unwrap();
             assert!(g.iter().all(|x| x.is_finite()));
@@ -743,19 +736,10 @@ mod tests {
                 numeric.push(grad);
             }
             let (_, probs, gpu_inputs) = case.run();
-            let [q, k, v, _, _] = &gpu_inputs;
+            let [q, ..] = &gpu_inputs;
             let dout = Tensor::from_f32(&gpu(), q.as_ref().unwrap().shape(), &f32s(&weights)).unwrap();
             let dbias = Tensor::zeros(&gpu(), &[s.heads, s.q_len, s.k_len], DType::F32).unwrap();
-            let (dq, dk, dv) = attention_backward(
-                s,
-                &dout,
-                q.as_ref().unwrap(),
-                k.as_ref().unwrap(),
-                v.as_ref().unwrap(),
-                &probs,
-                Some(&dbias),
-            )
-            .unwrap();
+            let (dq, dk, dv) = backward(s, &gpu_inputs, &dout, &probs, Some(&dbias));
             for (got, want) in [dq, dk, dv, dbias].iter().zip(&numeric) {
                 assert_close(&got.to_f32().unwrap(), want, 1e-4);
             }
@@ -838,15 +822,7 @@ mod tests {
         let case = Case::new(shape(1, 2, 3, 4, 2, true, 1.0), true, Mask::Padding, 2024);
         let (out, _, _) = case.run();
         let out = out.to_f32().unwrap();
-        let bias64 = case.bias.as_deref().map(f64s);
-        let (want, _) = reference_forward(
-            &case.s,
-            &f64s(&case.q),
-            &f64s(&case.k),
-            &f64s(&case.v),
-            bias64.as_deref(),
-            case.mask.as_deref(),
-        );
+        let (want, _) = case.reference();
         assert_close(&out, &f32s(&want), 2e-5);
         let text: Vec<String> = out
             .chunks(case.s.heads * case.s.head_dim)

@@ -89,6 +89,28 @@ pub(crate) mod testing {
             .join("\n")
     }
 
+    /// Asserts that `analytic`, the gradient of `loss` at `x` (named `what` in failures), is
+    /// within `tol` of its central differences (step 1e-3) at every element.
+    #[track_caller]
+    pub fn assert_matches_finite_differences(
+        what: &str,
+        x: &[f32],
+        analytic: &[f64],
+        tol: f64,
+        loss: impl Fn(&[f32]) -> f64,
+    ) {
+        assert_eq!(x.len(), analytic.len(), "one analytic gradient per element");
+        let h = 1e-3f32;
+        for k in 0..x.len() {
+            let mut plus = x.to_vec();
+            plus[k] += h;
+            let mut minus = x.to_vec();
+            minus[k] -= h;
+            let fd = (loss(&plus) - loss(&minus)) / (2.0 * h as f64);
+            assert!((fd - analytic[k]).abs() < tol, "{what}[{k}]: fd {fd}, analytic {}", analytic[k]);
+        }
+    }
+
     /// max |a - b| <= tol * max(1, max |b|)
     #[track_caller]
     pub fn assert_close(got: &[f32], want: &[f32], tol: f32) {

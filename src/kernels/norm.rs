@@ -110,7 +110,9 @@ pub(crate) mod reference {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::testing::{assert_close, gpu, random, snapshot_text, AWKWARD_DIMS};
+    use crate::kernels::testing::{
+        assert_close, assert_matches_finite_differences, gpu, random, snapshot_text, AWKWARD_DIMS,
+    };
 
     const EPS: f32 = 1e-6;
 
@@ -156,24 +158,8 @@ mod tests {
         let loss = |x: &[f32], w: &[f32]| -> f64 {
             reference::rms_norm(x, w, EPS).0.iter().zip(&dys).map(|(a, &b)| a * b as f64).sum()
         };
-        let h = 1e-3f32;
-        let central = |f: &dyn Fn(f32) -> f64| (f(h) - f(-h)) / (2.0 * h as f64);
-        for k in 0..xs.len() {
-            let fd = central(&|e| {
-                let mut x = xs.clone();
-                x[k] += e;
-                loss(&x, &ws)
-            });
-            assert!((fd - dx[k]).abs() < 1e-3, "dx[{k}]: fd {fd}, analytic {}", dx[k]);
-        }
-        for k in 0..d {
-            let fd = central(&|e| {
-                let mut w = ws.clone();
-                w[k] += e;
-                loss(&xs, &w)
-            });
-            assert!((fd - dw[k]).abs() < 1e-3, "dw[{k}]: fd {fd}, analytic {}", dw[k]);
-        }
+        assert_matches_finite_differences("dx", &xs, &dx, 1e-3, |x| loss(x, &ws));
+        assert_matches_finite_differences("dw", &ws, &dw, 1e-3, |w| loss(&xs, w));
     }
 
     #[test]

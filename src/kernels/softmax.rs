@@ -69,7 +69,9 @@ pub(crate) mod reference {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::testing::{assert_close, gpu, random, snapshot_text, AWKWARD_DIMS};
+    use crate::kernels::testing::{
+        assert_close, assert_matches_finite_differences, gpu, random, snapshot_text, AWKWARD_DIMS,
+    };
 
     fn f32s(v: &[f64]) -> Vec<f32> {
         v.iter().map(|&x| x as f32).collect()
@@ -104,15 +106,7 @@ mod tests {
         let analytic = reference::softmax_backward(&dys, &y, cols);
         let loss =
             |x: &[f32]| -> f64 { reference::softmax(x, cols).iter().zip(&dys).map(|(a, &b)| a * b as f64).sum() };
-        for k in 0..xs.len() {
-            let h = 1e-3f32;
-            let mut plus = xs.clone();
-            plus[k] += h;
-            let mut minus = xs.clone();
-            minus[k] -= h;
-            let fd = (loss(&plus) - loss(&minus)) / (2.0 * h as f64);
-            assert!((fd - analytic[k]).abs() < 1e-4, "element {k}: fd {fd}, analytic {}", analytic[k]);
-        }
+        assert_matches_finite_differences("dx", &xs, &analytic, 1e-4, loss);
     }
 
     #[test]

@@ -6,12 +6,34 @@ pub mod reference;
 
 use std::path::{Path, PathBuf};
 
+use sculpt::data::synthetic;
+use sculpt::model::{T5Config, T5Model, Tokenizer};
+use sculpt::Gpu;
+
 /// A fresh, empty folder for one test: `TMP/sculpt-GROUP-NAME-PID`.
 pub fn scratch(group: &str, name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("sculpt-{group}-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// The built-in synthetic tokenizer, written to `dir/tokenizer.json` (where a run folder
+/// keeps it) and loaded from there.
+pub fn synthetic_tokenizer(dir: &Path) -> Tokenizer {
+    std::fs::write(dir.join("tokenizer.json"), synthetic::tokenizer_json()).unwrap();
+    Tokenizer::load(dir, synthetic_vocab()).unwrap()
+}
+
+/// A random tiny T5 over the synthetic tokenizer's vocabulary, with its own output head and
+/// weights of standard deviation 0.1 drawn from `seed`.
+pub fn tiny_t5(gpu: &Gpu, seed: u64) -> T5Model {
+    T5Model::random(gpu, T5Config::tiny(synthetic_vocab()), true, 0.1, seed).unwrap()
+}
+
+/// The synthetic words and the 3 special tokens before them (pad, </s>, unk).
+fn synthetic_vocab() -> usize {
+    3 + synthetic::vocabulary().len()
 }
 
 /// The global step of every step record in a run's `log.jsonl`, in file order. A last line

@@ -3,6 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors};
+use sculpt::data::Example;
+use sculpt::model::{Gradients, Model, Pair, Tokenizer};
 use sculpt::Tensor;
 
 pub fn fixture(model: &str) -> PathBuf {
@@ -41,6 +43,64 @@ impl Reference {
 
     pub fn ints(&self, name: &str) -> Vec<i64> {
         self.tensor(name).1.into_iter().map(|v| v as i64).collect()
+    }
+
+    /// The examples of the reference batch, as text.
+    pub fn examples(&self) -> Vec<Example> {
+        let examples = self.json["batch"]["examples"].as_array().unwrap();
+        let text = |e: &serde_json::Value, key: &str| e[key].as_str().unwrap().to_string();
+        examples.iter().map(|e| Example { input: text(e, "source"), target: text(e, "target") }).collect()
+    }
+
+    /// The examples of the reference batch as `tokenizer` encodes them: (source, target) ids.
+    pub fn pairs(&self, tokenizer: &Tokenizer) -> Vec<Pair> {
+        let encode = |text: &str| tokenizer.encode(text).unwrap();
+        self.examples().iter().map(|e| (encode(&e.input), encode(&e.target))).collect()
+    }
+
+    /// Asserts `got` within `tol` ([`relative_error`]) of reference tensor `name`, adding
+    /// the error to `report` for [`Reference::assert_loss`] to print.
+    pub fn check(&self, model_name: &str, got: &Tensor, name: &str, tol: f64, report: &mut Vec<String>) {
+        let err = relative_error(got, &self.tensor(name), name);
+        report.push(format!("{name} {err:.2e}"));
+        assert!(err <= tol, "{model_name}: {name} relative error {err:e} > {tol:e}");
+    }
+
+    /// Asserts one gradient per reference parameter, each within 1e-4 ([`relative_norm_error`])
+    /// of its reference `grad.NAME`.
+    pub fn assert_gradients(&self, model_name: &str, grads: &Gradients) {
+        let names: Vec<&str> =
+            self.json["parameter_names"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
+        assert_eq!(grads.grads.len(), names.len(), "one gradient per parameter");
+        let mut worst = (0.0f64, String::new());
+        for name in names {
+            let g = grads.get(name);
+            let (shape, want) = self.tensor(&format!("grad.{name}"));
+            assert_eq!(g.shape(), shape.as_slice(), "{name}");
+            let err = relative_norm_error(&g.to_f32().unwrap(), &want);
+            if err > worst.0 {
+                worst = (err, name.to_string());
+            }
+        }
+        eprintln!("{model_name}: worst gradient {} off by {:.2e} relative", worst.1, worst.0);
+        assert!(worst.0 <= 1e-4, "{model_name}: gradient of {} off by {:.2e} relative", worst.1, worst.0);
+    }
+
+    /// Asserts, for every reference generation case, the tokenizer's ids of the input, the
+    /// greedy output ids and their decoded text.
+    pub fn assert_generations(&self, model_name: &str, model: &dyn Model, tokenizer: &Tokenizer) {
+        let max_new = self.json["generate_settings"]["max_new_tokens"].as_u64().unwrap() as usize;
+        let cases = self.json["generate"].as_array().unwrap();
+        assert!(!cases.is_empty());
+        for case in cases {
+            let ids =
+                |k: &str| case[k].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect::<Vec<_>>();
+            let input_ids = tokenizer.encode(case["input"].as_str().unwrap()).unwrap();
+            assert_eq!(input_ids, ids("input_ids"), "{model_name}: tokenizer on {}", case["input"]);
+            let output = model.generate(&input_ids, max_new).unwrap();
+            assert_eq!(output, ids("output_ids"), "{model_name}: greedy output for {}", case["input"]);
+            assert_eq!(tokenizer.decode(&output).unwrap(), case["output_text"].as_str().unwrap(), "{model_name}");
+        }
     }
 
     /// Asserts `loss` within 1e-5 (relative) of the reference loss, printing it beside the
