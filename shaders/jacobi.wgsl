@@ -116,7 +116,8 @@ fn gram(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     gram_store(g11, dst, i0 + 4u, j0 + 4u);
 }
 
-// ---- eigen: one workgroup per (pair, batch); writes Q [b, k, P, P] and whether it rotated.
+// ---- eigen: one workgroup per (pair, batch); writes Q [b, k, P, P] and whether it rotated;
+// off[0] gathers the largest off-diagonal cosine, off[1] the largest rotation sine.
 @group(0) @binding(1) var<storage, read> eig_partial: array<f32>;
 @group(0) @binding(2) var<storage, read_write> eig_q: array<f32>;
 @group(0) @binding(3) var<storage, read_write> eig_rotated: array<u32>;
@@ -189,6 +190,8 @@ fn eigen(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
     if lid == 0u {
         atomicMax(&eig_off[0], off);
     }
+    // The largest sine of this invocation's rotations (LAPACK's MXSINJ, for the stopping rule).
+    var own_sine = 0u;
     if bitcast<f32>(off) > p.tol {
         for (var sweep = 0u; sweep < p.sweeps; sweep++) {
             if lid == 0u {
@@ -219,6 +222,7 @@ fn eigen(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
                         }
                         c = 1.0 / sqrt(1.0 + t * t); // not inverseSqrt: it may be approximate
                         s = t * c;
+                        own_sine = max(own_sine, bitcast<u32>(abs(s)));
                     }
                     rot_c[lid] = c;
                     rot_s[lid] = s;
@@ -279,6 +283,7 @@ fn eigen(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
         }
         newton_schulz_to_q(lid, pair);
     }
+    atomicMax(&eig_off[1], own_sine);
     if lid == 0u {
         eig_rotated[pair] = select(0u, 1u, bitcast<f32>(off) > p.tol);
     }
@@ -383,7 +388,8 @@ struct Shape {
     len: u32,    // load: A's column length in W's sense; norms, gather: rows to read
     np: u32,     // padded column count of X
     cols: u32,   // load: A's true column count in W's sense; gather: r output columns
-    transpose: u32, // load: 1 when W's columns are A's columns (A stored [len, cols])
+    transpose: u32, // load: 1 when W's columns are A's columns (A stored [len, cols]);
+                    // gather: 1 to write in X's layout
     ld: u32,     // X's column stride
     offset: u32, // load: W's rows (V starts there); gather: the first row to read
 }
@@ -452,7 +458,7 @@ fn norms(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
 }
 
 // out[b, i, k] = X[b, perm[b, k], offset + i] * scale[b, k] for i < len, k < cols (sorted,
-// scaled columns).
+// scaled columns), stored [b, i, k], or [b, k, i] (X's own layout) when transpose is 1.
 @group(0) @binding(1) var<storage, read> gather_src: array<f32>;
 @group(0) @binding(2) var<storage, read> gather_perm: array<u32>;
 @group(0) @binding(3) var<storage, read> gather_scale: array<f32>;
@@ -466,8 +472,12 @@ fn gather(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
         return;
     }
     let b = idx / per;
-    let i = (idx % per) / sh.cols;
-    let k = idx % sh.cols;
+    var i = (idx % per) / sh.cols;
+    var k = idx % sh.cols;
+    if sh.transpose == 1u {
+        k = (idx % per) / sh.len;
+        i = idx % sh.len;
+    }
     let s = b * sh.cols + k;
     gather_out[idx] = gather_src[(b * sh.np + gather_perm[s]) * sh.ld + sh.offset + i] * gather_scale[s];
 }
