@@ -8,7 +8,7 @@ use crate::subspace::targets::glob_match;
 use anyhow::{bail, Context, Result};
 use safetensors::{Dtype, SafeTensors};
 
-use crate::kernels::jacobi::{svd_batched, SvdResult};
+use crate::kernels::jacobi::{max_batch, svd_batched, SvdResult};
 use crate::{Gpu, Tensor};
 
 #[derive(clap::Args)]
@@ -97,9 +97,7 @@ pub fn run(gpu: &Gpu, args: &Args) -> Result<()> {
     let mut spectra = Vec::new();
     let mut outputs: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
     for ((m, n), group) in groups {
-        // Batches of at most ~64M floats of input, so the working set stays modest.
-        let per_batch = ((64usize << 20) / (m * n)).max(1);
-        for names in group.chunks(per_batch) {
+        for names in group.chunks(max_batch(gpu, m, n)?) {
             let mut data = Vec::with_capacity(names.len() * m * n);
             for name in names {
                 data.extend(read_matrix(&file, name)?.1);

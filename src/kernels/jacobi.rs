@@ -264,6 +264,25 @@ fn record_round(gpu: &Gpu, plan: &Plan, work: &Work, round: usize) -> Result<()>
     round_launch(gpu, "rotate", &px, &[&work.q, &work.rotated], &[&work.x], grid, rotate_loops(plan.stride()))
 }
 
+/// How many m×n matrices one `svd_batched` call can take on this adapter: its largest buffer,
+/// the working matrix (W above V for every matrix), must fit one storage binding and 32-bit
+/// indexing. Errors when not even one fits.
+pub fn max_batch(gpu: &Gpu, m: usize, n: usize) -> Result<usize> {
+    let plan = Plan::new(1, m, n);
+    let per_matrix = (plan.np * plan.stride()) as u64;
+    let limits = gpu.limits();
+    let bytes = limits.max_buffer_size.min(limits.max_storage_buffer_binding_size);
+    let fit = (bytes / (4 * per_matrix)).min(u32::MAX as u64 / per_matrix);
+    if fit == 0 {
+        bail!(
+            "the SVD of a {m}x{n} matrix needs a working buffer of {:.1} MiB, more than this adapter allows per binding ({:.1} MiB)",
+            (4 * per_matrix) as f64 / 1048576.0,
+            bytes as f64 / 1048576.0
+        );
+    }
+    Ok(fit as usize)
+}
+
 /// Thin SVD of every matrix of `mats` [batch, m, n] (f32). Errors on NaN/Inf input and when
 /// the off-diagonal measure has not fallen below √max(m,n)·ε after 30 sweeps.
 pub fn svd_batched(mats: &Tensor) -> Result<SvdResult> {
@@ -614,6 +633,20 @@ mod tests {
         assert!(!rounding_floor_reached(&plan, 4, 1.919e-6, 3.1e-5), "too early");
         assert!(!rounding_floor_reached(&plan, 11, 2.4e-4, 3.1e-5), "cosine above √n·tol");
         assert!(!rounding_floor_reached(&plan, 11, 1.919e-6, 4.6e-3), "rotations still large");
+    }
+
+    /// Batches fill the adapter's binding limit, and a matrix whose working buffer alone is
+    /// too large is refused with the sizes.
+    #[test]
+    fn batches_fit_the_binding_limit() {
+        let gpu = gpu();
+        let limit = gpu.limits().max_buffer_size.min(gpu.limits().max_storage_buffer_binding_size);
+        let per_matrix = 4 * (1024 * (1024 + 1024)) as u64; // W above V, both 1024 x 1024
+        let fit = max_batch(&gpu, 1024, 1024).unwrap() as u64;
+        assert!(fit * per_matrix <= limit && (fit + 1) * per_matrix > limit, "{fit} per batch, limit {limit}");
+        let rows = (limit / (4 * 4096)) as usize; // W alone would just fit; V on top does not
+        let err = max_batch(&gpu, rows, 4096).unwrap_err().to_string();
+        assert!(err.contains(&format!("{rows}x4096")) && err.contains("per binding"), "{err}");
     }
 
     /// Every kernel of a 4096×4096 decomposition stays within lavapipe's loop budget.

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::project::{project, FrozenSubspace, Mode};
 use super::rank::RankPolicy;
 use super::targets::is_target;
-use crate::kernels::jacobi::svd_batched;
+use crate::kernels::jacobi::{max_batch, svd_batched};
 use crate::optim::UpdateFilter;
 use crate::tensor::Tensor;
 
@@ -53,22 +53,25 @@ impl SubspaceSet {
             bail!("no parameter matches the target patterns {targets:?}");
         }
         let mut set = SubspaceSet { mode, policy, frozen: BTreeMap::new(), choices: Vec::new() };
-        for ((m, n), names) in by_shape {
-            let gpu = params[names[0]].gpu();
-            let mut stacked = Vec::with_capacity(names.len() * m * n);
-            for name in &names {
-                stacked.extend(params[*name].to_f32()?);
-            }
-            let svd = svd_batched(&Tensor::from_f32(gpu, &[names.len(), m, n], &stacked)?)?;
-            let (u, v) = (svd.u.to_f32()?, svd.v.to_f32()?);
-            let r = m.min(n);
-            for (i, name) in names.iter().enumerate() {
-                let imp = importance(name);
-                let k = policy.frozen_rank(imp, m, n);
-                let (ui, vi) = (&u[i * m * r..(i + 1) * m * r], &v[i * n * r..(i + 1) * n * r]);
-                set.frozen.insert(name.to_string(), FrozenSubspace::from_svd(gpu, (m, n), ui, vi, k, mode)?);
-                set.choices.push(RankChoice { name: name.to_string(), rows: m, cols: n, importance: imp, k });
-                log::info!("subspace {name} {m}x{n}: importance {imp:.3}, k = {k}");
+        for ((m, n), all) in by_shape {
+            let gpu = params[all[0]].gpu();
+            // As many matrices per decomposition as the adapter's buffers hold.
+            for names in all.chunks(max_batch(gpu, m, n)?) {
+                let mut stacked = Vec::with_capacity(names.len() * m * n);
+                for name in names {
+                    stacked.extend(params[*name].to_f32()?);
+                }
+                let svd = svd_batched(&Tensor::from_f32(gpu, &[names.len(), m, n], &stacked)?)?;
+                let (u, v) = (svd.u.to_f32()?, svd.v.to_f32()?);
+                let r = m.min(n);
+                for (i, name) in names.iter().enumerate() {
+                    let imp = importance(name);
+                    let k = policy.frozen_rank(imp, m, n);
+                    let (ui, vi) = (&u[i * m * r..(i + 1) * m * r], &v[i * n * r..(i + 1) * n * r]);
+                    set.frozen.insert(name.to_string(), FrozenSubspace::from_svd(gpu, (m, n), ui, vi, k, mode)?);
+                    set.choices.push(RankChoice { name: name.to_string(), rows: m, cols: n, importance: imp, k });
+                    log::info!("subspace {name} {m}x{n}: importance {imp:.3}, k = {k}");
+                }
             }
         }
         Ok(set)
