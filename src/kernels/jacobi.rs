@@ -7,9 +7,11 @@
 //! a column of W above the same column of V. A sweep visits every pair of blocks once in
 //! round-robin order, NB/2 independent pairs per round: Gram of the pair's 32 columns of W, a
 //! Jacobi eigensolve of that 32×32 Gram in workgroup memory, and the rotation applied to the
-//! pair's columns of X (W and V in one pass). Stopping rule as LAPACK's dgesvj: every off-diagonal cosine
-//! |wᵢᵀwⱼ|/(‖wᵢ‖‖wⱼ‖) below √M·ε (then the sweep rotated nothing), at most 30 sweeps.
-//! σ are the final column norms, U the normalised columns, sorted by descending σ.
+//! pair's columns of X (W and V in one pass). Before every sweep the columns are sorted by
+//! norm. Stopping rules as LAPACK's dgesvj: every off-diagonal cosine |wᵢᵀwⱼ|/(‖wᵢ‖‖wⱼ‖)
+//! below √M·ε (then the sweep rotated nothing), or the rounding floor of
+//! `rounding_floor_reached`; at most 30 sweeps. σ are the final column norms, U the
+//! normalised columns, sorted by descending σ.
 
 use anyhow::{bail, Result};
 use bytemuck::{Pod, Zeroable};
@@ -75,7 +77,7 @@ pub struct SvdResult {
     pub s: Tensor,
     /// [batch, n, r]
     pub v: Tensor,
-    /// Sweeps run, the last one included (it found nothing left to rotate).
+    /// Sweeps run, the last one included (it rotated nothing, or only at the rounding floor).
     pub sweeps: usize,
     /// Largest off-diagonal cosine seen in the last sweep.
     pub off: f32,
@@ -192,6 +194,8 @@ struct Work {
     x: Tensor,
     /// Same shape: where `sort_columns` writes the reordered X.
     spare: Tensor,
+    /// [batch, np] of 1: the scale of a `gather` that only moves columns.
+    ones: Tensor,
     partial: Tensor,
     q: Tensor,
     rotated: Tensor,
@@ -209,6 +213,7 @@ impl Work {
         let work = Work {
             x: Tensor::uninit(gpu, &[batch, plan.np, plan.stride()], DType::F32)?,
             spare: Tensor::uninit(gpu, &[batch, plan.np, plan.stride()], DType::F32)?,
+            ones: Tensor::from_f32(gpu, &[batch, plan.np], &vec![1.0; batch * plan.np])?,
             partial: Tensor::uninit(gpu, &[batch, plan.pairs(), chunks(plan.ld), PAIR, PAIR], DType::F32)?,
             q: Tensor::uninit(gpu, &[batch, plan.pairs(), PAIR, PAIR], DType::F32)?,
             rotated: Tensor::uninit(gpu, &[batch, plan.pairs()], DType::U32)?,
@@ -284,7 +289,7 @@ pub fn max_batch(gpu: &Gpu, m: usize, n: usize) -> Result<usize> {
 }
 
 /// Thin SVD of every matrix of `mats` [batch, m, n] (f32). Errors on NaN/Inf input and when
-/// the off-diagonal measure has not fallen below √max(m,n)·ε after 30 sweeps.
+/// neither stopping rule holds after 30 sweeps.
 pub fn svd_batched(mats: &Tensor) -> Result<SvdResult> {
     let &[batch, m, n] = mats.shape() else {
         bail!("svd_batched expects a [batch, m, n] tensor, got shape {:?}", mats.shape());
@@ -385,8 +390,8 @@ fn sort_columns(gpu: &Gpu, plan: &Plan, work: &mut Work) -> Result<()> {
         return Ok(());
     }
     let perm = Tensor::from_u32(gpu, &[plan.batch, plan.np], &perm)?;
-    let ones = Tensor::from_f32(gpu, &[plan.batch, plan.np], &vec![1.0; plan.batch * plan.np])?;
-    let columns = Columns { offset: 0, len: plan.stride(), count: plan.np, perm: &perm, scale: &ones, x_layout: true };
+    let columns =
+        Columns { offset: 0, len: plan.stride(), count: plan.np, perm: &perm, scale: &work.ones, x_layout: true };
     gather(gpu, plan, &work.x, &columns, &work.spare)?;
     std::mem::swap(&mut work.x, &mut work.spare);
     Ok(())
@@ -440,7 +445,6 @@ fn finish(gpu: &Gpu, plan: &Plan, work: &Work, sweeps: usize, off: f32) -> Resul
     let perm = Tensor::from_u32(gpu, &[batch, r], &perm)?;
     let s = Tensor::from_f32(gpu, &[batch, r], &sigma)?;
     let inv = Tensor::from_f32(gpu, &[batch, r], &inv)?;
-    let ones = Tensor::from_f32(gpu, &[batch, r], &vec![1.0; batch * r])?;
     // Rows offset..offset + len of X's sorted columns, scaled.
     let sorted = |offset: usize, len: usize, scale: &Tensor| -> Result<Tensor> {
         let out = Tensor::uninit(gpu, &[batch, len, r], DType::F32)?;
@@ -449,7 +453,7 @@ fn finish(gpu: &Gpu, plan: &Plan, work: &Work, sweeps: usize, off: f32) -> Resul
         Ok(out)
     };
     let left = sorted(0, plan.len, &inv)?;
-    let right = orthogonalise(&sorted(plan.ld, plan.cols, &ones)?)?;
+    let right = orthogonalise(&sorted(plan.ld, plan.cols, &work.ones)?)?;
     let (u, v) = if plan.tall { (left, right) } else { (right, left) };
     Ok(SvdResult { u, s, v, sweeps, off })
 }
