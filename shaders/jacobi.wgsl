@@ -333,16 +333,22 @@ fn rot_store(y: mat4x4<f32>, col: u32, row: u32, row1: u32) {
     }
 }
 
+// Whether the eigensolve of `pair` rotated, read by one invocation and shared, so that the
+// whole workgroup returns together (the barriers after need uniform control flow).
+fn pair_rotated(pair: u32, reader: bool) -> bool {
+    if reader {
+        uniform_word = rot_flag[pair];
+    }
+    return workgroupUniformLoad(&uniform_word) != 0u;
+}
+
 @compute @workgroup_size(32)
 fn rotate(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let k = wg.x;
     let chunk = wg.y;
     let b = wg.z;
     let pair = b * (p.nb / 2u) + k;
-    if lid == 0u {
-        uniform_word = rot_flag[pair];
-    }
-    if workgroupUniformLoad(&uniform_word) == 0u {
+    if !pair_rotated(pair, lid == 0u) {
         return;
     }
     let c0 = (lid % 4u) * 8u;

@@ -1,6 +1,6 @@
 // gemm_subgroup: appended to matmul.wgsl (its Params, TRANS_A/B, a4/b4, fragment_b and
-// store_block) to make the matmul_subgroup module, built only on devices with the SUBGROUP
-// feature and subgroups of at least 8; the launcher checks.
+// store_block) and subgroup.wgsl (spread) to make the matmul_subgroup module, built only on
+// devices with the SUBGROUP feature and subgroups of at least 8; the launcher checks.
 //
 // For CPU adapters (lavapipe runs 8 invocations as the SIMD lanes of one subgroup): there a
 // storage load whose address differs per lane costs a scalar loop over the lanes, while
@@ -9,14 +9,6 @@
 // of the tile's 32 x 4 block of op(A) and shares them by broadcast, so every lane sees all 32
 // rows; each lane loads only its own 8 columns of op(B) (two 4 x 4 fragments) and keeps a
 // 32 x 8 block of C. Needs the same 16-byte alignment as gemm_register_blocked.
-
-// Lane c's v for c = 0..7, in every lane.
-fn spread(v: vec4<f32>) -> array<vec4<f32>, 8> {
-    return array<vec4<f32>, 8>(
-        subgroupBroadcast(v, 0u), subgroupBroadcast(v, 1u), subgroupBroadcast(v, 2u), subgroupBroadcast(v, 3u),
-        subgroupBroadcast(v, 4u), subgroupBroadcast(v, 5u), subgroupBroadcast(v, 6u), subgroupBroadcast(v, 7u),
-    );
-}
 
 // The 32 x 4 block op(A)[i0..i0+32][kk..kk+4] as 8 fragments: column r of fragment g is row
 // 4g + r. Lane c's load h is vector number v = c + 8h of the block: row v (along K) when A is

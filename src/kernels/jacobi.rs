@@ -7,8 +7,9 @@
 //! a column of W above the same column of V. A sweep visits every pair of blocks once in
 //! round-robin order, NB/2 independent pairs per round: Gram of the pair's 32 columns of W, a
 //! Jacobi eigensolve of that 32×32 Gram in workgroup memory, and the rotation applied to the
-//! pair's columns of X (W and V in one pass). Before every sweep the columns are sorted by
-//! norm. Stopping rules as LAPACK's dgesvj: every off-diagonal cosine |wᵢᵀwⱼ|/(‖wᵢ‖‖wⱼ‖)
+//! pair's columns of X (W and V in one pass); on CPU adapters with subgroups the Gram and the
+//! rotation run as subgroup kernels ([`RoundKernels`]). Before every sweep the columns are
+//! sorted by norm. Stopping rules as LAPACK's dgesvj: every off-diagonal cosine |wᵢᵀwⱼ|/(‖wᵢ‖‖wⱼ‖)
 //! below √M·ε (then the sweep rotated nothing), or the rounding floor of
 //! `rounding_floor_reached`; at most 30 sweeps. σ are the final column norms, U the
 //! normalised columns, sorted by descending σ.
@@ -17,16 +18,57 @@ use anyhow::{bail, Result};
 use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::{grid_1d, Gpu, Launch, Shader};
-use crate::kernels::matmul::{gemm, matmul, Gemm};
+use crate::kernels::matmul::{gemm, matmul, subgroups_of_8, Gemm};
 use crate::tensor::{DType, Tensor};
 
 pub static SHADER: Shader = crate::shader!("jacobi");
+
+/// jacobi.wgsl plus the subgroup kernels of `gram` and `rotate` (a module of its own: a
+/// device without the SUBGROUP feature refuses any module that uses subgroup ops).
+pub static SUBGROUP_SHADER: Shader = crate::subgroup_shader!("jacobi", "jacobi_subgroup");
+
+/// Which kernels compute a round's Grams and rotations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoundKernels {
+    /// CPU adapters with subgroups of at least 8 (lavapipe): one 8-lane subgroup per
+    /// workgroup shares its loads by broadcast (shaders/jacobi_subgroup.wgsl); measured 2-3x
+    /// faster than the portable kernels on lavapipe.
+    Subgroup,
+    /// Everywhere else: register blocks straight from storage, no subgroup ops.
+    Portable,
+}
+
+impl RoundKernels {
+    pub fn choose(gpu: &Gpu) -> RoundKernels {
+        if gpu.is_cpu() && subgroups_of_8(gpu) {
+            RoundKernels::Subgroup
+        } else {
+            RoundKernels::Portable
+        }
+    }
+
+    fn gram(self) -> Kernel {
+        match self {
+            RoundKernels::Subgroup => (&SUBGROUP_SHADER, "gram_subgroup"),
+            RoundKernels::Portable => (&SHADER, "gram"),
+        }
+    }
+
+    fn rotate(self) -> Kernel {
+        match self {
+            RoundKernels::Subgroup => (&SUBGROUP_SHADER, "rotate_subgroup"),
+            RoundKernels::Portable => (&SHADER, "rotate"),
+        }
+    }
+}
 
 /// Columns per block; a pair's 2B×2B Gram and rotation take 4 KiB each of workgroup memory.
 pub const BLOCK: usize = 16;
 const PAIR: usize = 2 * BLOCK;
 /// Rows a `rotate` workgroup computes per step (ROT_ROWS in the shader).
 const ROTATE_ROWS: usize = 64;
+/// Rows a `rotate_subgroup` workgroup computes per step (SG_ROT_ROWS in the shader).
+const SUBGROUP_ROTATE_ROWS: usize = 32;
 /// Rows one workgroup of `gram` / `rotate` covers; longer columns are split over workgroups.
 const CHUNK: usize = 256;
 /// Inner Jacobi sweeps of the small eigensolve at most. The outer sweeps converge anyway, so
@@ -120,15 +162,24 @@ fn chunks(len: usize) -> usize {
     len.div_ceil(CHUNK)
 }
 
-/// Worst-case loop iterations of one `gram` invocation: its rows in steps of 4, then 4 stores
-/// of 4.
-fn gram_loops(len: usize) -> u64 {
-    (len.min(CHUNK).div_ceil(4) + 4 * 4) as u64
+/// Worst-case loop iterations of one `gram` invocation: its rows in steps of 4, then the
+/// stores (portable: 4 of 4; subgroup: 8 of 4 x (1 + 4)).
+fn gram_loops(kernels: RoundKernels, len: usize) -> u64 {
+    let stores = match kernels {
+        RoundKernels::Portable => 4 * 4,
+        RoundKernels::Subgroup => 8 * 4 * 5,
+    };
+    (len.min(CHUNK).div_ceil(4) + stores) as u64
 }
 
-/// Per step of `rotate`: the step, the loop over the pair's columns, 4 stores of 4.
-fn rotate_loops(len: usize) -> u64 {
-    (len.min(CHUNK).div_ceil(ROTATE_ROWS) * (1 + PAIR + 4 * 4)) as u64
+/// Per step of `rotate`: the step, the loop over the pair's columns (portable: one column per
+/// iteration, 4 stores of 4; subgroup: 4 columns per iteration, 8 stores of 4).
+fn rotate_loops(kernels: RoundKernels, len: usize) -> u64 {
+    let (rows, per_step) = match kernels {
+        RoundKernels::Portable => (ROTATE_ROWS, 1 + PAIR + 4 * 4),
+        RoundKernels::Subgroup => (SUBGROUP_ROTATE_ROWS, 1 + PAIR / 4 + 8 * 4),
+    };
+    (len.min(CHUNK).div_ceil(rows) * per_step) as u64
 }
 
 fn eigen_loops(len: usize) -> u64 {
@@ -145,9 +196,12 @@ fn norm_loops(len: usize) -> u64 {
     len.div_ceil(256) as u64 + 8
 }
 
+/// A kernel: its module and entry point.
+type Kernel = (&'static Shader, &'static str);
+
 fn round_launch(
     gpu: &Gpu,
-    entry: &'static str,
+    (shader, entry): Kernel,
     params: &RoundParams,
     read: &[&Tensor],
     write: &[&Tensor],
@@ -155,7 +209,7 @@ fn round_launch(
     loop_iterations: u64,
 ) -> Result<()> {
     gpu.launch(&Launch {
-        shader: &SHADER,
+        shader,
         entry,
         constants: &[],
         params: bytemuck::bytes_of(params),
@@ -249,15 +303,15 @@ fn round_params(plan: &Plan, m: usize, round: usize) -> RoundParams {
 }
 
 /// Records one round (a set of disjoint block pairs) on W and V.
-fn record_round(gpu: &Gpu, plan: &Plan, work: &Work, round: usize) -> Result<()> {
+fn record_round(gpu: &Gpu, kernels: RoundKernels, plan: &Plan, work: &Work, round: usize) -> Result<()> {
     let pairs = plan.pairs() as u32;
     let batch = plan.batch as u32;
     let pw = round_params(plan, plan.ld, round);
     let grid = [pairs, chunks(plan.ld) as u32, batch];
-    round_launch(gpu, "gram", &pw, &[&work.x], &[&work.partial], grid, gram_loops(plan.ld))?;
+    round_launch(gpu, kernels.gram(), &pw, &[&work.x], &[&work.partial], grid, gram_loops(kernels, plan.ld))?;
     round_launch(
         gpu,
-        "eigen",
+        (&SHADER, "eigen"),
         &pw,
         &[&work.partial],
         &[&work.q, &work.rotated, &work.off],
@@ -266,7 +320,8 @@ fn record_round(gpu: &Gpu, plan: &Plan, work: &Work, round: usize) -> Result<()>
     )?;
     let px = round_params(plan, plan.stride(), round);
     let grid = [pairs, chunks(plan.stride()) as u32, batch];
-    round_launch(gpu, "rotate", &px, &[&work.q, &work.rotated], &[&work.x], grid, rotate_loops(plan.stride()))
+    let loops = rotate_loops(kernels, plan.stride());
+    round_launch(gpu, kernels.rotate(), &px, &[&work.q, &work.rotated], &[&work.x], grid, loops)
 }
 
 /// How many m×n matrices one `svd_batched` call can take on this adapter: its largest buffer,
@@ -291,6 +346,12 @@ pub fn max_batch(gpu: &Gpu, m: usize, n: usize) -> Result<usize> {
 /// Thin SVD of every matrix of `mats` [batch, m, n] (f32). Errors on NaN/Inf input and when
 /// neither stopping rule holds after 30 sweeps.
 pub fn svd_batched(mats: &Tensor) -> Result<SvdResult> {
+    svd_batched_with(mats, RoundKernels::choose(mats.gpu()))
+}
+
+/// [`svd_batched`] with given round kernels (tests and benchmarks); refuses the subgroup
+/// kernels on a device without subgroups of at least 8.
+pub fn svd_batched_with(mats: &Tensor, kernels: RoundKernels) -> Result<SvdResult> {
     let &[batch, m, n] = mats.shape() else {
         bail!("svd_batched expects a [batch, m, n] tensor, got shape {:?}", mats.shape());
     };
@@ -301,6 +362,9 @@ pub fn svd_batched(mats: &Tensor) -> Result<SvdResult> {
         bail!("svd_batched: empty matrices of shape {:?}", mats.shape());
     }
     let gpu = mats.gpu();
+    if kernels == RoundKernels::Subgroup && !subgroups_of_8(gpu) {
+        bail!("svd: the subgroup kernels need the SUBGROUP feature with subgroups of at least 8");
+    }
     let plan = Plan::new(batch, m, n);
     let mut work = Work::load(&plan, mats)?;
     let tol = plan.tol();
@@ -316,7 +380,7 @@ pub fn svd_batched(mats: &Tensor) -> Result<SvdResult> {
         sort_columns(gpu, &plan, &mut work)?;
         work.off.fill_zero()?;
         for round in 0..plan.nb - 1 {
-            record_round(gpu, &plan, &work, round)?;
+            record_round(gpu, kernels, &plan, &work, round)?;
         }
         let [largest_cos, largest_sine] = work.off.to_f32()?[..] else { unreachable!("off holds 2 values") };
         off = largest_cos;
@@ -568,12 +632,31 @@ mod tests {
         cases.sort();
         assert_eq!(cases.len(), 12, "fixture cases: {cases:?}");
         let gpu = gpu();
-        for case in &cases {
-            let (a, shape) = read(&format!("{case}.a"));
-            let (s_ref, _) = read(&format!("{case}.s"));
-            let res = svd(&Tensor::from_f32(&gpu, &shape, &a).unwrap()).unwrap();
-            check(case, &a, shape[0], shape[1], &res, &s_ref);
+        for kernels in available_kernels(&gpu) {
+            for case in &cases {
+                let (a, shape) = read(&format!("{case}.a"));
+                let (s_ref, _) = read(&format!("{case}.s"));
+                let mats = Tensor::from_f32(&gpu, &[1, shape[0], shape[1]], &a).unwrap();
+                let res = svd_batched_with(&mats, kernels).unwrap();
+                let r = shape[0].min(shape[1]);
+                let one = SvdResult {
+                    u: res.u.reshape(&[shape[0], r]).unwrap(),
+                    s: res.s.reshape(&[r]).unwrap(),
+                    v: res.v.reshape(&[shape[1], r]).unwrap(),
+                    ..res
+                };
+                check(&format!("{case} ({kernels:?})"), &a, shape[0], shape[1], &one, &s_ref);
+            }
         }
+    }
+
+    /// The portable round kernels everywhere, the subgroup ones where the device has them.
+    fn available_kernels(gpu: &Gpu) -> Vec<RoundKernels> {
+        let mut kernels = vec![RoundKernels::Portable];
+        if subgroups_of_8(gpu) {
+            kernels.push(RoundKernels::Subgroup);
+        }
+        kernels
     }
 
     /// Several matrices at once, against faer's f64 singular values, for shapes that are not
@@ -581,9 +664,12 @@ mod tests {
     #[test]
     fn batched_matches_faer() {
         let gpu = gpu();
-        for &(batch, m, n) in &[(3, 33, 17), (2, 17, 40), (2, 65, 65)] {
+        let shapes = [(3, 33, 17), (2, 17, 40), (2, 65, 65)];
+        for (kernels, &(batch, m, n)) in
+            available_kernels(&gpu).into_iter().flat_map(|k| shapes.iter().map(move |s| (k, s)))
+        {
             let a = random(batch * m * n, (m * 1000 + n) as u64);
-            let res = svd_batched(&Tensor::from_f32(&gpu, &[batch, m, n], &a).unwrap()).unwrap();
+            let res = svd_batched_with(&Tensor::from_f32(&gpu, &[batch, m, n], &a).unwrap(), kernels).unwrap();
             let (u, s, v) = (res.u.to_f32().unwrap(), res.s.to_f32().unwrap(), res.v.to_f32().unwrap());
             let r = m.min(n);
             for b in 0..batch {
@@ -598,7 +684,7 @@ mod tests {
                     sweeps: res.sweeps,
                     off: res.off,
                 };
-                check(&format!("batch {b} of {m}x{n}"), ab, m, n, &one, &s_ref);
+                check(&format!("batch {b} of {m}x{n} ({kernels:?})"), ab, m, n, &one, &s_ref);
             }
         }
     }
@@ -657,8 +743,10 @@ mod tests {
     #[test]
     fn loop_counts_fit_the_budget_up_to_4096() {
         for len in [1, 17, 255, 256, 257, 4096, 8192] {
-            for loops in [gram_loops(len), rotate_loops(len), eigen_loops(len), norm_loops(len)] {
-                assert!(loops > 0 && loops <= crate::gpu::LOOP_BUDGET, "{len} rows: {loops} iterations");
+            for kernels in [RoundKernels::Subgroup, RoundKernels::Portable] {
+                for loops in [gram_loops(kernels, len), rotate_loops(kernels, len), eigen_loops(len), norm_loops(len)] {
+                    assert!(loops > 0 && loops <= crate::gpu::LOOP_BUDGET, "{len} rows: {loops} iterations");
+                }
             }
         }
     }

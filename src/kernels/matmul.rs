@@ -27,13 +27,7 @@ pub static SHADER: Shader = crate::shader!("matmul");
 
 /// matmul.wgsl plus the subgroup kernel, which uses its declarations. A module of its own,
 /// because a device without the SUBGROUP feature refuses any module that uses subgroup ops.
-pub static SUBGROUP_SHADER: Shader = Shader {
-    name: "matmul_subgroup",
-    wgsl: concat!(
-        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/matmul.wgsl")),
-        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/matmul_subgroup.wgsl")),
-    ),
-};
+pub static SUBGROUP_SHADER: Shader = crate::subgroup_shader!("matmul", "matmul_subgroup");
 
 /// C[b] = alpha * op(A[b]) * op(B[b]) + beta * C[b]; op(X) = Xᵀ when trans_x. Row-major with leading dims (row strides)
 /// and element offsets, so sub-blocks (heads, column blocks) are addressable without copies.
@@ -154,7 +148,7 @@ impl Variant {
 }
 
 /// gemm_subgroup needs subgroup ops and one subgroup per workgroup of 8 invocations.
-fn subgroups_of_8(gpu: &Gpu) -> bool {
+pub(crate) fn subgroups_of_8(gpu: &Gpu) -> bool {
     gpu.has_subgroups() && gpu.summary().subgroup_min_size >= SG_LANES
 }
 

@@ -25,6 +25,7 @@ pub const ALL_SHADERS: &[&Shader] = &[
     &elementwise::SHADER,
     &embedding::SHADER,
     &jacobi::SHADER,
+    &jacobi::SUBGROUP_SHADER,
     &loss::SHADER,
     &matmul::SHADER,
     &matmul::SUBGROUP_SHADER,
@@ -51,6 +52,22 @@ macro_rules! shader {
         $crate::gpu::Shader {
             name: $name,
             wgsl: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $name, ".wgsl")),
+        }
+    };
+}
+
+/// A kernel family's subgroup variant: its base file, the shared subgroup helpers
+/// (shaders/subgroup.wgsl) and the variant's kernels, as one module.
+#[macro_export]
+macro_rules! subgroup_shader {
+    ($base:literal, $name:literal) => {
+        $crate::gpu::Shader {
+            name: $name,
+            wgsl: concat!(
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $base, ".wgsl")),
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/subgroup.wgsl")),
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $name, ".wgsl")),
+            ),
         }
     };
 }
