@@ -156,6 +156,24 @@ fn cosine(gij: f32, gii: f32, gjj: f32) -> f32 {
     return abs(gij) / (sqrt(gii) * sqrt(gjj));
 }
 
+// (c, s) of the symmetric Schur rotation annihilating g_ij (Golub & Van Loan 8.4.1); (1, 0)
+// when the cosine is within the tolerance (or NaN).
+fn schur_rotation(gij: f32, gii: f32, gjj: f32) -> vec2<f32> {
+    if !(cosine(gij, gii, gjj) > p.tol) {
+        return vec2<f32>(1.0, 0.0);
+    }
+    let theta = (gjj - gii) / (2.0 * gij);
+    var t = 0.5 / theta;
+    if abs(theta) < 1e15 {
+        t = sign(theta) / (abs(theta) + sqrt(1.0 + theta * theta));
+        if theta == 0.0 {
+            t = 1.0;
+        }
+    }
+    let c = 1.0 / sqrt(1.0 + t * t); // not inverseSqrt: it may be approximate
+    return vec2<f32>(c, t * c);
+}
+
 @compute @workgroup_size(EIG_WG)
 fn eigen(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let k = wg.x;
@@ -206,26 +224,14 @@ fn eigen(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
                     let gii = mat[i * P + i];
                     let gjj = mat[j * P + j];
                     let gij = mat[i * P + j];
-                    var c = 1.0;
-                    var s = 0.0;
                     let cs = cosine(gij, gii, gjj);
                     if cs > p.tol {
                         atomicMax(&local_off, bitcast<u32>(cs));
-                        // Symmetric Schur rotation (Golub & Van Loan 8.4.1) annihilating g_ij.
-                        let theta = (gjj - gii) / (2.0 * gij);
-                        var t = 0.5 / theta;
-                        if abs(theta) < 1e15 {
-                            t = sign(theta) / (abs(theta) + sqrt(1.0 + theta * theta));
-                            if theta == 0.0 {
-                                t = 1.0;
-                            }
-                        }
-                        c = 1.0 / sqrt(1.0 + t * t); // not inverseSqrt: it may be approximate
-                        s = t * c;
-                        own_sine = max(own_sine, bitcast<u32>(abs(s)));
                     }
-                    rot_c[lid] = c;
-                    rot_s[lid] = s;
+                    let rot = schur_rotation(gij, gii, gjj);
+                    own_sine = max(own_sine, bitcast<u32>(abs(rot.y)));
+                    rot_c[lid] = rot.x;
+                    rot_s[lid] = rot.y;
                 }
                 workgroupBarrier();
                 // G <- Jᵀ G J in one pass: the 2 x 2 block of rows (i_a, j_a) and columns
