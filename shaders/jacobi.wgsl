@@ -333,9 +333,12 @@ fn newton_schulz_to_q(lid: u32, pair: u32) {
 // row1 are multiples of 4).
 fn rot_store(y: mat4x4<f32>, col: u32, row: u32, row1: u32) {
     if row < row1 {
-        for (var t = 0u; t < 4u; t++) {
-            rot_x[(col + t * p.ld + row) / 4u] = y[t];
-        }
+        let at = (col + row) / 4u;
+        let ld4 = p.ld / 4u;
+        rot_x[at] = y[0];
+        rot_x[at + ld4] = y[1];
+        rot_x[at + 2u * ld4] = y[2];
+        rot_x[at + 3u * ld4] = y[3];
     }
 }
 

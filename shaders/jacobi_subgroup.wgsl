@@ -64,11 +64,34 @@ fn gram_store_rows(g: mat4x4<f32>, dst: u32) {
     }
 }
 
-// ---- rotate_subgroup: same effect as rotate. Per step of 32 rows and 4 columns c.. of the
-// pair, lane l loads rows 4l.. of the 4 columns and its 4 x 4 block of Q (rows c.., columns
-// 4l..); spread, the loads give every lane the step's 32 x 4 block of X, and lane l
+// ---- rotate_subgroup: same effect as rotate. Lane l reads its columns' 4 x 4 blocks of Q
+// once. Per step of 32 rows and 4 columns c.. of the pair, lane l loads rows 4l.. of the 4
+// columns; spread, the loads give every lane the step's 32 x 4 block of X, and lane l
 // accumulates its 4 output columns for all 32 rows: acc[s][j] = rows 4s.. of column 4l + j.
 const SG_ROT_ROWS: u32 = 32u;
+
+// acc += the 32 rows at vec4 x (lane l's rows 4l..) of 4 columns ld4 vec4 apart, times the
+// lane's Q block qt (qt[j][h] = Q[c + h][4l + j]).
+fn rotate_accumulate(acc: ptr<function, array<mat4x4<f32>, 8>>, x: u32, ld4: u32, qt: mat4x4<f32>) {
+    let s0 = spread(rot_x[x]);
+    let s1 = spread(rot_x[x + ld4]);
+    let s2 = spread(rot_x[x + 2u * ld4]);
+    let s3 = spread(rot_x[x + 3u * ld4]);
+    (*acc)[0] += mat4x4<f32>(s0[0], s1[0], s2[0], s3[0]) * qt;
+    (*acc)[1] += mat4x4<f32>(s0[1], s1[1], s2[1], s3[1]) * qt;
+    (*acc)[2] += mat4x4<f32>(s0[2], s1[2], s2[2], s3[2]) * qt;
+    (*acc)[3] += mat4x4<f32>(s0[3], s1[3], s2[3], s3[3]) * qt;
+    (*acc)[4] += mat4x4<f32>(s0[4], s1[4], s2[4], s3[4]) * qt;
+    (*acc)[5] += mat4x4<f32>(s0[5], s1[5], s2[5], s3[5]) * qt;
+    (*acc)[6] += mat4x4<f32>(s0[6], s1[6], s2[6], s3[6]) * qt;
+    (*acc)[7] += mat4x4<f32>(s0[7], s1[7], s2[7], s3[7]) * qt;
+}
+
+// Rows 4i.. of Q's columns 4l.. (Q row-major, vec4 q + 8c is Q[c][4l..]), transposed.
+fn q_block(q: u32, i: u32) -> mat4x4<f32> {
+    let row = q + 32u * i;
+    return transpose(mat4x4<f32>(rot_q[row], rot_q[row + 8u], rot_q[row + 16u], rot_q[row + 24u]));
+}
 
 @compute @workgroup_size(8)
 fn rotate_subgroup(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
@@ -84,30 +107,27 @@ fn rotate_subgroup(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invoc
     let out = base + pair_column(k, 4u * lane) * p.ld;
     let col_a = base + block_at(k) * B * p.ld;
     let col_b = base + block_at(p.nb - 1u - k) * B * p.ld;
-    // Q[c][4l..4l + 4] is vec4 number q + 8c.
     let q = pair * P * P / 4u + lane;
+    // Constant indices only, so that Q and the accumulators stay in registers.
+    let qt = array<mat4x4<f32>, 8>(
+        q_block(q, 0u), q_block(q, 1u), q_block(q, 2u), q_block(q, 3u),
+        q_block(q, 4u), q_block(q, 5u), q_block(q, 6u), q_block(q, 7u),
+    );
     let row0 = chunk * p.chunk;
     let row1 = min(row0 + p.chunk, p.m);
     for (var r = row0; r < row1; r += SG_ROT_ROWS) {
         // Rows past row1 read other data (or the clamped end) and are not written.
         var acc: array<mat4x4<f32>, 8>;
-        for (var c = 0u; c < P; c += 4u) {
-            let x = (select(col_b + (c - B) * p.ld, col_a + c * p.ld, c < B) + r) / 4u + lane;
-            let s0 = spread(rot_x[x]);
-            let s1 = spread(rot_x[x + ld4]);
-            let s2 = spread(rot_x[x + 2u * ld4]);
-            let s3 = spread(rot_x[x + 3u * ld4]);
-            // qt[j][h] = Q[c + h][4l + j]
-            let qt = transpose(mat4x4<f32>(rot_q[q + 8u * c], rot_q[q + 8u * c + 8u], rot_q[q + 8u * c + 16u], rot_q[q + 8u * c + 24u]));
-            acc[0] += mat4x4<f32>(s0[0], s1[0], s2[0], s3[0]) * qt;
-            acc[1] += mat4x4<f32>(s0[1], s1[1], s2[1], s3[1]) * qt;
-            acc[2] += mat4x4<f32>(s0[2], s1[2], s2[2], s3[2]) * qt;
-            acc[3] += mat4x4<f32>(s0[3], s1[3], s2[3], s3[3]) * qt;
-            acc[4] += mat4x4<f32>(s0[4], s1[4], s2[4], s3[4]) * qt;
-            acc[5] += mat4x4<f32>(s0[5], s1[5], s2[5], s3[5]) * qt;
-            acc[6] += mat4x4<f32>(s0[6], s1[6], s2[6], s3[6]) * qt;
-            acc[7] += mat4x4<f32>(s0[7], s1[7], s2[7], s3[7]) * qt;
-        }
+        let xa = (col_a + r) / 4u + lane;
+        let xb = (col_b + r) / 4u + lane;
+        rotate_accumulate(&acc, xa, ld4, qt[0]);
+        rotate_accumulate(&acc, xa + 4u * ld4, ld4, qt[1]);
+        rotate_accumulate(&acc, xa + 8u * ld4, ld4, qt[2]);
+        rotate_accumulate(&acc, xa + 12u * ld4, ld4, qt[3]);
+        rotate_accumulate(&acc, xb, ld4, qt[4]);
+        rotate_accumulate(&acc, xb + 4u * ld4, ld4, qt[5]);
+        rotate_accumulate(&acc, xb + 8u * ld4, ld4, qt[6]);
+        rotate_accumulate(&acc, xb + 12u * ld4, ld4, qt[7]);
         // Every lane has read the step's rows of all 32 columns before any lane writes them.
         workgroupBarrier();
         rot_store(acc[0], out, r, row1);

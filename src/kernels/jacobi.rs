@@ -80,9 +80,9 @@ const SUBGROUP_ROTATE_ROWS: usize = 32;
 /// Rows one workgroup of `gram` / `rotate` covers; longer columns are split over workgroups.
 const CHUNK: usize = 256;
 /// Inner Jacobi sweeps of the small eigensolve at most. The outer sweeps converge anyway, so
-/// solving each pair only roughly costs no more outer sweeps (measured: 10, 2 and 1 inner
-/// sweeps all take 11 outer sweeps at 256², 13 at 512²) and a fraction of the eigensolve time.
-const INNER_SWEEPS: usize = 1;
+/// each pair is solved only roughly; with the subgroup eigensolve cheap, a second inner sweep
+/// saves an outer one at 256² and 512² (8 and 9 instead of 9 and 10; 11 at 1024² either way).
+const INNER_SWEEPS: usize = 2;
 /// Invocations of an `eigen` workgroup (EIG_WG in the shader).
 const EIGEN_WORKGROUP: usize = 32;
 pub const MAX_SWEEPS: usize = 30;
@@ -180,12 +180,12 @@ fn gram_loops(kernels: RoundKernels, len: usize) -> u64 {
     (len.min(CHUNK).div_ceil(4) + stores) as u64
 }
 
-/// Per step of `rotate`: the step, the loop over the pair's columns (portable: one column per
-/// iteration, 4 stores of 4; subgroup: 4 columns per iteration, 8 stores of 4).
+/// Per step of `rotate`: the step (portable: and its loop over the pair's columns; the
+/// subgroup kernel's column steps and stores are unrolled).
 fn rotate_loops(kernels: RoundKernels, len: usize) -> u64 {
     let (rows, per_step) = match kernels {
-        RoundKernels::Portable => (ROTATE_ROWS, 1 + PAIR + 4 * 4),
-        RoundKernels::Subgroup => (SUBGROUP_ROTATE_ROWS, 1 + PAIR / 4 + 8 * 4),
+        RoundKernels::Portable => (ROTATE_ROWS, 1 + PAIR),
+        RoundKernels::Subgroup => (SUBGROUP_ROTATE_ROWS, 1),
     };
     (len.min(CHUNK).div_ceil(rows) * per_step) as u64
 }
