@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, write_atomic, CHECKPOINTS};
-use crate::continual::driver::{run_stream, Method, StreamOptions};
+use crate::continual::driver::{run_stream, task_options, Method, StreamOptions};
 use crate::continual::report::Results;
 use crate::data::{cl_benchmark, read_jsonl, synthetic, Stream, Task, TaskSettings};
 use crate::model::{load_model, LlamaConfig, LlamaModel, Model, T5Config, T5Model, Tokenizer};
@@ -110,8 +110,10 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', conflicts_with_all = ["seed", "resume"])]
     #[serde(skip)]
     seeds: Vec<u64>,
-    #[arg(long, default_value_t = 8)]
-    epochs: usize,
+    /// Epochs per task (default 8; the trace preset: TRACE's own per-dataset epochs,
+    /// 5,3,7,5,3,5,5,7, which this flag replaces). A stream file's per-task epochs win.
+    #[arg(long)]
+    epochs: Option<usize>,
     #[arg(long, default_value_t = 3e-3)]
     lr: f32,
     #[arg(long, default_value_t = 0.0)]
@@ -176,9 +178,25 @@ fn default_init_std() -> f32 {
     0.02
 }
 
+/// Epochs per task when neither --epochs nor the data says.
+const DEFAULT_EPOCHS: usize = 8;
+
 impl Args {
     fn is_builtin(&self) -> bool {
         self.model.is_none()
+    }
+
+    fn epochs(&self) -> usize {
+        self.epochs.unwrap_or(DEFAULT_EPOCHS)
+    }
+
+    /// The tasks of --preset; an explicit --epochs replaces a preset's own per-task epochs.
+    fn preset_tasks(&self, preset: &str, data: &Path) -> Result<Vec<Task>> {
+        let mut tasks = cl_benchmark::preset(preset, data, self.max_train, self.max_eval)?;
+        if let Some(epochs) = self.epochs {
+            tasks.iter_mut().for_each(|t| t.settings.epochs = Some(epochs));
+        }
+        Ok(tasks)
     }
 
     fn methods(&self) -> Vec<Method> {
@@ -232,14 +250,14 @@ impl Args {
             (None, None) => RankPolicy::default(),
         };
         policy.validate()?;
-        if self.epochs == 0 || self.batch_size == 0 || self.grad_accum == 0 {
+        if self.epochs() == 0 || self.batch_size == 0 || self.grad_accum == 0 {
             bail!("--epochs, --batch-size and --grad-accum must be positive");
         }
         if !(0.0..1.0).contains(&self.warmup_ratio) {
             bail!("--warmup-ratio must be in [0, 1), got {}", self.warmup_ratio);
         }
         let mut train = TrainOptions {
-            epochs: self.epochs,
+            epochs: self.epochs(),
             batch_size: self.batch_size,
             grad_accum: self.grad_accum,
             max_source_len: self.max_source_len,
@@ -251,7 +269,7 @@ impl Args {
                 ..Default::default()
             },
         };
-        let steps = (self.epochs * train.steps_per_epoch(examples)) as u64;
+        let steps = (self.epochs() * train.steps_per_epoch(examples)) as u64;
         train.adamw.schedule = Schedule::Linear { warmup: (steps as f64 * self.warmup_ratio) as u64, total: steps };
         if self.cross_attention() {
             if !targets.iter().any(|t| T5_DEFAULT.contains(&t.as_str())) {
@@ -301,7 +319,7 @@ impl Args {
             return Ok((model, tokenizer, Stream::load(stream)?));
         }
         if let (Some(preset), Some(data)) = (&self.preset, &self.data) {
-            return Ok((model, tokenizer, cl_benchmark::preset(preset, data, self.max_train, self.max_eval)?));
+            return Ok((model, tokenizer, self.preset_tasks(preset, data)?));
         }
         let Some(train) = &self.train else {
             bail!("--model needs data: --train FILE.jsonl, --stream STREAM.json or --preset NAME --data DIR");
@@ -370,7 +388,13 @@ fn run_method(gpu: &crate::Gpu, args: &Args, method: Method, dir: &Path) -> Resu
     let (model, tokenizer, tasks) = args.setup(gpu, dir)?;
     let examples = tasks.iter().map(|t| t.train.len()).max().unwrap_or(0);
     let options = args.stream_options(method, examples, model.default_targets())?;
-    let steps: usize = tasks.iter().map(|t| args.epochs * options.train.steps_per_epoch(t.train.len())).sum();
+    let steps: usize = tasks
+        .iter()
+        .map(|t| {
+            let task = task_options(&options.train, t);
+            task.epochs * task.steps_per_epoch(t.train.len())
+        })
+        .sum();
     let bar = indicatif::ProgressBar::new(steps as u64);
     bar.set_style(indicatif::ProgressStyle::with_template(
         "{prefix} [{bar:30}] {pos}/{len} {msg} {per_sec} eta {eta}",
@@ -521,6 +545,21 @@ mod tests {
             )),
             (false, false, false, vec![])
         );
+    }
+
+    #[test]
+    fn trace_keeps_its_epochs_unless_epochs_is_given() {
+        let dir = crate::data::stream::tests::scratch("trace-epochs");
+        crate::data::trace::tests::fake_trace(&dir);
+        let epochs = |line: &str| -> Vec<usize> {
+            let args = parse(line);
+            let options = args.stream_options(Method::Osft, 2, vec![]).unwrap();
+            let tasks = args.preset_tasks("trace", &dir).unwrap();
+            tasks.iter().map(|t| task_options(&options.train, t).epochs).collect()
+        };
+        let line = format!("--model m --preset trace --data {}", dir.display());
+        assert_eq!(epochs(&line), [5, 3, 7, 5, 3, 5, 5, 7]);
+        assert_eq!(epochs(&format!("{line} --epochs 2")), [2; 8]);
     }
 
     #[test]

@@ -24,16 +24,21 @@ pub const PRESET: &str = "trace";
 pub const DATASETS: &[&str] =
     &["C-STANCE", "FOMC", "MeetingBank", "Py150", "ScienceQA", "NumGLUE-cm", "NumGLUE-ds", "20Minuten"];
 
+/// Training epochs per dataset, as TRACE's training scripts set them (`--num_train_epochs`).
+pub const EPOCHS: &[usize] = &[5, 3, 7, 5, 3, 5, 5, 7];
+
 /// What `--data` must be, for the error of a missing file.
 const LAYOUT: &str = "the TRACE benchmark folder (e.g. LLM-CL-Benchmark_5000) with DATASET/{train.json, test.json} \
     for each of C-STANCE, FOMC, MeetingBank, Py150, ScienceQA, NumGLUE-cm, NumGLUE-ds, 20Minuten";
 
 /// The tasks of the TRACE stream from the benchmark folder (e.g. `LLM-CL-Benchmark_5000`),
-/// keeping at most `max_train` / `max_eval` examples of each split (the first ones).
+/// keeping at most `max_train` / `max_eval` examples of each split (the first ones), each
+/// with TRACE's epochs.
 pub fn tasks(data_dir: &Path, max_train: Option<usize>, max_eval: Option<usize>) -> Result<Vec<Task>> {
     DATASETS
         .iter()
-        .map(|name| {
+        .zip(EPOCHS)
+        .map(|(name, &epochs)| {
             let task = PresetTask {
                 preset: PRESET,
                 task: name,
@@ -42,7 +47,9 @@ pub fn tasks(data_dir: &Path, max_train: Option<usize>, max_eval: Option<usize>)
                 instruction: None,
                 layout: LAYOUT,
             };
-            task.load(max_train, max_eval)
+            let mut task = task.load(max_train, max_eval)?;
+            task.settings.epochs = Some(epochs);
+            Ok(task)
         })
         .collect()
 }
@@ -64,13 +71,13 @@ pub fn read_split(path: &Path) -> Result<Vec<Example>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::data::cl_benchmark::preset;
     use crate::data::stream::tests::scratch;
 
     /// A fake TRACE folder: two records per split per dataset, tagged with dataset, file and index.
-    fn fake_trace(dir: &Path) {
+    pub(crate) fn fake_trace(dir: &Path) {
         for name in DATASETS {
             let folder = dir.join(name);
             std::fs::create_dir_all(&folder).unwrap();
@@ -103,6 +110,8 @@ mod tests {
         );
         assert_eq!(py150.eval[1], Example { input: "Py150 test.json 1\nAnswer:".into(), target: "Py150-1".into() });
         assert!(tasks.iter().all(|t| t.labels.is_none() && t.train.len() == 2 && t.eval.len() == 2));
+        let epochs: Vec<Option<usize>> = tasks.iter().map(|t| t.settings.epochs).collect();
+        assert_eq!(epochs, [5, 3, 7, 5, 3, 5, 5, 7].map(Some), "TRACE's epochs per dataset");
         let capped = preset("trace", &dir, Some(1), None).unwrap();
         assert!(capped.iter().all(|t| t.train.len() == 1 && t.eval.len() == 2));
         let capped = preset("trace", &dir, None, Some(1)).unwrap();
