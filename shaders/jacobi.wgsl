@@ -41,6 +41,11 @@ fn block_at(pos: u32) -> u32 {
     return circle(pos, p.round, p.nb);
 }
 
+// Index of pair k of matrix b among the round's pairs of the whole batch.
+fn pair_index(k: u32, b: u32) -> u32 {
+    return b * (p.nb / 2u) + k;
+}
+
 // Global column index of local column c (0..P) of pair k.
 fn pair_column(k: u32, c: u32) -> u32 {
     if c < B {
@@ -109,7 +114,7 @@ fn gram(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         g10 += xi1 * xj0;
         g11 += xi1 * xj1;
     }
-    let dst = ((b * (p.nb / 2u) + k) * p.chunks + chunk) * P * P;
+    let dst = (pair_index(k, b) * p.chunks + chunk) * P * P;
     gram_store(g00, dst, i0, j0);
     gram_store(g01, dst, i0, j0 + 4u);
     gram_store(g10, dst, i0 + 4u, j0);
@@ -178,7 +183,7 @@ fn schur_rotation(gij: f32, gii: f32, gjj: f32) -> vec2<f32> {
 fn eigen(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let k = wg.x;
     let b = wg.z;
-    let pair = b * (p.nb / 2u) + k;
+    let pair = pair_index(k, b);
     if lid == 0u {
         atomicStore(&local_off, 0u);
     }
@@ -356,7 +361,7 @@ fn rotate(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     let k = wg.x;
     let chunk = wg.y;
     let b = wg.z;
-    let pair = b * (p.nb / 2u) + k;
+    let pair = pair_index(k, b);
     if !pair_rotated(pair, lid == 0u) {
         return;
     }

@@ -44,7 +44,7 @@ fn gram_subgroup(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invocat
         gram_accumulate(&acc, mat4x4<f32>(gram_w[col + q], gram_w[col + m4 + q], gram_w[col + 2u * m4 + q], gram_w[col + 3u * m4 + q]));
     }
     // The Gram is symmetric: acc[g][j] is row 4l + j, columns 4g..4g + 4.
-    let dst = ((b * (p.nb / 2u) + k) * p.chunks + chunk) * P * P + 4u * lane * P;
+    let dst = (pair_index(k, b) * p.chunks + chunk) * P * P + 4u * lane * P;
     gram_store_rows(acc[0], dst);
     gram_store_rows(acc[1], dst + 4u);
     gram_store_rows(acc[2], dst + 8u);
@@ -98,7 +98,7 @@ fn rotate_subgroup(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invoc
     let k = wg.x;
     let chunk = wg.y;
     let b = wg.z;
-    let pair = b * (p.nb / 2u) + k;
+    let pair = pair_index(k, b);
     if !pair_rotated(pair, lane == 0u) {
         return;
     }
@@ -286,7 +286,7 @@ const IDENTITY: mat4x4<f32> = mat4x4<f32>(1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0
 fn eigen_subgroup(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
     let k = wg.x;
     let b = wg.z;
-    let pair = b * (p.nb / 2u) + k;
+    let pair = pair_index(k, b);
     // G summed over the row chunks in a fixed order (deterministic): row 4u + r of the
     // partial holds G[4u + r][4l..4l + 4] as vec4 number (4u + r) 8 + l.
     var g: array<mat4x4<f32>, 8>;
