@@ -66,7 +66,8 @@ fn write_model(dir: &PartialDir, model: &dyn Model, tokenizer: &Tokenizer) -> Re
 }
 
 /// Writes checkpoint `name` of the run in `run_dir` and returns its folder. `optimizer`:
-/// moments to save (mid-task); `extra`: further files (name, bytes).
+/// moments to save (mid-task); `extra`: further files (name, bytes). On any failure (a full
+/// disk, weights holding NaN) nothing is published and the previous checkpoint stays.
 pub fn save(
     run_dir: &Path,
     name: &str,
@@ -76,22 +77,28 @@ pub fn save(
     optimizer: Option<&AdamW>,
     extra: &[(&str, Vec<u8>)],
 ) -> Result<PathBuf> {
-    let dir = PartialDir::new(&run_dir.join(CHECKPOINTS).join(name))?;
-    write_model(&dir, model, tokenizer)?;
-    if let Some(opt) = optimizer {
-        let tensors: Vec<(String, &crate::Tensor)> = opt
-            .moments
-            .iter()
-            .flat_map(|(n, m)| [(format!("{n}.exp_avg"), &m.exp_avg), (format!("{n}.exp_avg_sq"), &m.exp_avg_sq)])
-            .collect();
-        dir.write(OPTIMIZER_FILE, &weights::serialize(&tensors, None)?)?;
-    }
-    for (file, bytes) in extra {
-        dir.write(file, bytes)?;
-    }
-    // The state goes last: a folder is a checkpoint only once its state file exists.
-    dir.write(STATE_FILE, serde_json::to_string_pretty(state)?.as_bytes())?;
-    dir.commit()
+    let target = run_dir.join(CHECKPOINTS).join(name);
+    let write = || -> Result<PathBuf> {
+        let dir = PartialDir::new(&target)?;
+        write_model(&dir, model, tokenizer)?;
+        if let Some(opt) = optimizer {
+            let tensors: Vec<(String, &crate::Tensor)> = opt
+                .moments
+                .iter()
+                .flat_map(|(n, m)| [(format!("{n}.exp_avg"), &m.exp_avg), (format!("{n}.exp_avg_sq"), &m.exp_avg_sq)])
+                .collect();
+            dir.write(OPTIMIZER_FILE, &weights::serialize(&tensors, None)?)?;
+        }
+        for (file, bytes) in extra {
+            dir.write(file, bytes)?;
+        }
+        // The state goes last: a folder is a checkpoint only once its state file exists.
+        dir.write(STATE_FILE, serde_json::to_string_pretty(state)?.as_bytes())?;
+        dir.commit()
+    };
+    write().with_context(|| {
+        format!("checkpoint {} was not written; the previous checkpoint is unchanged", target.display())
+    })
 }
 
 /// Reads a checkpoint's training state.
@@ -225,12 +232,7 @@ impl PartialDir {
             f.write_all(bytes)?;
             f.sync_all()
         })();
-        result.with_context(|| {
-            format!(
-                "writing checkpoint file {} failed; the previous checkpoint is unchanged",
-                self.target.join(name).display()
-            )
-        })
+        result.with_context(|| format!("writing checkpoint file {} failed", self.target.join(name).display()))
     }
 
     /// Renames the complete folder to its final name.

@@ -1,5 +1,5 @@
-//! A run that goes wrong loses nothing: a diverging run, a full disk or a lost GPU stops
-//! the run with an error that says so, and the checkpoints written before stay loadable;
+//! A run that goes wrong loses nothing: a diverging run, weights holding NaN, a full disk or
+//! a lost GPU stops the run with an error that says so, and the checkpoints written before stay loadable;
 //! a stream too large for the adapter is refused before any work.
 
 mod common;
@@ -68,7 +68,12 @@ fn a_diverging_run_stops_at_the_first_bad_step_and_keeps_its_checkpoints() {
     );
     let (path, state) = checkpoint::latest(&out).unwrap().expect("the checkpoints before the bad step remain");
     assert_eq!(state.step as usize, bad_step - 1);
-    let (loaded, _) = load_t5(&gpu, &path).unwrap();
+    assert_loads_finite(&gpu, &path);
+}
+
+/// The checkpoint at `path` loads, and all its weights are finite.
+fn assert_loads_finite(gpu: &Gpu, path: &Path) {
+    let (loaded, _) = load_t5(gpu, path).unwrap();
     for (name, p) in &loaded.params {
         assert!(p.to_f32().unwrap().iter().all(|v| v.is_finite()), "{name} in {} is not finite", path.display());
     }
@@ -165,6 +170,43 @@ fn a_lost_device_ends_the_run_with_a_clear_error_and_the_last_checkpoint_intact(
     let results = run_stream(&model, &tokenizer, &tasks, &options, Some(&out), |_, _| true).unwrap();
     assert_eq!(results.expect("the resumed run finishes").accuracy.len(), 1);
     assert_eq!(common::logged_steps(&out), (1..=8).collect::<Vec<u64>>(), "every step logged once");
+}
+
+#[test]
+fn nan_injected_into_the_weights_stops_the_run_and_keeps_the_last_good_checkpoint() {
+    let out = common::scratch("failures", "nan-weights");
+    let gpu = Gpu::shared().unwrap();
+    let (tokenizer, model) = tiny_model(&gpu, &out);
+    let tasks: Vec<_> = synthetic::stream(4, 16, 2).into_iter().take(1).collect();
+    let options = every_step_saved(1e-3, 2);
+    let (name, weight) = model.params.iter().find(|(n, _)| n.ends_with("SelfAttention.q.weight")).unwrap();
+    let mut steps = Vec::new();
+    let err = run_stream(&model, &tokenizer, &tasks, &options, Some(&out), |_, log| {
+        steps.push(log.step);
+        // After step 3's update, before its checkpoint: as if the update had overflowed.
+        if log.step == 3 {
+            let mut values = weight.to_f32().unwrap();
+            values[7] = f32::NAN;
+            weight.write(&values).unwrap();
+        }
+        true
+    })
+    .expect_err("a weight holding NaN stops the run");
+    let message = format!("{err:#}");
+    assert!(
+        message.contains("task-00-step-000003")
+            && message.contains(name.as_str())
+            && message.contains("element 7 is NaN")
+            && message.contains("the previous checkpoint is unchanged"),
+        "names the step, the tensor and what is kept: {message}"
+    );
+    assert_eq!(steps, [1, 2, 3], "no step runs after the bad one");
+    let (path, state) = checkpoint::latest(&out).unwrap().expect("the checkpoints before the bad step remain");
+    assert_eq!(state.step, 2, "{}", path.display());
+    let names: Vec<_> =
+        std::fs::read_dir(out.join(checkpoint::CHECKPOINTS)).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names.len(), 1, "no partial checkpoint is left: {names:?}");
+    assert_loads_finite(&gpu, &path);
 }
 
 #[test]

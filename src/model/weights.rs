@@ -138,6 +138,11 @@ pub fn serialize(tensors: &[(String, &Tensor)], metadata: Option<HashMap<String,
             bail!("saving {name:?}: only f32 tensors are saved, got {:?}", t.dtype());
         }
         let values = t.to_f32()?;
+        // A diverged tensor is refused here rather than written: every reader refuses it
+        // anyway, and a checkpoint holding it would replace the last good one.
+        if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            bail!("saving {name:?}: element {i} is {v}; tensors holding NaN or Inf are not saved");
+        }
         host.push((name.clone(), t.shape().to_vec(), bytemuck::cast_slice(&values).to_vec()));
     }
     let views = host
@@ -183,6 +188,18 @@ mod tests {
         assert!(err.contains("a.weight") && err.contains("[2, 3]") && err.contains(WEIGHTS_FILE), "{err}");
         let err = w.get("c", &[1]).err().unwrap().to_string();
         assert!(err.contains("\"c\"") && err.contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn tensors_holding_nan_or_inf_are_not_saved() {
+        let gpu = gpu();
+        let dir = temp_dir("nonfinite");
+        for bad in [f32::NAN, f32::INFINITY] {
+            let t = Tensor::from_f32(&gpu, &[2, 2], &[1.0, 0.5, bad, 2.0]).unwrap();
+            let err = save(&dir.join(WEIGHTS_FILE), &[("w".into(), &t)]).unwrap_err().to_string();
+            assert!(err.contains("\"w\"") && err.contains(&format!("element 2 is {bad}")), "{err}");
+            assert!(!dir.join(WEIGHTS_FILE).exists(), "nothing is written");
+        }
     }
 
     #[test]
