@@ -79,6 +79,14 @@ fn assert_loads_finite(gpu: &Gpu, path: &Path) {
     }
 }
 
+/// The names of everything in the run's checkpoint folder, hidden partial folders included.
+fn checkpoint_folders(out: &Path) -> Vec<String> {
+    std::fs::read_dir(out.join(checkpoint::CHECKPOINTS))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect()
+}
+
 /// Every file of a folder, by name, with its bytes.
 fn files(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
     let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
@@ -133,10 +141,7 @@ fn a_full_disk_during_a_checkpoint_fails_the_run_and_keeps_the_previous_checkpoi
     let (latest, latest_state) = checkpoint::latest(&out).unwrap().expect("the previous checkpoint");
     assert_eq!((&latest, &latest_state), (&previous, &state), "no partial folder is taken for a checkpoint");
     assert_eq!(files(&latest), before, "the previous checkpoint is byte for byte unchanged");
-    let names: Vec<String> = std::fs::read_dir(out.join(checkpoint::CHECKPOINTS))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
-        .collect();
+    let names = checkpoint_folders(&out);
     assert_eq!(names.len(), 1, "the failed checkpoint left nothing behind: {names:?}");
     load_t5(&Gpu::shared().unwrap(), &latest).expect("the previous checkpoint loads");
 }
@@ -161,8 +166,7 @@ fn a_lost_device_ends_the_run_with_a_clear_error_and_the_last_checkpoint_intact(
     // Step 3's checkpoint needed the weights back from the lost device: the newest one is step 2's.
     let (path, state) = checkpoint::latest(&out).unwrap().expect("the checkpoints before the loss remain");
     assert_eq!(state.step, 2, "{}", path.display());
-    let names: Vec<_> =
-        std::fs::read_dir(out.join(checkpoint::CHECKPOINTS)).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names = checkpoint_folders(&out);
     assert_eq!(names.len(), 1, "no partial checkpoint is left: {names:?}");
     // A new process (here: a new device) continues the run from it to the end.
     let gpu = Gpu::shared().unwrap();
@@ -203,8 +207,7 @@ fn nan_injected_into_the_weights_stops_the_run_and_keeps_the_last_good_checkpoin
     assert_eq!(steps, [1, 2, 3], "no step runs after the bad one");
     let (path, state) = checkpoint::latest(&out).unwrap().expect("the checkpoints before the bad step remain");
     assert_eq!(state.step, 2, "{}", path.display());
-    let names: Vec<_> =
-        std::fs::read_dir(out.join(checkpoint::CHECKPOINTS)).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names = checkpoint_folders(&out);
     assert_eq!(names.len(), 1, "no partial checkpoint is left: {names:?}");
     assert_loads_finite(&gpu, &path);
 }
