@@ -143,7 +143,7 @@ struct ForwardBench {
 pub fn forward(gpu: &crate::Gpu, args: &ModelArgs) -> Result<()> {
     let Setup { model, batch } = setup(gpu, args)?;
     let run = || -> Result<()> {
-        model.forward(&batch)?.loss.context("random targets have labels")?.to_f32()?;
+        model.forward(&batch, None)?.loss.context("random targets have labels")?.to_f32()?;
         Ok(())
     };
     let forward_ms = mean_ms(args.runs, run)?;
@@ -230,7 +230,7 @@ pub fn step(gpu: &crate::Gpu, args: &ModelArgs) -> Result<()> {
     let mut optimizer = AdamW::new(AdamWConfig { lr: 1e-5, ..Default::default() }, &model.params)?;
     let mut run = |filter: &dyn UpdateFilter| -> Result<()> {
         grads.zero()?;
-        let out = model.forward(&batch)?;
+        let out = model.forward(&batch, Some(&grads))?;
         model.backward(&batch, &out, &grads)?;
         let sumsq = optimizer.step(&model.params, &grads.grads, filter)?;
         out.loss.context("random targets have labels")?.to_f32()?;

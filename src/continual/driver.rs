@@ -11,6 +11,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use super::memory::{self, MemoryPlan};
 use super::report::Results;
 use crate::checkpoint::{self, TrainingState};
 use crate::data::{Example, Task};
@@ -57,68 +58,86 @@ pub struct StreamOptions {
 
 /// Mean cosine similarity between the input and output hidden states of every block
 /// (real tokens only) over `samples`, keyed by the block's name prefix
-/// ("encoder.block.3."), min-max normalised across all blocks.
+/// ("encoder.block.3."), min-max normalised across all blocks. The samples are encoded with
+/// the task's length limits and run in batches of its batch size, through the blocks only
+/// (no LM head, no logits).
 pub fn layer_importance(
     model: &dyn Model,
     tokenizer: &Tokenizer,
     samples: &[Example],
+    options: &TrainOptions,
 ) -> Result<BTreeMap<String, f64>> {
-    let pairs = encode(tokenizer, samples, 512, 128)?.pairs;
-    let mut raw = Vec::new();
-    for block in model.block_states(&pairs)? {
-        let (x, y) = (block.input.to_f32()?, block.output.to_f32()?);
-        let d = x.len() / block.real.len().max(1);
-        let (mut sum, mut count) = (0.0f64, 0usize);
-        for (t, _) in block.real.iter().enumerate().filter(|(_, &real)| real) {
-            let (a, b) = (&x[t * d..(t + 1) * d], &y[t * d..(t + 1) * d]);
-            let dot: f64 = a.iter().zip(b).map(|(&p, &q)| p as f64 * q as f64).sum();
-            let na = a.iter().map(|&p| (p as f64).powi(2)).sum::<f64>().sqrt();
-            let nb = b.iter().map(|&p| (p as f64).powi(2)).sum::<f64>().sqrt();
-            sum += dot / (na * nb).max(1e-30);
-            count += 1;
+    let pairs = encode(tokenizer, samples, options.max_source_len, options.max_target_len)?.pairs;
+    // (prefix, sum of cosines, tokens) per block, in the model's block order
+    let mut sums: Vec<(String, f64, usize)> = Vec::new();
+    for batch in pairs.chunks(options.batch_size.max(1)) {
+        for (i, block) in model.block_states(batch)?.into_iter().enumerate() {
+            let (x, y) = (block.input.to_f32()?, block.output.to_f32()?);
+            let d = x.len() / block.real.len().max(1);
+            if sums.len() <= i {
+                sums.push((block.prefix.clone(), 0.0, 0));
+            }
+            for (t, _) in block.real.iter().enumerate().filter(|(_, &real)| real) {
+                let (a, b) = (&x[t * d..(t + 1) * d], &y[t * d..(t + 1) * d]);
+                let dot: f64 = a.iter().zip(b).map(|(&p, &q)| p as f64 * q as f64).sum();
+                let na = a.iter().map(|&p| (p as f64).powi(2)).sum::<f64>().sqrt();
+                let nb = b.iter().map(|&p| (p as f64).powi(2)).sum::<f64>().sqrt();
+                sums[i].1 += dot / (na * nb).max(1e-30);
+                sums[i].2 += 1;
+            }
         }
-        raw.push((block.prefix, sum / count.max(1) as f64));
     }
-    let normalised = normalise_importance(&raw.iter().map(|r| r.1).collect::<Vec<_>>());
-    Ok(raw.into_iter().map(|r| r.0).zip(normalised).collect())
+    let raw: Vec<f64> = sums.iter().map(|(_, sum, count)| sum / (*count).max(1) as f64).collect();
+    Ok(sums.into_iter().map(|s| s.0).zip(normalise_importance(&raw)).collect())
 }
 
 fn evaluate_all(model: &dyn Model, tokenizer: &Tokenizer, tasks: &[Task], max_source_len: usize) -> Result<Vec<f64>> {
     tasks.iter().map(|t| exact_match(model, tokenizer, &t.eval, max_source_len)).collect()
 }
 
-/// Refuses, before any GPU work, a stream one of whose passes would need a buffer larger
-/// than the adapter allows: every task's training batches, evaluation loss, greedy answers
-/// and the layer-importance pass over its samples.
-fn check_stream_buffers(
+/// The memory plan of the stream's largest training batch; refuses, before any GPU work, a
+/// stream one of whose passes would need a buffer larger than the adapter allows (every
+/// task's training batches and the layer-importance pass over them, evaluation loss and
+/// greedy answers), with the plan.
+fn plan_memory(
     model: &dyn Model,
     tokenizer: &Tokenizer,
     tasks: &[Task],
     options: &StreamOptions,
-) -> Result<()> {
+) -> Result<MemoryPlan> {
     let longest = |pairs: &[Pair]| {
         pairs.iter().fold((0, 0), |(s, t), (source, target)| (s.max(source.len()), t.max(target.len())))
     };
+    let mut checks = Vec::new();
     for task in tasks {
         let t = task_options(&options.train, task);
         let train = longest(&encode(tokenizer, &task.train, t.max_source_len, t.max_target_len)?.pairs);
         let eval = longest(&encode(tokenizer, &task.eval, t.max_source_len, t.max_target_len)?.pairs);
-        let samples = options.importance_samples.min(task.train.len());
+        // Layer importance runs on the training batches' shapes, so training covers it.
         let passes = [
             ("training and evaluation", t.batch_size, train.0.max(eval.0), train.1.max(eval.1)),
             // One example at a time; a greedy answer may run two tokens past its reference.
             ("generating answers", 1, eval.0, eval.1 + 2),
-            ("measuring layer importance", samples, train.0, train.1),
         ];
-        for (pass, batch, source, target) in passes {
-            if batch > 0 {
-                model
-                    .check_batch_buffers(batch, source, target)
-                    .with_context(|| format!("task {:?}, {pass}", task.name))?;
-            }
+        checks
+            .extend(passes.into_iter().map(|(pass, batch, source, target)| (&task.name, pass, batch, source, target)));
+    }
+    let (batch, source, target) = checks
+        .iter()
+        .filter(|c| c.1 == "training and evaluation")
+        .fold((0, 0, 0), |(b, s, t), c| (b.max(c.2), s.max(c.3), t.max(c.4)));
+    let subspaces =
+        (options.method == Method::Osft).then_some((options.targets.as_slice(), options.policy, options.mode));
+    let plan = MemoryPlan::new(model, batch, source, target, subspaces);
+    log::info!("memory plan: {}", plan.describe());
+    for (task, pass, batch, source, target) in checks {
+        if batch > 0 {
+            model.check_batch_buffers(batch, source, target).with_context(|| {
+                format!("task {task:?}, {pass} (memory plan of the run: {}; lower --batch-size, --max-source-len or --max-target-len)", plan.describe())
+            })?;
         }
     }
-    Ok(())
+    Ok(plan)
 }
 
 /// The frozen subspaces for task `i` (None: the task trains unconstrained).
@@ -132,10 +151,16 @@ fn subspaces_for(
     if options.method != Method::Osft || (i == 0 && options.free_first_task) {
         return Ok(None);
     }
-    // Importance from samples of the previous task (the first task: its own data).
-    let source = if i == 0 { &tasks[0].train } else { &tasks[i - 1].train };
-    let samples = &source[..options.importance_samples.min(source.len())];
-    let importance = layer_importance(model, tokenizer, samples)?;
+    // Only the adaptive policy reads importance: from samples of the previous task (the first
+    // task: its own data), with that task's batch size and length limits.
+    let importance = match options.policy {
+        RankPolicy::Adaptive { .. } => {
+            let previous = &tasks[i.saturating_sub(1)];
+            let samples = &previous.train[..options.importance_samples.min(previous.train.len())];
+            layer_importance(model, tokenizer, samples, &task_options(&options.train, previous))?
+        }
+        RankPolicy::Fixed { .. } => BTreeMap::new(),
+    };
     let of = |name: &str| importance.iter().find(|(p, _)| name.starts_with(p.as_str())).map_or(0.5, |(_, v)| *v);
     Ok(Some(SubspaceSet::build(model.params(), &options.targets, options.policy, options.mode, of)?))
 }
@@ -245,7 +270,13 @@ pub fn run_stream(
         }
         None => None,
     };
-    check_stream_buffers(model, tokenizer, tasks, options)?;
+    let plan = plan_memory(model, tokenizer, tasks, options)?;
+    // run.json is the CLI's; a library caller's folder may lack it.
+    let run_file = out.filter(|dir| dir.join("run.json").exists());
+    if let Some(dir) = run_file {
+        memory::record(dir, &plan, None)?;
+    }
+    let mut training_peak = 0;
     let mut state = match &resume {
         Some((path, state)) => {
             log::info!("resuming from {} (task {}, step {})", path.display(), state.task, state.step);
@@ -301,6 +332,7 @@ pub fn run_stream(
         }
         let mut position = state.position.clone();
         let mut stopped = false;
+        model.gpu().reset_peak();
         train(
             model,
             &encoded.pairs,
@@ -333,6 +365,10 @@ pub fn run_stream(
                 Ok(!stopped)
             },
         )?;
+        training_peak = training_peak.max(model.gpu().pool_stats().peak_bytes_in_use);
+        if let Some(dir) = run_file {
+            memory::record(dir, &plan, Some(training_peak))?;
+        }
         if stopped {
             return Ok(None);
         }

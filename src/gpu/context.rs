@@ -241,6 +241,11 @@ impl Gpu {
         self.inner.pool.lock().unwrap().stats()
     }
 
+    /// Starts the pool's peak of bytes in use over from now (to measure one phase).
+    pub fn reset_peak(&self) {
+        self.inner.pool.lock().unwrap().reset_peak()
+    }
+
     /// Destroys the device as a driver reset or a removed GPU would: every later GPU call
     /// fails with the device-lost error. For fault-injection tests of the run's recovery.
     pub fn lose_device(&self) {

@@ -11,6 +11,16 @@ pub struct PoolStats {
     pub bytes_allocated: u64,
     /// Bytes sitting in the free lists.
     pub bytes_free: u64,
+    /// The most bytes ever held by live buffers at once (allocated less free), since the
+    /// device was made or [`crate::Gpu::reset_peak`]: what a run really needs.
+    pub peak_bytes_in_use: u64,
+}
+
+impl PoolStats {
+    /// Bytes held by live buffers now.
+    pub fn bytes_in_use(&self) -> u64 {
+        self.bytes_allocated - self.bytes_free
+    }
 }
 
 /// Reuses buffers by exact (size, usage). A training step asks for the same sizes every
@@ -33,10 +43,12 @@ impl BufferPool {
         if let Some(buffer) = self.free.get_mut(&(size, usage.bits())).and_then(|list| list.pop()) {
             self.stats.reuses += 1;
             self.stats.bytes_free -= size;
+            self.note_peak();
             return buffer;
         }
         self.stats.allocations += 1;
         self.stats.bytes_allocated += size;
+        self.note_peak();
         device.create_buffer(&wgpu::BufferDescriptor { label: None, size, usage, mapped_at_creation: false })
     }
 
@@ -48,5 +60,14 @@ impl BufferPool {
 
     pub fn stats(&self) -> PoolStats {
         self.stats
+    }
+
+    fn note_peak(&mut self) {
+        self.stats.peak_bytes_in_use = self.stats.peak_bytes_in_use.max(self.stats.bytes_in_use());
+    }
+
+    /// Starts the peak over from the bytes in use now.
+    pub fn reset_peak(&mut self) {
+        self.stats.peak_bytes_in_use = self.stats.bytes_in_use();
     }
 }

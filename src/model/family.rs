@@ -1,5 +1,5 @@
 //! What training, evaluation, checkpoints and the continual driver need from a model
-//! family, so that they run unchanged on every family (T5 now; decoder-only next). A family
+//! family, so that they run unchanged on every family (T5 and decoder-only Llama). A family
 //! takes tokenized (source, target) pairs and lays them out as its forward pass wants.
 
 use std::collections::BTreeMap;
@@ -40,6 +40,10 @@ pub trait Model {
     /// The largest buffers of a step on a batch of `batch_size` pairs of these lengths:
     /// (bytes, what they hold and the flags that shrink them).
     fn step_buffers(&self, batch_size: usize, source_len: usize, target_len: usize) -> Vec<(u64, String)>;
+    /// Bytes of the activations a training step on a batch of `batch_size` pairs of these
+    /// lengths holds at its peak: what the forward keeps for the backward, the head's chunk,
+    /// and the backward's temporaries of one layer (an estimate for the memory plan).
+    fn activation_bytes(&self, batch_size: usize, source_len: usize, target_len: usize) -> u64;
     /// The `config.json` that transformers loads.
     fn hf_config_json(&self) -> Result<String>;
     /// Name patterns of the matrices the method constrains by default.

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod family;
 pub mod llama;
+pub mod lm_head;
 pub mod t5;
 pub mod tokenizer;
 pub mod weights;

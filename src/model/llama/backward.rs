@@ -16,19 +16,17 @@ use crate::model::Gradients;
 use crate::tensor::Tensor;
 
 impl LlamaModel {
-    /// Records the gradients of the forward's loss into `grads` (accumulating).
+    /// Records the gradients of the forward's loss into `grads` (accumulating), from the head
+    /// gradient that `forward(batch, Some(grads))` left in `out`.
     pub fn backward(&self, batch: &CausalBatch, out: &LlamaForwardOutput, grads: &Gradients) -> Result<()> {
-        let Some(dlogits) = &out.dlogits else {
-            bail!("backward needs a batch with at least one label other than -100");
+        let Some(d_normed) = &out.d_head_input else {
+            bail!("backward needs a forward run with gradients on a batch with at least one label other than -100");
         };
         let d = self.config.hidden_size;
         let rows = batch.batch_size * batch.seq_len;
-        let head = self.lm_head_name();
-        let normed = out.last_hidden_state().reshape(&[rows, d])?;
-        let d_normed = linear_backward(dlogits, &normed, self.param(head), grads.get(head))?;
         let last = out.layer_outputs.last().expect("a model has layers").reshape(&[rows, d])?;
         let mut dh =
-            rms_norm_backward(&d_normed, &last, self.param(FINAL_NORM), &out.final_inv_rms, grads.get(FINAL_NORM))?;
+            rms_norm_backward(d_normed, &last, self.param(FINAL_NORM), &out.final_inv_rms, grads.get(FINAL_NORM))?;
         for (layer, acts) in out.layers.iter().enumerate().rev() {
             dh = self.layer_backward(layer, acts, &out.shape, &out.rope, dh, grads)?;
         }

@@ -9,12 +9,12 @@ use super::{layer_param, CausalBatch, LlamaModel, EMBED_TOKENS, FINAL_NORM};
 use crate::kernels::attention::{attention, AttentionShape};
 use crate::kernels::elementwise::{add, mul, silu};
 use crate::kernels::embedding::{check_ids, embedding};
-use crate::kernels::loss::{count_valid_labels, cross_entropy};
 use crate::kernels::matmul::linear;
 use crate::kernels::norm::rms_norm;
 use crate::kernels::rope::{rope, Direction, RopeTable};
+use crate::model::lm_head::{head_logits, head_loss, HeadGradient};
 use crate::model::t5::KvCache;
-use crate::model::Model;
+use crate::model::{Gradients, Model};
 use crate::tensor::Tensor;
 
 /// One decoder layer's activations.
@@ -43,12 +43,11 @@ pub struct LayerActivations {
 }
 
 pub struct LlamaForwardOutput {
-    /// [B, S, vocab]
-    pub logits: Tensor,
     /// Mean cross-entropy over labels != -100, [1]; None when the batch has no such label.
     pub loss: Option<Tensor>,
-    /// d(loss)/d(logits), [B*S, vocab], from the same kernel as the loss.
-    pub dlogits: Option<Tensor>,
+    /// d(loss)/d(final normed hidden state), [B*S, hidden]; only when the forward was given
+    /// gradients (the head's own gradient is then already in them).
+    pub d_head_input: Option<Tensor>,
     /// transformers' `hidden_states`: the input of every layer (entry 0 is the embedding
     /// output), then the final norm of the last layer's output; each [B, S, hidden].
     pub hidden_states: Vec<Tensor>,
@@ -96,9 +95,24 @@ impl LlamaModel {
         }
     }
 
-    /// Embedding, every layer, the final norm, the LM head and, when the batch has labels,
-    /// the loss. Records the work; read results with `to_f32`.
-    pub fn forward(&self, batch: &CausalBatch) -> Result<LlamaForwardOutput> {
+    /// Embedding, every layer, the final norm and, when the batch has labels, the loss through
+    /// the LM head in row chunks; with `grads`, the head's gradient too (accumulated there) and
+    /// the gradient that [`LlamaModel::backward`] takes through the layers. Records the work;
+    /// read results with `to_f32`.
+    pub fn forward(&self, batch: &CausalBatch, grads: Option<&Gradients>) -> Result<LlamaForwardOutput> {
+        let mut out = self.trunk(batch)?;
+        let d = self.config.hidden_size;
+        let normed = out.last_hidden_state().reshape(&[batch.batch_size * batch.seq_len, d])?;
+        let head = self.lm_head_name();
+        let grad = grads.map(|g| HeadGradient { grad_scale: batch.grad_scale, d_weight: g.get(head) });
+        if let Some(h) = head_loss(&normed, self.param(head), &batch.labels, grad)? {
+            (out.loss, out.d_head_input) = (Some(h.loss), h.d_input);
+        }
+        Ok(out)
+    }
+
+    /// Embedding, every layer and the final norm, without the head (layer importance).
+    pub fn trunk(&self, batch: &CausalBatch) -> Result<LlamaForwardOutput> {
         let gpu = self.gpu();
         let c = &self.config;
         let (b, s, d) = (batch.batch_size, batch.seq_len, c.hidden_size);
@@ -123,20 +137,9 @@ impl LlamaModel {
         }
         let (normed, final_inv_rms) = rms_norm(&h, self.param(FINAL_NORM), c.rms_norm_eps as f32)?;
         hidden_states.push(normed.reshape(&[b, s, d])?);
-        let logits = linear(&normed, self.param(self.lm_head_name()))?;
-        let num_valid = count_valid_labels(&batch.labels, c.vocab_size)?;
-        let (loss, dlogits) = if num_valid > 0 {
-            let labels = Tensor::from_i32(gpu, &[rows], &batch.labels)?;
-            let (loss, dlogits) = cross_entropy(&logits, &labels, num_valid, batch.grad_scale)?;
-            (Some(loss), Some(dlogits))
-        } else {
-            (None, None)
-        };
-        let logits = logits.reshape(&[b, s, c.vocab_size])?;
         Ok(LlamaForwardOutput {
-            logits,
-            loss,
-            dlogits,
+            loss: None,
+            d_head_input: None,
             hidden_states,
             layer_outputs,
             layers,
@@ -145,6 +148,13 @@ impl LlamaModel {
             rope: table,
             key_mask,
         })
+    }
+
+    /// The logits at flat positions `rows` (b * seq_len + t) of a forward, [rows.len(), vocab].
+    pub fn logits_at(&self, out: &LlamaForwardOutput, rows: &[u32]) -> Result<Tensor> {
+        let normed = out.last_hidden_state();
+        let d = self.config.hidden_size;
+        head_logits(&normed.reshape(&[normed.len() / d, d])?, self.param(self.lm_head_name()), rows)
     }
 
     /// One decoder layer over `x` [rows, hidden] whose sequences start at absolute position

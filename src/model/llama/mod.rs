@@ -20,6 +20,7 @@ pub use config::LlamaConfig;
 pub use forward::{LayerActivations, LlamaForwardOutput};
 
 use super::family::{f32_bytes, BlockStates, Gradients, Model, Pair};
+use super::lm_head::logits_chunk;
 use super::weights::Weights;
 use crate::gpu::Gpu;
 use crate::kernels::loss::IGNORE_INDEX;
@@ -161,13 +162,13 @@ impl Model for LlamaModel {
     fn loss_and_gradients(&self, pairs: &[Pair], grad_scale: f32, grads: &Gradients) -> Result<Tensor> {
         let mut batch = self.batch(pairs)?;
         batch.grad_scale = grad_scale;
-        let out = self.forward(&batch)?;
+        let out = self.forward(&batch, Some(grads))?;
         self.backward(&batch, &out, grads)?;
         out.loss.context("a training batch has target tokens")
     }
 
     fn loss(&self, pairs: &[Pair]) -> Result<Tensor> {
-        self.forward(&self.batch(pairs)?)?.loss.context("an evaluation batch has target tokens")
+        self.forward(&self.batch(pairs)?, None)?.loss.context("an evaluation batch has target tokens")
     }
 
     fn generate(&self, source: &[u32], max_new_tokens: usize) -> Result<Vec<u32>> {
@@ -177,7 +178,7 @@ impl Model for LlamaModel {
     /// Every layer over the real tokens of source and target.
     fn block_states(&self, pairs: &[Pair]) -> Result<Vec<BlockStates>> {
         let batch = self.batch(pairs)?;
-        let out = self.forward(&batch)?;
+        let out = self.trunk(&batch)?;
         let real: Vec<bool> = batch.attention_mask.iter().map(|&m| m == 1).collect();
         Ok(out
             .layer_outputs
@@ -192,17 +193,14 @@ impl Model for LlamaModel {
             .collect())
     }
 
-    /// The largest buffers of a step over source + target tokens: the logits (and their
+    /// The largest buffers of a step over source + target tokens: one chunk of logits (and its
     /// gradient), the attention probabilities, the feed-forward activations, the embedding.
     fn step_buffers(&self, batch_size: usize, source_len: usize, target_len: usize) -> Vec<(u64, String)> {
         let c = &self.config;
         let seq = source_len + target_len;
         let flags = "lower --batch-size, --max-source-len or --max-target-len";
         vec![
-            (
-                f32_bytes(&[batch_size, seq, c.vocab_size]),
-                format!("the logits of {batch_size} × {seq} tokens × {} vocabulary entries ({flags})", c.vocab_size),
-            ),
+            logits_chunk(batch_size * target_len, c.vocab_size),
             (
                 f32_bytes(&[batch_size, c.num_attention_heads, seq, seq]),
                 format!(
@@ -225,6 +223,24 @@ impl Model for LlamaModel {
                 ),
             ),
         ]
+    }
+
+    fn activation_bytes(&self, batch_size: usize, source_len: usize, target_len: usize) -> u64 {
+        let c = &self.config;
+        let (b, s) = (batch_size as u64, (source_len + target_len) as u64);
+        let rows = b * s;
+        let (d, ff) = (c.hidden_size as u64, c.intermediate_size as u64);
+        let qw = (c.num_attention_heads * c.head_dim()) as u64;
+        let kvw = (c.num_key_value_heads() * c.head_dim()) as u64;
+        let probs = b * c.num_attention_heads as u64 * s * s;
+        // Kept per layer: two norms (and their inverse RMS), q, k, v, the context, the residual
+        // after attention, gate, up, their product, the output; and the probabilities.
+        let per_layer = rows * (4 * d + 2 + 2 * qw + 2 * kvw + 3 * ff) + probs;
+        // Embedding output, final norm and its gradient, one chunk of logits and its gradient.
+        let edges = 3 * rows * d + 2 * logits_chunk(batch_size * target_len, c.vocab_size).0 / 4;
+        // The backward of one layer: feed-forward and attention gradients, the score gradient.
+        let backward = rows * (3 * ff + 3 * d + 2 * qw + 2 * kvw) + probs;
+        4 * (c.num_hidden_layers as u64 * per_layer + edges + backward)
     }
 
     fn hf_config_json(&self) -> Result<String> {
@@ -334,10 +350,10 @@ mod tests {
                 labels: vec![IGNORE_INDEX; n],
                 grad_scale: 1.0,
             };
-            let out = model.forward(&batch).unwrap();
+            let out = model.forward(&batch, None).unwrap();
             assert!(out.loss.is_none());
-            let logits = out.logits.to_f32().unwrap();
-            assert_eq!(crate::model::t5::argmax(&logits[(n - 1) * 20..]), token, "after {sequence:?}");
+            let logits = model.logits_at(&out, &[n as u32 - 1]).unwrap().to_f32().unwrap();
+            assert_eq!(crate::model::t5::argmax(&logits), token, "after {sequence:?}");
             sequence.push(token);
         }
     }

@@ -16,15 +16,15 @@ use crate::model::Model;
 use crate::tensor::{DType, Tensor};
 
 impl T5Model {
-    /// Records the gradients of the forward's loss into `grads` (accumulating).
+    /// Records the gradients of the forward's loss into `grads` (accumulating), from the head
+    /// gradient that `forward(batch, Some(grads))` left in `out`.
     pub fn backward(&self, batch: &Batch, out: &ForwardOutput, grads: &Gradients) -> Result<()> {
-        let Some(dlogits) = &out.dlogits else {
-            bail!("backward needs a batch with at least one label other than -100");
+        let Some(d_lm_head_input) = &out.d_lm_head_input else {
+            bail!("backward needs a forward run with gradients on a batch with at least one label other than -100");
         };
         let c = &self.config;
         let rows = batch.batch_size * batch.target_len;
-        let head_name = if self.params.contains_key(super::LM_HEAD) { super::LM_HEAD } else { SHARED };
-        let mut dh = linear_backward(dlogits, &out.lm_head_input, self.lm_head(), grads.get(head_name))?;
+        let mut dh = d_lm_head_input.clone();
         if c.scale_decoder_outputs() {
             dh = scale(&dh, (c.d_model as f32).powf(-0.5))?;
         }

@@ -10,11 +10,11 @@ use super::{block_param, Batch, Stack, T5Model, SHARED};
 use crate::kernels::attention::{attention, position_bias, relative_position_buckets, AttentionShape};
 use crate::kernels::elementwise::{add, gelu_new, mul, relu, scale};
 use crate::kernels::embedding::{check_ids, embedding};
-use crate::kernels::loss::{count_valid_labels, cross_entropy};
 use crate::kernels::matmul::linear;
 use crate::kernels::norm::rms_norm;
 use crate::model::config::FeedForward;
-use crate::model::Model;
+use crate::model::lm_head::{head_logits, head_loss, HeadGradient};
+use crate::model::{Gradients, Model};
 use crate::tensor::Tensor;
 
 /// One attention sub-layer: x + o(attention(q(n), k(kv), v(kv))) with n = rms_norm(x).
@@ -97,12 +97,11 @@ pub struct EncoderOutput {
 }
 
 pub struct ForwardOutput {
-    /// [B, S_tgt, vocab]
-    pub logits: Tensor,
     /// Mean cross-entropy over labels != -100, [1]; None when the batch has no such label.
     pub loss: Option<Tensor>,
-    /// d(loss)/d(logits), [B*S_tgt, vocab], from the same kernel as the loss.
-    pub dlogits: Option<Tensor>,
+    /// d(loss)/d(lm_head_input), [B*S_tgt, d_model]; only when the forward was given gradients
+    /// (the head's own gradient is then already in them).
+    pub d_lm_head_input: Option<Tensor>,
     pub encoder: EncoderOutput,
     pub decoder: StackOutput,
     /// Decoder output entering the LM head (after the optional d_model^-0.5 scaling), [rows, d_model].
@@ -119,24 +118,26 @@ impl ForwardOutput {
 }
 
 impl T5Model {
-    /// Encoder, decoder (teacher forcing on `decoder_input_ids`), LM head and, when the batch
-    /// has labels, the loss. Records the work; read results with `to_f32`.
-    pub fn forward(&self, batch: &Batch) -> Result<ForwardOutput> {
+    /// Encoder, decoder (teacher forcing on `decoder_input_ids`) and, when the batch has labels,
+    /// the loss through the LM head in row chunks; with `grads`, the head's gradient too
+    /// (accumulated there) and the gradient that [`T5Model::backward`] takes through the stacks.
+    /// Records the work; read results with `to_f32`.
+    pub fn forward(&self, batch: &Batch, grads: Option<&Gradients>) -> Result<ForwardOutput> {
         let encoder = self.encode(&batch.input_ids, &batch.attention_mask, batch.batch_size, batch.source_len)?;
         let decoder = self.decode(&encoder, &batch.decoder_input_ids, batch.target_len)?;
         let rows = batch.batch_size * batch.target_len;
         let lm_head_input = self.lm_head_input(&decoder.last_hidden_state().reshape(&[rows, self.config.d_model])?)?;
-        let logits = linear(&lm_head_input, self.lm_head())?;
-        let num_valid = count_valid_labels(&batch.labels, self.config.vocab_size)?;
-        let (loss, dlogits) = if num_valid > 0 {
-            let labels = Tensor::from_i32(self.gpu(), &[rows], &batch.labels)?;
-            let (loss, dlogits) = cross_entropy(&logits, &labels, num_valid, batch.grad_scale)?;
-            (Some(loss), Some(dlogits))
-        } else {
-            (None, None)
+        let grad = grads.map(|g| HeadGradient { grad_scale: batch.grad_scale, d_weight: g.get(self.lm_head_name()) });
+        let (loss, d_lm_head_input) = match head_loss(&lm_head_input, self.lm_head(), &batch.labels, grad)? {
+            Some(h) => (Some(h.loss), h.d_input),
+            None => (None, None),
         };
-        let logits = logits.reshape(&[batch.batch_size, batch.target_len, self.config.vocab_size])?;
-        Ok(ForwardOutput { logits, loss, dlogits, encoder, decoder, lm_head_input })
+        Ok(ForwardOutput { loss, d_lm_head_input, encoder, decoder, lm_head_input })
+    }
+
+    /// The logits at flat decoder positions `rows` (b * target_len + t), [rows.len(), vocab].
+    pub fn logits_at(&self, out: &ForwardOutput, rows: &[u32]) -> Result<Tensor> {
+        head_logits(&out.lm_head_input, self.lm_head(), rows)
     }
 
     /// Tied heads see the decoder output scaled by d_model^-0.5 (Mesh TensorFlow's rescaling).

@@ -16,6 +16,7 @@ pub use generate::KvCache;
 
 use super::config::{FeedForward, T5Config};
 use super::family::{f32_bytes, BlockStates, Gradients, Model, Pair};
+use super::lm_head::logits_chunk;
 use super::weights::Weights;
 use crate::gpu::Gpu;
 use crate::kernels::loss::IGNORE_INDEX;
@@ -166,7 +167,16 @@ impl T5Model {
 
     /// The output projection: `lm_head.weight` when the checkpoint has one, else `shared.weight`.
     pub fn lm_head(&self) -> &Tensor {
-        self.params.get(LM_HEAD).unwrap_or(&self.params[SHARED])
+        &self.params[self.lm_head_name()]
+    }
+
+    /// The name of the output projection: `lm_head.weight`, or `shared.weight` when tied.
+    pub fn lm_head_name(&self) -> &'static str {
+        if self.params.contains_key(LM_HEAD) {
+            LM_HEAD
+        } else {
+            SHARED
+        }
     }
 
     pub fn num_layers(&self, stack: Stack) -> usize {
@@ -200,13 +210,13 @@ impl Model for T5Model {
     fn loss_and_gradients(&self, pairs: &[Pair], grad_scale: f32, grads: &Gradients) -> Result<Tensor> {
         let mut batch = self.batch(pairs)?;
         batch.grad_scale = grad_scale;
-        let out = self.forward(&batch)?;
+        let out = self.forward(&batch, Some(grads))?;
         self.backward(&batch, &out, grads)?;
         out.loss.context("a training batch has labels")
     }
 
     fn loss(&self, pairs: &[Pair]) -> Result<Tensor> {
-        self.forward(&self.batch(pairs)?)?.loss.context("an evaluation batch has labels")
+        self.forward(&self.batch(pairs)?, None)?.loss.context("an evaluation batch has labels")
     }
 
     fn generate(&self, source: &[u32], max_new_tokens: usize) -> Result<Vec<u32>> {
@@ -216,7 +226,7 @@ impl Model for T5Model {
     /// Encoder blocks over the real source tokens, decoder blocks over the target tokens.
     fn block_states(&self, pairs: &[Pair]) -> Result<Vec<BlockStates>> {
         let batch = self.batch(pairs)?;
-        let out = self.forward(&batch)?;
+        let out = self.forward(&batch, None)?;
         let source_real: Vec<bool> = batch.attention_mask.iter().map(|&m| m == 1).collect();
         let target_real: Vec<bool> = batch.labels.iter().map(|&l| l != IGNORE_INDEX).collect();
         let mut states = Vec::new();
@@ -236,16 +246,13 @@ impl Model for T5Model {
         Ok(states)
     }
 
-    /// The largest buffers of a step: the logits (and their gradient), the attention
+    /// The largest buffers of a step: one chunk of logits (and its gradient), the attention
     /// probabilities, the feed-forward activations and the embedding table.
     fn step_buffers(&self, batch_size: usize, source_len: usize, target_len: usize) -> Vec<(u64, String)> {
         let config = &self.config;
         let longest = source_len.max(target_len);
         vec![
-            (
-                f32_bytes(&[batch_size, target_len, config.vocab_size]),
-                format!("the logits of {batch_size} × {target_len} target tokens × {} vocabulary entries (lower --batch-size or --max-target-len)", config.vocab_size),
-            ),
+            logits_chunk(batch_size * target_len, config.vocab_size),
             (
                 f32_bytes(&[batch_size, config.num_heads, longest, longest]),
                 format!("the attention probabilities of {batch_size} examples × {} heads × {longest} × {longest} tokens (lower --batch-size, --max-source-len or --max-target-len)", config.num_heads),
@@ -259,6 +266,30 @@ impl Model for T5Model {
                 format!("the embedding table of {} × {} (the model is too large for this adapter)", config.vocab_size, config.d_model),
             ),
         ]
+    }
+
+    fn activation_bytes(&self, batch_size: usize, source_len: usize, target_len: usize) -> u64 {
+        let c = &self.config;
+        let b = batch_size as u64;
+        let (src, tgt) = (b * source_len as u64, b * target_len as u64);
+        let (d, inner, h) = (c.d_model as u64, (c.num_heads * c.d_kv) as u64, c.num_heads as u64);
+        let gated = u64::from(c.feed_forward().is_ok_and(|f| f == FeedForward::GatedGelu));
+        let ff = c.d_ff as u64 * (2 + gated);
+        // Kept per block: per attention sub-layer the norm (and inverse RMS), q, k, v, the
+        // context and the output; per feed-forward the norm, the pre-activations, the hidden
+        // state and the output; the probabilities.
+        let attention = |rows: u64, kv_rows: u64| rows * (3 * d + 2 * inner + 2) + 2 * kv_rows * inner;
+        let feed_forward = |rows: u64| rows * (2 * d + 1 + ff);
+        let (s, t) = (source_len as u64, target_len as u64);
+        let encoder = attention(src, src) + feed_forward(src) + b * h * s * s;
+        let decoder = attention(tgt, tgt) + attention(tgt, src) + feed_forward(tgt) + b * h * (t * t + t * s);
+        // Embeddings, final norms, the head's input and its gradient, one chunk of logits and
+        // its gradient, the encoder output's gradient.
+        let edges = 3 * (src + tgt) * d + 2 * logits_chunk(batch_size * target_len, c.vocab_size).0 / 4 + src * d;
+        // The backward of one decoder block.
+        let backward = tgt * (ff + 4 * d + 3 * inner) + 2 * src * inner + b * h * (t * t + t * s);
+        let layers = c.num_layers as u64 * encoder + c.num_decoder_layers() as u64 * decoder;
+        4 * (layers + edges + backward)
     }
 
     fn hf_config_json(&self) -> Result<String> {
@@ -337,16 +368,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_batch_whose_logits_exceed_the_adapter_limit_is_refused_with_the_flags_to_change() {
+    fn a_batch_whose_activations_exceed_the_adapter_limit_is_refused_with_the_flags_to_change() {
         let gpu = crate::kernels::testing::gpu();
         let model = T5Model::random(&gpu, T5Config::tiny(1000), true, 0.1, 1).unwrap();
         model.check_batch_buffers(8, 64, 32).unwrap();
         let limit = gpu.limits().max_buffer_size.min(gpu.limits().max_storage_buffer_binding_size);
-        // Just enough examples that the logits no longer fit one buffer.
-        let batch = (limit / (32 * 1000 * 4) + 1) as usize;
+        // Logits come in chunks: as many target tokens as the whole logits would not fit pass.
+        model.check_batch_buffers((limit / (32 * 1000 * 4) + 1) as usize, 8, 32).unwrap();
+        // Just enough examples that the attention probabilities no longer fit one buffer.
+        let per_example = (model.config.num_heads * 32 * 32 * 4) as u64;
+        let batch = (limit / per_example + 1) as usize;
         let err = model.check_batch_buffers(batch, 8, 32).unwrap_err().to_string();
-        assert!(err.contains("logits") && err.contains("--batch-size") && err.contains("--max-target-len"), "{err}");
-        assert!(err.contains(&(batch as u64 * 32 * 1000 * 4).to_string()), "says the size needed: {err}");
+        assert!(err.contains("attention") && err.contains("--batch-size") && err.contains("--max-target-len"), "{err}");
+        assert!(err.contains(&(batch as u64 * per_example).to_string()), "says the size needed: {err}");
         let err = model.check_batch_buffers(1, 1 << 20, 1).unwrap_err().to_string();
         assert!(err.contains("attention") && err.contains("--max-source-len"), "{err}");
     }

@@ -1,0 +1,127 @@
+//! The memory plan of a run, made before any work: what the weights, their gradients, the AdamW
+//! moments, the frozen subspaces and a step's activations take, and the largest single buffer
+//! (which must fit the adapter's binding limit). Printed at the start (`RUST_LOG=info`) and kept
+//! in run.json beside the peak the buffer pool really reached.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::checkpoint::write_atomic;
+use crate::model::Model;
+use crate::subspace::targets::is_target;
+use crate::subspace::{Mode, RankPolicy};
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MemoryPlan {
+    pub weights: u64,
+    pub gradients: u64,
+    /// AdamW's two moments of every parameter.
+    pub optimizer: u64,
+    /// U_k and V_k (or their complements) of every target, at the policy's largest ratio.
+    pub subspaces: u64,
+    /// A training step's activations at the largest batch of the run.
+    pub activations: u64,
+    pub total: u64,
+    /// The largest single buffer and what it holds.
+    pub largest_buffer: u64,
+    pub largest_buffer_holds: String,
+}
+
+/// The frozen bases a target of `m`×`n` keeps at frozen rank `k` (see
+/// [`crate::subspace::project::FrozenSubspace::from_svd`]): per side, k columns, or the
+/// n − k columns of the complement where strict mode finds that smaller.
+fn subspace_elements(m: usize, n: usize, k: usize, mode: Mode) -> u64 {
+    let r = m.min(n);
+    let side = |dim: usize| {
+        let columns = if mode == Mode::Strict && dim == r && 2 * k > dim { dim - k } else { k };
+        (dim * columns) as u64
+    };
+    side(m) + side(n)
+}
+
+impl MemoryPlan {
+    /// The plan of training `model` in batches of `batch_size` pairs of at most these
+    /// lengths; `subspaces` gives the targets, policy and mode of an OSFT run.
+    pub fn new(
+        model: &dyn Model,
+        batch_size: usize,
+        source_len: usize,
+        target_len: usize,
+        subspaces: Option<(&[String], RankPolicy, Mode)>,
+    ) -> MemoryPlan {
+        let weights: u64 = model.params().values().map(|p| p.byte_size()).sum();
+        let subspaces = subspaces.map_or(0, |(targets, policy, mode)| {
+            let top_ratio = match policy {
+                RankPolicy::Fixed { .. } => 0.0,
+                RankPolicy::Adaptive { .. } => 1.0,
+            };
+            model
+                .params()
+                .iter()
+                .filter(|(name, p)| p.shape().len() == 2 && is_target(targets, name))
+                .map(|(_, p)| {
+                    let (m, n) = (p.shape()[0], p.shape()[1]);
+                    4 * subspace_elements(m, n, policy.frozen_rank(top_ratio, m, n), mode)
+                })
+                .sum()
+        });
+        let activations = model.activation_bytes(batch_size, source_len, target_len);
+        let (largest_buffer, largest_buffer_holds) =
+            model.step_buffers(batch_size, source_len, target_len).into_iter().max_by_key(|b| b.0).unwrap_or_default();
+        MemoryPlan {
+            weights,
+            gradients: weights,
+            optimizer: 2 * weights,
+            subspaces,
+            activations,
+            total: 4 * weights + subspaces + activations,
+            largest_buffer,
+            largest_buffer_holds,
+        }
+    }
+
+    /// One line per part, in MiB.
+    pub fn describe(&self) -> String {
+        let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1 << 20) as f64);
+        format!(
+            "weights {}, gradients {}, AdamW moments {}, frozen subspaces {}, activations {}: total {}; largest buffer {} ({})",
+            mib(self.weights),
+            mib(self.gradients),
+            mib(self.optimizer),
+            mib(self.subspaces),
+            mib(self.activations),
+            mib(self.total),
+            mib(self.largest_buffer),
+            self.largest_buffer_holds
+        )
+    }
+}
+
+/// Records the plan and the pool's measured peak under "memory" in `dir/run.json` (the rest of
+/// the file, the run's arguments, stays as it is).
+pub fn record(dir: &Path, plan: &MemoryPlan, peak_bytes_in_use: Option<u64>) -> Result<()> {
+    let path = dir.join("run.json");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let mut run: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: damaged run description", path.display()))?;
+    let mut memory = serde_json::to_value(plan)?;
+    memory["peak_bytes_in_use"] = serde_json::json!(peak_bytes_in_use);
+    run["memory"] = memory;
+    write_atomic(&path, serde_json::to_string_pretty(&run)?.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strict_mode_keeps_the_smaller_of_a_basis_and_its_complement() {
+        // 8x4 at k = 3: the left side (8 rows) keeps U_k (8x3); the right side (r = 4) keeps
+        // its 1-column complement in strict mode, V_k (4x3) in paper mode.
+        assert_eq!(subspace_elements(8, 4, 3, Mode::Strict), 8 * 3 + 4);
+        assert_eq!(subspace_elements(8, 4, 3, Mode::Paper), 8 * 3 + 4 * 3);
+        assert_eq!(subspace_elements(8, 4, 0, Mode::Strict), 0);
+    }
+}
