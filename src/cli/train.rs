@@ -1,5 +1,5 @@
-//! `sculpt train`: continual fine-tuning of a T5 model folder on JSONL data, or, with no
-//! data arguments, the built-in default — a small T5 made on the spot, the synthetic task
+//! `sculpt train`: continual fine-tuning of a T5 or Llama model folder on JSONL data, or, with
+//! no data arguments, the built-in default — a small T5 (or Llama) made on the spot, the synthetic task
 //! stream, both OSFT and sequential fine-tuning from the same start, and the two accuracy
 //! matrices side by side. Every run folder holds `run.json` (the arguments), `log.jsonl`,
 //! checkpoints and the results; `--resume DIR` continues a stopped run.
@@ -22,8 +22,8 @@ use crate::train::TrainOptions;
 
 #[derive(clap::Args, Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Args {
-    /// A Hugging Face T5 folder (config.json, model.safetensors, tokenizer.json) to fine-tune
-    /// on --train, --stream or --preset.
+    /// A Hugging Face T5 or Llama folder (config.json, model.safetensors, tokenizer.json) to
+    /// fine-tune on --train, --stream or --preset (`sculpt import` makes one from a GGUF file).
     #[arg(long)]
     model: Option<PathBuf>,
     /// Training data of one task: JSONL lines {"input": ..., "target": ...} (needs --model).

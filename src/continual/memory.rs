@@ -23,6 +23,9 @@ pub struct MemoryPlan {
     pub subspaces: u64,
     /// A training step's activations at the largest batch of the run.
     pub activations: u64,
+    /// The optimizer step's scratch: each target's projected gradient and update, and the
+    /// projection's products.
+    pub optimizer_scratch: u64,
     pub total: u64,
     /// The largest single buffer and what it holds.
     pub largest_buffer: u64,
@@ -49,24 +52,24 @@ impl MemoryPlan {
         batch_size: usize,
         source_len: usize,
         target_len: usize,
-        subspaces: Option<(&[String], RankPolicy, Mode)>,
+        subspaces_of: Option<(&[String], RankPolicy, Mode)>,
     ) -> MemoryPlan {
         let weights: u64 = model.params().values().map(|p| p.byte_size()).sum();
-        let subspaces = subspaces.map_or(0, |(targets, policy, mode)| {
-            let top_ratio = match policy {
-                RankPolicy::Fixed { .. } => 0.0,
-                RankPolicy::Adaptive { .. } => 1.0,
-            };
-            model
-                .params()
-                .iter()
-                .filter(|(name, p)| p.shape().len() == 2 && is_target(targets, name))
-                .map(|(_, p)| {
-                    let (m, n) = (p.shape()[0], p.shape()[1]);
-                    4 * subspace_elements(m, n, policy.frozen_rank(top_ratio, m, n), mode)
-                })
-                .sum()
-        });
+        let (mut subspaces, mut optimizer_scratch) = (0, 0);
+        if let Some((targets, policy, mode)) = subspaces_of {
+            // The adaptive policy freezes the most at the highest importance.
+            let top_importance = 1.0;
+            for (name, p) in model.params() {
+                if let (&[m, n], true) = (p.shape(), is_target(targets, name)) {
+                    let k = policy.frozen_rank(top_importance, m, n);
+                    let basis = subspace_elements(m, n, k, mode);
+                    subspaces += 4 * basis;
+                    // Projected gradient and update, and per projection a product as large
+                    // as the bases (measured from the pool).
+                    optimizer_scratch += 4 * (2 * (m * n) as u64 + basis);
+                }
+            }
+        }
         let activations = model.activation_bytes(batch_size, source_len, target_len);
         let (largest_buffer, largest_buffer_holds) =
             model.step_buffers(batch_size, source_len, target_len).into_iter().max_by_key(|b| b.0).unwrap_or_default();
@@ -76,7 +79,8 @@ impl MemoryPlan {
             optimizer: 2 * weights,
             subspaces,
             activations,
-            total: 4 * weights + subspaces + activations,
+            optimizer_scratch,
+            total: 4 * weights + subspaces + activations + optimizer_scratch,
             largest_buffer,
             largest_buffer_holds,
         }
@@ -86,12 +90,13 @@ impl MemoryPlan {
     pub fn describe(&self) -> String {
         let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1 << 20) as f64);
         format!(
-            "weights {}, gradients {}, AdamW moments {}, frozen subspaces {}, activations {}: total {}; largest buffer {} ({})",
+            "weights {}, gradients {}, AdamW moments {}, frozen subspaces {}, activations {}, optimizer scratch {}: total {}; largest buffer {} ({})",
             mib(self.weights),
             mib(self.gradients),
             mib(self.optimizer),
             mib(self.subspaces),
             mib(self.activations),
+            mib(self.optimizer_scratch),
             mib(self.total),
             mib(self.largest_buffer),
             self.largest_buffer_holds

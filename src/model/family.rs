@@ -40,9 +40,9 @@ pub trait Model {
     /// The largest buffers of a step on a batch of `batch_size` pairs of these lengths:
     /// (bytes, what they hold and the flags that shrink them).
     fn step_buffers(&self, batch_size: usize, source_len: usize, target_len: usize) -> Vec<(u64, String)>;
-    /// Bytes of the activations a training step on a batch of `batch_size` pairs of these
-    /// lengths holds at its peak: what the forward keeps for the backward, the head's chunk,
-    /// and the backward's temporaries of one layer (an estimate for the memory plan).
+    /// Bytes a training step on a batch of `batch_size` pairs of these lengths allocates for
+    /// its forward and backward passes (activations, gradients of activations, the head's
+    /// chunks): an estimate for the memory plan.
     fn activation_bytes(&self, batch_size: usize, source_len: usize, target_len: usize) -> u64;
     /// The `config.json` that transformers loads.
     fn hf_config_json(&self) -> Result<String>;

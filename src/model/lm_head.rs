@@ -109,6 +109,17 @@ pub fn head_logits(input: &Tensor, weight: &Tensor, rows: &[u32]) -> Result<Tens
     linear(&picked, weight)
 }
 
+/// Index of the largest value; the first one on ties, as torch.argmax.
+pub fn argmax(values: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in values.iter().enumerate() {
+        if v > values[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
 fn head_shape(input: &Tensor, weight: &Tensor) -> Result<(usize, usize)> {
     let &[vocab, d] = weight.shape() else {
         bail!("the LM head must be a [vocab, width] matrix, got {:?}", weight.shape());

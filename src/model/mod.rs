@@ -12,6 +12,7 @@ pub mod weights;
 pub use config::{FeedForward, T5Config};
 pub use family::{BlockStates, Gradients, Model, Pair};
 pub use llama::{CausalBatch, LlamaConfig, LlamaForwardOutput, LlamaModel};
+pub use lm_head::argmax;
 pub use t5::{Batch, ForwardOutput, T5Model};
 pub use tokenizer::Tokenizer;
 

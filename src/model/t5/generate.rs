@@ -10,7 +10,7 @@ use crate::kernels::attention::{position_bias, relative_position_buckets_from, A
 use crate::kernels::embedding::embedding;
 use crate::kernels::matmul::linear;
 use crate::kernels::norm::rms_norm;
-use crate::model::Model;
+use crate::model::{argmax, Model};
 use crate::tensor::{DType, Tensor};
 
 /// The self-attention keys and values of the positions decoded so far, [1, t, H*d_kv].
@@ -131,15 +131,4 @@ impl T5Model {
         }
         Ok(output)
     }
-}
-
-/// Index of the largest value; the first one on ties, as torch.argmax.
-pub(crate) fn argmax(values: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in values.iter().enumerate() {
-        if v > values[best] {
-            best = i;
-        }
-    }
-    best as u32
 }

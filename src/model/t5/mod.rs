@@ -11,7 +11,6 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 
 pub use forward::{AttentionActivations, EncoderOutput, FeedForwardActivations, ForwardOutput, LayerActivations};
-pub(crate) use generate::argmax;
 pub use generate::KvCache;
 
 use super::config::{FeedForward, T5Config};
@@ -268,28 +267,24 @@ impl Model for T5Model {
         ]
     }
 
+    /// Every buffer of a step stays allocated until the step's one submission, so this is
+    /// all a step allocates (counted from what the pool serves a step): per encoder block 16
+    /// source rows of width d_model, 8 of the attention width and the feed-forward rows; per
+    /// decoder block 21 and 12 target rows, the cross-attention keys and values over the
+    /// source; the probabilities and their gradients; the head's chunks and scratch.
     fn activation_bytes(&self, batch_size: usize, source_len: usize, target_len: usize) -> u64 {
         let c = &self.config;
         let b = batch_size as u64;
-        let (src, tgt) = (b * source_len as u64, b * target_len as u64);
-        let (d, inner, h) = (c.d_model as u64, (c.num_heads * c.d_kv) as u64, c.num_heads as u64);
-        let gated = u64::from(c.feed_forward().is_ok_and(|f| f == FeedForward::GatedGelu));
-        let ff = c.d_ff as u64 * (2 + gated);
-        // Kept per block: per attention sub-layer the norm (and inverse RMS), q, k, v, the
-        // context and the output; per feed-forward the norm, the pre-activations, the hidden
-        // state and the output; the probabilities.
-        let attention = |rows: u64, kv_rows: u64| rows * (3 * d + 2 * inner + 2) + 2 * kv_rows * inner;
-        let feed_forward = |rows: u64| rows * (2 * d + 1 + ff);
         let (s, t) = (source_len as u64, target_len as u64);
-        let encoder = attention(src, src) + feed_forward(src) + b * h * s * s;
-        let decoder = attention(tgt, tgt) + attention(tgt, src) + feed_forward(tgt) + b * h * (t * t + t * s);
-        // Embeddings, final norms, the head's input and its gradient, one chunk of logits and
-        // its gradient, the encoder output's gradient.
-        let edges = 3 * (src + tgt) * d + 2 * logits_chunk(batch_size * target_len, c.vocab_size).0 / 4 + src * d;
-        // The backward of one decoder block.
-        let backward = tgt * (ff + 4 * d + 3 * inner) + 2 * src * inner + b * h * (t * t + t * s);
-        let layers = c.num_layers as u64 * encoder + c.num_decoder_layers() as u64 * decoder;
-        4 * (layers + edges + backward)
+        let (src, tgt) = (b * s, b * t);
+        let (d, inner, h, vocab) =
+            (c.d_model as u64, (c.num_heads * c.d_kv) as u64, c.num_heads as u64, c.vocab_size as u64);
+        let gated = u64::from(c.feed_forward().is_ok_and(|f| f == FeedForward::GatedGelu));
+        let ff = c.d_ff as u64 * (4 + 5 * gated);
+        let encoder = src * (16 * d + 8 * inner + ff) + 2 * b * h * s * s;
+        let decoder = tgt * (21 * d + 12 * inner + ff) + 4 * src * inner + 2 * b * h * (t * t + t * s);
+        let head = 5 * (src + tgt) * d + 2 * logits_chunk(batch_size * target_len, c.vocab_size).0 / 4 + 2 * vocab * d;
+        4 * (c.num_layers as u64 * encoder + c.num_decoder_layers() as u64 * decoder + head)
     }
 
     fn hf_config_json(&self) -> Result<String> {
