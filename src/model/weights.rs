@@ -130,24 +130,32 @@ pub fn save(path: &Path, tensors: &[(String, &Tensor)]) -> Result<()> {
 /// Safetensors bytes of f32 GPU tensors under the given names, with optional `__metadata__`;
 /// without a `format` there, the file is tagged as PyTorch's (transformers then takes it as its own).
 pub fn serialize(tensors: &[(String, &Tensor)], metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
-    let mut metadata = metadata.unwrap_or_default();
-    metadata.entry("format".to_string()).or_insert_with(|| "pt".to_string());
-    let mut host: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
+    let mut host = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         if t.dtype() != DType::F32 {
             bail!("saving {name:?}: only f32 tensors are saved, got {:?}", t.dtype());
         }
-        let values = t.to_f32()?;
-        // A diverged tensor is refused here rather than written: every reader refuses it
-        // anyway, and a checkpoint holding it would replace the last good one.
-        if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-            bail!("saving {name:?}: element {i} is {v}; tensors holding NaN or Inf are not saved");
-        }
-        host.push((name.clone(), t.shape().to_vec(), bytemuck::cast_slice(&values).to_vec()));
+        host.push((name.clone(), t.shape().to_vec(), t.to_f32()?));
     }
-    let views = host
+    serialize_host(&host, metadata)
+}
+
+/// As [`serialize`], for f32 values on the host: (name, shape, values).
+pub fn serialize_host(
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+    metadata: Option<HashMap<String, String>>,
+) -> Result<Vec<u8>> {
+    let mut metadata = metadata.unwrap_or_default();
+    metadata.entry("format".to_string()).or_insert_with(|| "pt".to_string());
+    let views = tensors
         .iter()
-        .map(|(name, shape, bytes)| {
+        .map(|(name, shape, values)| {
+            // A diverged tensor is refused here rather than written: every reader refuses it
+            // anyway, and a checkpoint holding it would replace the last good one.
+            if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+                bail!("saving {name:?}: element {i} is {v}; tensors holding NaN or Inf are not saved");
+            }
+            let bytes: &[u8] = bytemuck::cast_slice(values);
             Ok((name.as_str(), safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytes)?))
         })
         .collect::<Result<Vec<_>>>()?;
