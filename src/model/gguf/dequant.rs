@@ -278,3 +278,53 @@ fn q8_k(b: &[u8], out: &mut Vec<f32>) {
     let d = f32::from_le_bytes(b[0..4].try_into().unwrap());
     out.extend(b[4..260].iter().map(|&q| q as i8 as f32 * d));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each type's fixture blocks (tests/fixtures/gguf/dequant.safetensors, made by
+    /// tools/make_gguf_fixtures.py with the `gguf` package) dequantise to its reference values.
+    #[test]
+    fn every_type_matches_the_gguf_package() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/gguf/dequant.safetensors");
+        let bytes = std::fs::read(path).unwrap();
+        let fixtures = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let types = [
+            TensorType::F16,
+            TensorType::BF16,
+            TensorType::Q4_0,
+            TensorType::Q4_1,
+            TensorType::Q5_0,
+            TensorType::Q5_1,
+            TensorType::Q8_0,
+            TensorType::Q4K,
+            TensorType::Q5K,
+            TensorType::Q6K,
+            TensorType::Q8K,
+        ];
+        for kind in types {
+            let blocks = fixtures.tensor(&format!("{}.blocks", kind.name())).unwrap();
+            let expected: Vec<f32> =
+                bytemuck::pod_collect_to_vec(fixtures.tensor(&format!("{}.values", kind.name())).unwrap().data());
+            let got = kind.dequantize(blocks.data()).unwrap();
+            assert_eq!(got.len(), expected.len(), "{}", kind.name());
+            assert_eq!(kind.byte_len(got.len() as u64).unwrap(), blocks.data().len() as u64, "{}", kind.name());
+            for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+                assert!((g - e).abs() <= 1e-6 * e.abs().max(1.0), "{} value {i}: {g} vs {e}", kind.name());
+            }
+        }
+    }
+
+    #[test]
+    fn partial_blocks_and_unknown_types_are_refused() {
+        let err = TensorType::Q4_0.byte_len(48).unwrap_err().to_string();
+        assert!(err.contains("48 values of type Q4_0") && err.contains("blocks of 32"), "{err}");
+        let err = TensorType::Q6K.dequantize(&[0u8; 100]).unwrap_err().to_string();
+        assert!(err.contains("Q6_K") && err.contains("210"), "{err}");
+        let err = TensorType::from_id(10).unwrap_err().to_string();
+        assert!(err.contains("Q2_K (10) is not supported") && err.contains("Q4_K"), "{err}");
+        let err = TensorType::from_id(99).unwrap_err().to_string();
+        assert!(err.contains("ggml type 99 is unknown"), "{err}");
+    }
+}

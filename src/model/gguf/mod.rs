@@ -324,3 +324,36 @@ fn config_json(file: &GgufFile, shape: &Shape) -> Result<serde_json::Value> {
     }
     Ok(config)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The inverse of llama.cpp's `permute` (convert_hf_to_gguf.py): rows of each head
+    /// reshaped to (2, pairs) and transposed to (pairs, 2).
+    fn llama_cpp_permute(values: &[f32], rows: usize, heads: usize) -> Vec<f32> {
+        let cols = values.len() / rows;
+        let pairs = rows / heads / 2;
+        let mut out = Vec::with_capacity(values.len());
+        for head in 0..heads {
+            for i in 0..pairs {
+                for half in 0..2 {
+                    let row = head * 2 * pairs + half * pairs + i;
+                    out.extend_from_slice(&values[row * cols..(row + 1) * cols]);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn rotary_rows_are_put_back_in_transformers_order() {
+        let (rows, cols, heads) = (12, 2, 3);
+        let hf: Vec<f32> = (0..rows * cols).map(|v| v as f32).collect();
+        let gguf = llama_cpp_permute(&hf, rows, heads);
+        assert_ne!(gguf, hf);
+        assert_eq!(unpermute_rotary_rows(&gguf, rows, heads), hf);
+        // Head 0 of 4 rows: GGUF rows are (pair 0 first half, pair 0 second half, pair 1 ...).
+        assert_eq!(&gguf[..8], &[0.0, 1.0, 4.0, 5.0, 2.0, 3.0, 6.0, 7.0]);
+    }
+}
