@@ -19,22 +19,21 @@ fn import_error(gguf: &Path, out: &Path) -> String {
     format!("{:#}", import(gguf, out, false).unwrap_err())
 }
 
-#[test]
-fn the_tiny_model_imports_into_a_folder_sculpt_loads_with_transformers_values() {
-    let dir = common::scratch("gguf", "tiny");
+/// Imports fixture `name`.gguf and checks the folder against `name`_reference.json
+/// (transformers' conversion): config, every tensor's sum, token ids; the model loads and
+/// generates. Returns the folder.
+fn import_and_compare(name: &str) -> PathBuf {
+    let dir = common::scratch("gguf", name);
     let out = dir.join("model");
-    let summary = import(&fixture("tiny.gguf"), &out, false).unwrap();
-    assert_eq!((summary.tensors, summary.layers, summary.vocab_size, summary.tied_embeddings), (21, 2, 266, false));
-    let types: Vec<(&str, usize)> = summary.types.into_iter().collect();
-    assert_eq!(types, [("F16", 3), ("F32", 7), ("Q4_0", 4), ("Q4_1", 4), ("Q8_0", 3)]);
+    import(&fixture(&format!("{name}.gguf")), &out, false).unwrap();
     let names: Vec<String> =
         std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
     assert_eq!(names, ["model"], "no partial folder left beside it");
 
-    let reference: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture("tiny_reference.json")).unwrap()).unwrap();
-    let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    let read_json =
+        |path: PathBuf| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap() };
+    let reference = read_json(fixture(&format!("{name}_reference.json")));
+    let config = read_json(out.join("config.json"));
     for (key, want) in reference["config"].as_object().unwrap() {
         assert_eq!(&config[key], want, "config {key}");
     }
@@ -50,21 +49,27 @@ fn the_tiny_model_imports_into_a_folder_sculpt_loads_with_transformers_values() 
         let (want_sum, want_abs) = (want["sum"].as_f64().unwrap(), want["abs_sum"].as_f64().unwrap());
         assert!((sum - want_sum).abs() <= 1e-4 * want_abs && (abs_sum - want_abs).abs() <= 1e-5 * want_abs, "{name}");
     }
-    // Whole tensors: the un-permuted query (F16) and key (Q4_0) rows, and a Q4_0 matrix.
-    let bytes = std::fs::read(fixture("tiny_reference.safetensors")).unwrap();
-    let whole = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    for (name, view) in whole.tensors() {
-        let want: Vec<f32> = bytemuck::pod_collect_to_vec(view.data());
-        assert_eq!(params[&name].to_f32().unwrap(), want, "{name}");
-    }
-
     for (text, ids) in reference["token_ids"].as_object().unwrap() {
         let want: Vec<u32> = ids.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
         assert_eq!(tokenizer.encode(text).unwrap(), want, "{text:?}");
     }
+    let vocab_size = config["vocab_size"].as_u64().unwrap() as u32;
     let generated = model.generate(&tokenizer.encode("the cat").unwrap(), 3).unwrap();
-    assert!(!generated.is_empty() && generated.iter().all(|&id| (id as usize) < 266), "{generated:?}");
+    assert!(!generated.is_empty() && generated.iter().all(|&id| id < vocab_size), "{generated:?}");
+    out
+}
 
+#[test]
+fn the_tiny_byte_level_model_imports_into_a_folder_sculpt_loads_with_transformers_values() {
+    let out = import_and_compare("tiny");
+    // Whole tensors: the un-permuted query (F16) and key (Q4_0) rows, and a Q4_0 matrix.
+    let (model, _) = load_model(&Gpu::shared().unwrap(), &out).unwrap();
+    let bytes = std::fs::read(fixture("tiny_reference.safetensors")).unwrap();
+    let whole = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    for (name, view) in whole.tensors() {
+        let want: Vec<f32> = bytemuck::pod_collect_to_vec(view.data());
+        assert_eq!(model.params()[&name].to_f32().unwrap(), want, "{name}");
+    }
     let tokenizer_config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("tokenizer_config.json")).unwrap()).unwrap();
     assert_eq!(
@@ -72,6 +77,15 @@ fn the_tiny_model_imports_into_a_folder_sculpt_loads_with_transformers_values() 
         (&"<|im_start|>".into(), &"<|im_end|>".into(), &"<|endoftext|>".into())
     );
     assert!(tokenizer_config["chat_template"].as_str().unwrap().contains("<|im_start|>"));
+}
+
+#[test]
+fn the_tiny_sentencepiece_model_imports_with_transformers_token_ids() {
+    let out = import_and_compare("tiny_sp");
+    let tokenizer_config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("tokenizer_config.json")).unwrap()).unwrap();
+    assert_eq!(tokenizer_config["add_bos_token"], true, "SentencePiece vocabularies add BOS by default");
+    assert_eq!((&tokenizer_config["bos_token"], &tokenizer_config["unk_token"]), (&"<s>".into(), &"<unk>".into()));
 }
 
 #[test]

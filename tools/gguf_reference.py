@@ -185,14 +185,18 @@ def main():
     for attr in ["bos_token", "eos_token", "pad_token", "unk_token"]:
         a, b = getattr(ours_tok, attr), getattr(ref_tok, attr)
         check(a == b, f"tokenizer {attr}: sculpt {a!r}, transformers {b!r}")
-    messages = [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"}]
-    a = ours_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    b = ref_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    check(a == b, "chat template renders the same conversation identically")
+    if ref_tok.chat_template is None:
+        check(ours_tok.chat_template is None, "no chat template in the file, none in sculpt's folder")
+        prompt_text = "The lighthouse keeper climbed the steps"
+    else:
+        messages = [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"}]
+        prompt_text = ours_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        b = ref_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        check(prompt_text == b, "chat template renders the same conversation identically")
 
     # transformers loads sculpt's folder and computes the same logits.
     ours_model = AutoModelForCausalLM.from_pretrained(args.out, dtype=torch.float32).eval()
-    prompt = torch.tensor([ref_tok.encode(a)])
+    prompt = torch.tensor([ref_tok.encode(prompt_text)])
     with torch.no_grad():
         ours_logits, ref_logits = ours_model(prompt).logits, reference(prompt).logits
     d = relative_diff(ours_logits, ref_logits)

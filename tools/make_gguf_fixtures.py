@@ -12,6 +12,9 @@
 * ``tiny_reference.safetensors`` / ``tiny_reference.json``: transformers' conversion of
   ``tiny.gguf`` (``from_pretrained(..., gguf_file=...)``): three whole tensors, the sum and
   absolute sum of every tensor, the config, and the token ids of a few texts.
+* ``tiny_sp.gguf`` / ``tiny_sp_reference.json``: the same model with one layer and a 284-token
+  SentencePiece vocabulary (``tokenizer.ggml.model`` "llama": byte fallback, merges recovered
+  from the scores, BOS by default), and transformers' conversion of it (no whole tensors).
 
 Usage: ``python tools/make_gguf_fixtures.py`` (needs numpy, gguf, torch, transformers; seeded).
 """
@@ -35,6 +38,7 @@ TEXTS = [
     "Hello world, the cat sat on the mat.",
     "<|im_start|>user\nthere in the <think> area<|im_end|>",
     "  leading spaces, tabs\tand é ü 日本 😀 123",
+    "<|user|> the cat sat</s>",
 ]
 
 
@@ -74,26 +78,12 @@ def byte_alphabet():
     return [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
 
 
-def tiny_gguf(rng, path):
-    hidden, ff, layers, heads, kv_heads = 32, 64, 2, 4, 2
-    head_dim = hidden // heads
+def byte_level_vocabulary(w):
+    """266 tokens: 3 control, the 256 byte stand-ins, 6 merged, 1 user-defined; BOS added."""
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     merges = ["Ġ t", "h e", "Ġt he", "i n", "Ġ a", "e r"]
     tokens = specials + byte_alphabet() + [m.replace(" ", "") for m in merges] + ["<think>"]
     types = [3] * len(specials) + [1] * (len(tokens) - len(specials) - 1) + [4]
-    vocab = len(tokens)
-
-    w = GGUFWriter(path, "llama")
-    w.add_context_length(64)
-    w.add_embedding_length(hidden)
-    w.add_block_count(layers)
-    w.add_feed_forward_length(ff)
-    w.add_head_count(heads)
-    w.add_head_count_kv(kv_heads)
-    w.add_rope_dimension_count(head_dim)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_rope_freq_base(10000.0)
-    w.add_vocab_size(vocab)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("default")
     w.add_token_list(tokens)
@@ -104,6 +94,43 @@ def tiny_gguf(rng, path):
     w.add_pad_token_id(0)
     w.add_add_bos_token(True)
     w.add_chat_template("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}")
+    return len(tokens)
+
+
+def sentencepiece_vocabulary(w):
+    """284 tokens: <unk> (unknown), <s> and </s> (control), the 256 <0xNN> byte tokens, 24
+    scored pieces and one user-defined token; no merges (they come from the scores), no
+    add_bos_token key (SentencePiece adds BOS by default)."""
+    pieces = ["▁", "e", "t", "a", "h", "c", "s", "o", "n", "▁t", "he", "▁the", "at", "▁c", "▁cat", "▁s", "▁sat",
+              "on", "▁on", "in", "▁a", "er", "▁▁", "▁▁▁▁"]
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + pieces + ["<|user|>"]
+    types = [2, 3, 3] + [6] * 256 + [1] * len(pieces) + [4]
+    scores = [0.0] * 259 + [-float(i) for i in range(len(pieces))] + [0.0]
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_scores(scores)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    return len(tokens)
+
+
+def tiny_gguf(rng, path, vocabulary, layers):
+    hidden, ff, heads, kv_heads = 32, 64, 4, 2
+    head_dim = hidden // heads
+    w = GGUFWriter(path, "llama")
+    vocab = vocabulary(w)
+    w.add_context_length(64)
+    w.add_embedding_length(hidden)
+    w.add_block_count(layers)
+    w.add_feed_forward_length(ff)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv_heads)
+    w.add_rope_dimension_count(head_dim)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_freq_base(10000.0)
+    w.add_vocab_size(vocab)
 
     def matrix(rows, cols):
         return (rng.standard_normal((rows, cols)) * 0.2).astype(np.float32)
@@ -131,7 +158,7 @@ def tiny_gguf(rng, path):
     w.close()
 
 
-def tiny_reference(path):
+def tiny_reference(path, prefix, whole_tensors):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, name = os.path.dirname(path), os.path.basename(path)
@@ -140,7 +167,8 @@ def tiny_reference(path):
     state = {k: v.float() for k, v in model.state_dict().items()}
     whole = ["model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight",
              "model.layers.1.mlp.down_proj.weight"]
-    save_file({k: state[k].numpy() for k in whole}, os.path.join(folder, "tiny_reference.safetensors"))
+    if whole_tensors:
+        save_file({k: state[k].numpy() for k in whole}, os.path.join(folder, f"{prefix}_reference.safetensors"))
     c = model.config
     reference = {
         "tensors": {k: {"shape": list(v.shape), "sum": v.double().sum().item(), "abs_sum": v.double().abs().sum().item()}
@@ -151,7 +179,7 @@ def tiny_reference(path):
                                               "eos_token_id", "pad_token_id"]},
         "token_ids": {text: tokenizer.encode(text) for text in TEXTS},
     }
-    with open(os.path.join(folder, "tiny_reference.json"), "w") as f:
+    with open(os.path.join(folder, f"{prefix}_reference.json"), "w") as f:
         json.dump(reference, f, indent=1, ensure_ascii=False)
         f.write("\n")
 
@@ -161,8 +189,11 @@ def main():
     rng = np.random.default_rng(0)
     dequant_fixtures(rng)
     path = os.path.join(OUT, "tiny.gguf")
-    tiny_gguf(rng, path)
-    tiny_reference(path)
+    tiny_gguf(rng, path, byte_level_vocabulary, layers=2)
+    tiny_reference(path, "tiny", whole_tensors=True)
+    path = os.path.join(OUT, "tiny_sp.gguf")
+    tiny_gguf(np.random.default_rng(1), path, sentencepiece_vocabulary, layers=1)
+    tiny_reference(path, "tiny_sp", whole_tensors=False)
     for name in sorted(os.listdir(OUT)):
         print(f"{name}: {os.path.getsize(os.path.join(OUT, name))} bytes")
 

@@ -56,23 +56,12 @@ impl SpecialIds {
 }
 
 /// Builds and validates (with the tokenizers crate) the tokenizer files of a byte-level BPE
-/// (`tokenizer.ggml.model` "gpt2") vocabulary; `model_max_length` is the context length.
+/// (`tokenizer.ggml.model` "gpt2") or SentencePiece BPE ("llama") vocabulary;
+/// `model_max_length` is the context length.
 pub fn build(gguf: &GgufFile, model_max_length: u64) -> Result<TokenizerFiles> {
     let path = gguf.path.display();
     let model = string(gguf, "tokenizer.ggml.model")?;
-    if model != "gpt2" {
-        let kind = match model {
-            "llama" => " (SentencePiece)",
-            "bert" => " (WordPiece)",
-            "t5" => " (Unigram)",
-            _ => "",
-        };
-        bail!(
-            "{path}: metadata key \"tokenizer.ggml.model\" is {model:?}{kind}, which sculpt import does not support; supported: \"gpt2\" (byte-level BPE)"
-        );
-    }
     let tokens = string_array(gguf, "tokenizer.ggml.tokens")?;
-    let merges = string_array(gguf, "tokenizer.ggml.merges")?;
     let token_types = match gguf.metadata.get("tokenizer.ggml.token_type") {
         None => vec![],
         Some(v) => v
@@ -98,41 +87,43 @@ pub fn build(gguf: &GgufFile, model_max_length: u64) -> Result<TokenizerFiles> {
     };
     let bos_text = token_text(ids.bos, "bos_token_id")?;
     let eos_text = token_text(ids.eos, "eos_token_id")?;
-    let flag = |key: &str| -> Result<bool> {
+    let pad_text = token_text(ids.pad, "padding_token_id")?;
+    let unk_text = token_text(ids.unk, "unknown_token_id")?;
+    let flag = |key: &str, default: bool| -> Result<bool> {
         match gguf.metadata.get(key) {
-            None => Ok(false),
+            None => Ok(default),
             Some(v) => v.as_bool().with_context(|| format!("{path}: metadata key {key:?} is {v:?}, not a bool")),
         }
     };
-    let add_bos = flag("tokenizer.ggml.add_bos_token")?;
-    let add_eos = flag("tokenizer.ggml.add_eos_token")?;
 
-    let alphabet = byte_alphabet();
-    let alphabet_set: BTreeSet<char> = alphabet.iter().copied().collect();
-    let in_alphabet = |token: &str| token.chars().all(|c| alphabet_set.contains(&c));
-    // A token written in plain text (not in the byte alphabet) is respelled byte by byte.
-    let mut vocab = Map::new();
-    for (id, token) in tokens.iter().enumerate() {
-        let spelled = if in_alphabet(token) { token.to_string() } else { byte_spelling(token, &alphabet) };
-        vocab.insert(spelled, json!(id));
-    }
-    let merges = merges
-        .iter()
-        .map(|m| {
-            m.split_once(' ').map(|(a, b)| json!([a, b])).with_context(|| {
-                format!("{path}: metadata key \"tokenizer.ggml.merges\": {m:?} is not two tokens separated by a space")
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let vocabulary = match model {
+        "gpt2" => byte_level(gguf, &tokens)?,
+        "llama" => sentencepiece(gguf, &tokens)?,
+        other => {
+            let kind = match other {
+                "bert" => " (WordPiece)",
+                "t5" => " (Unigram)",
+                _ => "",
+            };
+            bail!(
+                "{path}: metadata key \"tokenizer.ggml.model\" is {other:?}{kind}, which sculpt import does not support; supported: \"gpt2\" (byte-level BPE), \"llama\" (SentencePiece BPE)"
+            )
+        }
+    };
+    // llama.cpp adds BOS to a SentencePiece vocabulary whose file does not say otherwise.
+    let add_bos = flag("tokenizer.ggml.add_bos_token", model == "llama")?;
+    let add_eos = flag("tokenizer.ggml.add_eos_token", false)?;
 
-    // Control tokens become special added tokens, user-defined ones plain added tokens, so both
-    // stay whole. A control token outside the byte alphabet is a llama.cpp mislabel (transformers
-    // skips it too).
+    // Control tokens and the tokens the special ids name become special added tokens,
+    // user-defined ones plain added tokens, so that all stay whole.
+    let named: Vec<&str> = [&bos_text, &eos_text, &pad_text, &unk_text].iter().filter_map(|t| t.as_str()).collect();
     let mut added_tokens = vec![];
-    for (id, (token, &kind)) in tokens.iter().zip(&token_types).enumerate() {
+    for (id, token) in tokens.iter().enumerate() {
+        let kind = token_types.get(id).copied();
         let special = match kind {
-            TOKEN_TYPE_CONTROL if in_alphabet(token) => true,
-            TOKEN_TYPE_USER_DEFINED if vocab.contains_key(*token) => false,
+            _ if named.contains(token) => true,
+            Some(TOKEN_TYPE_CONTROL) if (vocabulary.keeps_control)(token) => true,
+            Some(TOKEN_TYPE_USER_DEFINED) if vocabulary.model["vocab"].get(*token).is_some() => false,
             _ => continue,
         };
         added_tokens.push(json!({
@@ -141,7 +132,6 @@ pub fn build(gguf: &GgufFile, model_max_length: u64) -> Result<TokenizerFiles> {
         }));
     }
 
-    let pre_tokenizer = pre_tokenizer(gguf)?;
     let post_processor = post_processor(gguf, &tokens, &ids, add_bos, add_eos)?;
     let tokenizer = json!({
         "version": "1.0",
@@ -149,14 +139,10 @@ pub fn build(gguf: &GgufFile, model_max_length: u64) -> Result<TokenizerFiles> {
         "padding": null,
         "added_tokens": added_tokens,
         "normalizer": null,
-        "pre_tokenizer": pre_tokenizer,
+        "pre_tokenizer": vocabulary.pre_tokenizer,
         "post_processor": post_processor,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-        "model": {
-            "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": "",
-            "end_of_word_suffix": "", "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-            "vocab": vocab, "merges": merges,
-        },
+        "decoder": vocabulary.decoder,
+        "model": vocabulary.model,
     });
     tokenizer
         .to_string()
@@ -167,8 +153,8 @@ pub fn build(gguf: &GgufFile, model_max_length: u64) -> Result<TokenizerFiles> {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": bos_text,
         "eos_token": eos_text,
-        "pad_token": token_text(ids.pad, "padding_token_id")?,
-        "unk_token": token_text(ids.unk, "unknown_token_id")?,
+        "pad_token": pad_text,
+        "unk_token": unk_text,
         "add_bos_token": add_bos,
         "add_eos_token": add_eos,
         "model_max_length": model_max_length,
@@ -182,6 +168,137 @@ pub fn build(gguf: &GgufFile, model_max_length: u64) -> Result<TokenizerFiles> {
     }
     let generation_config = json!({"bos_token_id": ids.bos, "eos_token_id": ids.eos, "pad_token_id": ids.pad});
     Ok(TokenizerFiles { tokenizer, tokenizer_config, generation_config })
+}
+
+/// The parts of tokenizer.json that depend on the kind of vocabulary.
+struct Vocabulary {
+    model: Json,
+    pre_tokenizer: Json,
+    decoder: Json,
+    /// Whether a token marked control is kept as a special added token.
+    keeps_control: Box<dyn Fn(&str) -> bool>,
+}
+
+/// GPT-2 style byte-level BPE: tokens are spelled in the byte alphabet, merges are listed.
+fn byte_level(gguf: &GgufFile, tokens: &[&str]) -> Result<Vocabulary> {
+    let merges = string_array(gguf, "tokenizer.ggml.merges")?
+        .iter()
+        .map(|m| {
+            m.split_once(' ').map(|(a, b)| json!([a, b])).with_context(|| {
+                format!(
+                    "{}: metadata key \"tokenizer.ggml.merges\": {m:?} is not two tokens separated by a space",
+                    gguf.path.display()
+                )
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let alphabet = byte_alphabet();
+    let alphabet_set: BTreeSet<char> = alphabet.iter().copied().collect();
+    let in_alphabet = move |token: &str| token.chars().all(|c| alphabet_set.contains(&c));
+    // A token written in plain text (not in the byte alphabet) is respelled byte by byte.
+    let mut vocab = Map::new();
+    for (id, token) in tokens.iter().enumerate() {
+        let spelled = if in_alphabet(token) { token.to_string() } else { byte_spelling(token, &alphabet) };
+        vocab.insert(spelled, json!(id));
+    }
+    Ok(Vocabulary {
+        model: json!({
+            "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": "",
+            "end_of_word_suffix": "", "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+            "vocab": vocab, "merges": merges,
+        }),
+        pre_tokenizer: pre_tokenizer(gguf)?,
+        decoder: json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true}),
+        // A control token outside the byte alphabet is a llama.cpp mislabel (transformers skips it too).
+        keeps_control: Box::new(in_alphabet),
+    })
+}
+
+/// SentencePiece BPE (Llama 1/2, Mistral, TinyLlama...): "▁" stands for a space, unknown
+/// characters fall back to the `<0xNN>` byte tokens, and the merges (which the file usually
+/// lacks) are recovered from the token scores as transformers' `generate_merges` does.
+fn sentencepiece(gguf: &GgufFile, tokens: &[&str]) -> Result<Vocabulary> {
+    let merges = match gguf.metadata.get("tokenizer.ggml.merges") {
+        Some(_) => string_array(gguf, "tokenizer.ggml.merges")?
+            .iter()
+            .map(|m| {
+                m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())).with_context(|| {
+                    format!(
+                        "{}: metadata key \"tokenizer.ggml.merges\": {m:?} is not two tokens separated by a space",
+                        gguf.path.display()
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>>>()?,
+        None => {
+            let scores = gguf
+                .require("tokenizer.ggml.scores")?
+                .as_array()
+                .and_then(|items| items.iter().map(|v| v.as_f64()).collect::<Option<Vec<_>>>())
+                .filter(|scores| scores.len() == tokens.len())
+                .with_context(|| {
+                    format!(
+                        "{}: metadata key \"tokenizer.ggml.scores\" is not an array of one float per token",
+                        gguf.path.display()
+                    )
+                })?;
+            merges_from_scores(tokens, &scores)
+        }
+    };
+    let mut vocab = Map::new();
+    for (id, token) in tokens.iter().enumerate() {
+        vocab.insert(token.to_string(), json!(id));
+    }
+    Ok(Vocabulary {
+        model: json!({
+            "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
+            "vocab": vocab, "merges": merges.iter().map(|(a, b)| json!([a, b])).collect::<Vec<_>>(),
+        }),
+        pre_tokenizer: json!({"type": "Metaspace", "replacement": "\u{2581}", "prepend_scheme": "first", "split": false}),
+        decoder: json!({"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+            {"type": "ByteFallback"},
+            {"type": "Fuse"},
+            {"type": "Strip", "content": " ", "start": 1, "stop": 0},
+        ]}),
+        keeps_control: Box::new(|_| true),
+    })
+}
+
+/// Every split of a token into two tokens is a merge, ranked by the merged token's score
+/// (best first), then by the longer left and right pieces; splits of one token are ordered by
+/// the ids of their pieces. The sort is stable, as Python's in transformers' `generate_merges`.
+fn merges_from_scores(tokens: &[&str], scores: &[f64]) -> Vec<(String, String)> {
+    // Later duplicates win ids, earlier ones keep their place (as Python dicts built in order).
+    let mut ids = std::collections::HashMap::new();
+    let mut first_score: Vec<(&str, f64)> = vec![];
+    let mut seen = std::collections::HashMap::new();
+    for (id, (&token, &score)) in tokens.iter().zip(scores).enumerate() {
+        ids.insert(token, id);
+        match seen.get(token) {
+            Some(&at) => first_score[at] = (token, score),
+            None => {
+                seen.insert(token, first_score.len());
+                first_score.push((token, score));
+            }
+        }
+    }
+    let mut merges: Vec<(&str, &str, f64)> = vec![];
+    for (token, score) in first_score {
+        let mut local: Vec<(&str, &str, f64)> = token
+            .char_indices()
+            .skip(1)
+            .map(|(at, _)| (&token[..at], &token[at..]))
+            .filter(|(left, right)| ids.contains_key(left) && ids.contains_key(right))
+            .map(|(left, right)| (left, right, score))
+            .collect();
+        local.sort_by_key(|(left, right, _)| (ids[left], ids[right]));
+        merges.extend(local);
+    }
+    let rank = |m: &(&str, &str, f64)| (m.2, m.0.chars().count(), m.1.chars().count());
+    merges.sort_by(|a, b| rank(b).partial_cmp(&rank(a)).unwrap_or(std::cmp::Ordering::Equal));
+    merges.into_iter().map(|(left, right, _)| (left.to_string(), right.to_string())).collect()
 }
 
 /// The split before byte-level encoding, chosen by `tokenizer.ggml.pre` as transformers does.
@@ -291,5 +408,16 @@ mod tests {
         assert_eq!(alphabet.iter().collect::<BTreeSet<_>>().len(), 256, "one stand-in per byte");
         assert_eq!((alphabet[b' ' as usize], alphabet[b'\n' as usize], alphabet[b'a' as usize]), ('Ġ', 'Ċ', 'a'));
         assert_eq!(byte_spelling("é", &alphabet), "Ã©");
+    }
+
+    /// transformers' `generate_merges` gives [('a', 'b'), ('b', 'a'), ('ab', 'a'), ('a', 'ba')]
+    /// here: equal scores keep their order, longer left pieces first, a repeated token takes
+    /// its last id.
+    #[test]
+    fn merges_are_recovered_from_scores_as_transformers_does() {
+        let tokens = ["a", "b", "ab", "ba", "aba", "a"];
+        let merges = merges_from_scores(&tokens, &[0.0, 0.0, -1.0, -1.0, -2.0, -0.5]);
+        let pairs: Vec<(&str, &str)> = merges.iter().map(|(l, r)| (l.as_str(), r.as_str())).collect();
+        assert_eq!(pairs, [("a", "b"), ("b", "a"), ("ab", "a"), ("a", "ba")]);
     }
 }
