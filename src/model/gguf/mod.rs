@@ -89,7 +89,7 @@ pub fn import(gguf: &Path, out: &Path, overwrite: bool) -> Result<ImportSummary>
     let pretty = |value: &serde_json::Value| serde_json::to_vec_pretty(value).expect("JSON values serialise");
     dir.write("config.json", &pretty(&config))?;
     dir.write("generation_config.json", &pretty(&tokenizer.generation_config))?;
-    dir.write("tokenizer.json", &serde_json::to_vec(&tokenizer.tokenizer)?)?;
+    dir.write(crate::model::tokenizer::TOKENIZER_FILE, &serde_json::to_vec(&tokenizer.tokenizer)?)?;
     dir.write("tokenizer_config.json", &pretty(&tokenizer.tokenizer_config))?;
     dir.write(weights::WEIGHTS_FILE, &safetensors)?;
     let out = dir.commit()?;

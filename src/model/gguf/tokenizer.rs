@@ -181,17 +181,7 @@ struct Vocabulary {
 
 /// GPT-2 style byte-level BPE: tokens are spelled in the byte alphabet, merges are listed.
 fn byte_level(gguf: &GgufFile, tokens: &[&str]) -> Result<Vocabulary> {
-    let merges = string_array(gguf, "tokenizer.ggml.merges")?
-        .iter()
-        .map(|m| {
-            m.split_once(' ').map(|(a, b)| json!([a, b])).with_context(|| {
-                format!(
-                    "{}: metadata key \"tokenizer.ggml.merges\": {m:?} is not two tokens separated by a space",
-                    gguf.path.display()
-                )
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let merges = listed_merges(gguf)?;
     let alphabet = byte_alphabet();
     let alphabet_set: BTreeSet<char> = alphabet.iter().copied().collect();
     let in_alphabet = move |token: &str| token.chars().all(|c| alphabet_set.contains(&c));
@@ -205,7 +195,7 @@ fn byte_level(gguf: &GgufFile, tokens: &[&str]) -> Result<Vocabulary> {
         model: json!({
             "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": "",
             "end_of_word_suffix": "", "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-            "vocab": vocab, "merges": merges,
+            "vocab": vocab, "merges": merges_json(&merges),
         }),
         pre_tokenizer: pre_tokenizer(gguf)?,
         decoder: json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true}),
@@ -219,17 +209,7 @@ fn byte_level(gguf: &GgufFile, tokens: &[&str]) -> Result<Vocabulary> {
 /// lacks) are recovered from the token scores as transformers' `generate_merges` does.
 fn sentencepiece(gguf: &GgufFile, tokens: &[&str]) -> Result<Vocabulary> {
     let merges = match gguf.metadata.get("tokenizer.ggml.merges") {
-        Some(_) => string_array(gguf, "tokenizer.ggml.merges")?
-            .iter()
-            .map(|m| {
-                m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())).with_context(|| {
-                    format!(
-                        "{}: metadata key \"tokenizer.ggml.merges\": {m:?} is not two tokens separated by a space",
-                        gguf.path.display()
-                    )
-                })
-            })
-            .collect::<Result<Vec<_>>>()?,
+        Some(_) => listed_merges(gguf)?,
         None => {
             let scores = gguf
                 .require("tokenizer.ggml.scores")?
@@ -253,7 +233,7 @@ fn sentencepiece(gguf: &GgufFile, tokens: &[&str]) -> Result<Vocabulary> {
         model: json!({
             "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
             "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
-            "vocab": vocab, "merges": merges.iter().map(|(a, b)| json!([a, b])).collect::<Vec<_>>(),
+            "vocab": vocab, "merges": merges_json(&merges),
         }),
         pre_tokenizer: json!({"type": "Metaspace", "replacement": "\u{2581}", "prepend_scheme": "first", "split": false}),
         decoder: json!({"type": "Sequence", "decoders": [
@@ -264,6 +244,25 @@ fn sentencepiece(gguf: &GgufFile, tokens: &[&str]) -> Result<Vocabulary> {
         ]}),
         keeps_control: Box::new(|_| true),
     })
+}
+
+/// `tokenizer.ggml.merges`: "left right" pairs, best first.
+fn listed_merges(gguf: &GgufFile) -> Result<Vec<(String, String)>> {
+    string_array(gguf, "tokenizer.ggml.merges")?
+        .iter()
+        .map(|m| {
+            m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())).with_context(|| {
+                format!(
+                    "{}: metadata key \"tokenizer.ggml.merges\": {m:?} is not two tokens separated by a space",
+                    gguf.path.display()
+                )
+            })
+        })
+        .collect()
+}
+
+fn merges_json(merges: &[(String, String)]) -> Json {
+    merges.iter().map(|(left, right)| json!([left, right])).collect()
 }
 
 /// Every split of a token into two tokens is a merge, ranked by the merged token's score
@@ -308,8 +307,9 @@ fn pre_tokenizer(gguf: &GgufFile) -> Result<Json> {
         Some(_) => string(gguf, "tokenizer.ggml.pre")?,
     };
     let split = match pre {
-        // GPT-2's own regex inside the ByteLevel pre-tokenizer. transformers uses it for these
-        // (SmolLM's llama.cpp pre-tokenizer also splits digits; transformers does not).
+        // GPT-2's own regex inside the ByteLevel pre-tokenizer, as transformers does. llama.cpp's
+        // "smollm" also splits digits one by one, but no token of SmolLM's vocabulary holds a
+        // digit beside anything else, so the ids are the same.
         "default" | "gpt2" | "smollm" => {
             return Ok(json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}))
         }
