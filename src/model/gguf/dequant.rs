@@ -16,20 +16,20 @@ pub enum TensorType {
     Q5_0,
     Q5_1,
     Q8_0,
+    Q2K,
+    Q3K,
     Q4K,
     Q5K,
     Q6K,
     Q8K,
 }
 
-const SUPPORTED: &str = "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, Q8_K";
+const SUPPORTED: &str = "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K";
 
 /// ggml's names of the types sculpt does not import, for the error message.
 fn unsupported_name(id: u32) -> Option<&'static str> {
     Some(match id {
         9 => "Q8_1",
-        10 => "Q2_K",
-        11 => "Q3_K",
         16 => "IQ2_XXS",
         17 => "IQ2_XS",
         18 => "IQ3_XXS",
@@ -63,6 +63,8 @@ impl TensorType {
             6 => TensorType::Q5_0,
             7 => TensorType::Q5_1,
             8 => TensorType::Q8_0,
+            10 => TensorType::Q2K,
+            11 => TensorType::Q3K,
             12 => TensorType::Q4K,
             13 => TensorType::Q5K,
             14 => TensorType::Q6K,
@@ -86,6 +88,8 @@ impl TensorType {
             TensorType::Q5_0 => "Q5_0",
             TensorType::Q5_1 => "Q5_1",
             TensorType::Q8_0 => "Q8_0",
+            TensorType::Q2K => "Q2_K",
+            TensorType::Q3K => "Q3_K",
             TensorType::Q4K => "Q4_K",
             TensorType::Q5K => "Q5_K",
             TensorType::Q6K => "Q6_K",
@@ -103,6 +107,8 @@ impl TensorType {
             TensorType::Q5_0 => (32, 2 + 4 + 16),
             TensorType::Q5_1 => (32, 2 + 2 + 4 + 16),
             TensorType::Q8_0 => (32, 2 + 32),
+            TensorType::Q2K => (256, 16 + 64 + 2 + 2),
+            TensorType::Q3K => (256, 32 + 64 + 12 + 2),
             TensorType::Q4K => (256, 2 + 2 + 12 + 128),
             TensorType::Q5K => (256, 2 + 2 + 12 + 32 + 128),
             TensorType::Q6K => (256, 128 + 64 + 16 + 2),
@@ -137,6 +143,8 @@ impl TensorType {
             TensorType::Q5_0 => blocks.for_each(|b| q5_0(b, &mut out)),
             TensorType::Q5_1 => blocks.for_each(|b| q5_1(b, &mut out)),
             TensorType::Q8_0 => blocks.for_each(|b| q8_0(b, &mut out)),
+            TensorType::Q2K => blocks.for_each(|b| q2_k(b, &mut out)),
+            TensorType::Q3K => blocks.for_each(|b| q3_k(b, &mut out)),
             TensorType::Q4K => blocks.for_each(|b| q4_k(b, &mut out)),
             TensorType::Q5K => blocks.for_each(|b| q5_k(b, &mut out)),
             TensorType::Q6K => blocks.for_each(|b| q6_k(b, &mut out)),
@@ -203,6 +211,56 @@ fn q5_1(b: &[u8], out: &mut Vec<f32>) {
 fn q8_0(b: &[u8], out: &mut Vec<f32>) {
     let d = half_at(b, 0);
     out.extend(b[2..34].iter().map(|&q| q as i8 as f32 * d));
+}
+
+/// 256 values in 16 sub-blocks of 16: 16 bytes of 4-bit scales (low nibble) and minimums
+/// (high nibble), 64 bytes of 2-bit quants, d, dmin; value = d * scale * q - dmin * min. Each
+/// half of 128 values takes 32 quant bytes, whose four 2-bit fields (low bits first) are four
+/// runs of 32 values, each run two sub-blocks.
+fn q2_k(b: &[u8], out: &mut Vec<f32>) {
+    let (scales, qs) = (&b[0..16], &b[16..80]);
+    let (d, dmin) = (half_at(b, 80), half_at(b, 82));
+    let mut sub_block = 0;
+    for q in qs.chunks_exact(32) {
+        for shift in [0, 2, 4, 6] {
+            for part in q.chunks_exact(16) {
+                let sc = scales[sub_block];
+                let (dl, ml) = (d * (sc & 0xF) as f32, dmin * (sc >> 4) as f32);
+                out.extend(part.iter().map(|v| dl * ((v >> shift) & 3) as f32 - ml));
+                sub_block += 1;
+            }
+        }
+    }
+}
+
+/// 256 values in 16 sub-blocks of 16: 32 bytes of high bits, 64 bytes of 2-bit low parts,
+/// 12 bytes of 6-bit scales, d; value = d * (scale - 32) * (q - 4 when its high bit is clear).
+/// The quant runs are laid out as in Q2_K; bit r of high-bit byte l belongs to run r.
+fn q3_k(b: &[u8], out: &mut Vec<f32>) {
+    let (hmask, qs, packed) = (&b[0..32], &b[32..96], &b[96..108]);
+    let d = half_at(b, 108);
+    // 16 scales of 6 bits: low 4 bits in the nibbles of bytes 0..8, high 2 bits in bytes 8..12.
+    let scale = |i: usize| {
+        let low = if i < 8 { packed[i] & 0xF } else { packed[i - 8] >> 4 };
+        let high = (packed[8 + i % 4] >> (2 * (i / 4))) & 3;
+        (low | (high << 4)) as i32 - 32
+    };
+    let mut sub_block = 0;
+    let mut run = 0;
+    for q in qs.chunks_exact(32) {
+        for shift in [0, 2, 4, 6] {
+            for (half, part) in q.chunks_exact(16).enumerate() {
+                let dl = d * scale(sub_block) as f32;
+                let high = &hmask[16 * half..16 * half + 16];
+                out.extend(part.iter().zip(high).map(|(v, h)| {
+                    let q = ((v >> shift) & 3) as i32 - if h & (1 << run) != 0 { 0 } else { 4 };
+                    dl * q as f32
+                }));
+                sub_block += 1;
+            }
+            run += 1;
+        }
+    }
 }
 
 /// The 6-bit scale and minimum of sub-block `j` (of 8) packed into the 12 bytes `q` of a
@@ -298,6 +356,8 @@ mod tests {
             TensorType::Q5_0,
             TensorType::Q5_1,
             TensorType::Q8_0,
+            TensorType::Q2K,
+            TensorType::Q3K,
             TensorType::Q4K,
             TensorType::Q5K,
             TensorType::Q6K,
@@ -322,8 +382,8 @@ mod tests {
         assert!(err.contains("48 values of type Q4_0") && err.contains("blocks of 32"), "{err}");
         let err = TensorType::Q6K.dequantize(&[0u8; 100]).unwrap_err().to_string();
         assert!(err.contains("Q6_K") && err.contains("210"), "{err}");
-        let err = TensorType::from_id(10).unwrap_err().to_string();
-        assert!(err.contains("Q2_K (10) is not supported") && err.contains("Q4_K"), "{err}");
+        let err = TensorType::from_id(20).unwrap_err().to_string();
+        assert!(err.contains("IQ4_NL (20) is not supported") && err.contains("Q4_K"), "{err}");
         let err = TensorType::from_id(99).unwrap_err().to_string();
         assert!(err.contains("ggml type 99 is unknown"), "{err}");
     }
