@@ -80,12 +80,20 @@ fn the_tiny_byte_level_model_imports_into_a_folder_sculpt_loads_with_transformer
 }
 
 #[test]
-fn the_tiny_sentencepiece_model_imports_with_transformers_token_ids() {
+fn the_tiny_sentencepiece_model_imports_with_transformers_token_ids_and_llama3_rope_scaling() {
     let out = import_and_compare("tiny_sp");
     let tokenizer_config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("tokenizer_config.json")).unwrap()).unwrap();
     assert_eq!(tokenizer_config["add_bos_token"], true, "SentencePiece vocabularies add BOS by default");
     assert_eq!((&tokenizer_config["bos_token"], &tokenizer_config["unk_token"]), (&"<s>".into(), &"<unk>".into()));
+    // Its rope_freqs.weight (llama.cpp's form of Llama 3.1 rope scaling) is read back into the config.
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        config["rope_scaling"],
+        serde_json::json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                           "original_max_position_embeddings": 8192})
+    );
 }
 
 #[test]

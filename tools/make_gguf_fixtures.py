@@ -12,14 +12,17 @@
 * ``tiny_reference.safetensors`` / ``tiny_reference.json``: transformers' conversion of
   ``tiny.gguf`` (``from_pretrained(..., gguf_file=...)``): three whole tensors, the sum and
   absolute sum of every tensor, the config, and the token ids of a few texts.
-* ``tiny_sp.gguf`` / ``tiny_sp_reference.json``: the same model with one layer and a 284-token
+* ``tiny_sp.gguf`` / ``tiny_sp_reference.json``: the same model with one layer, a 284-token
   SentencePiece vocabulary (``tokenizer.ggml.model`` "llama": byte fallback, merges recovered
-  from the scores, BOS by default), and transformers' conversion of it (no whole tensors).
+  from the scores, BOS by default) and Llama 3.1 rope scaling stored as llama.cpp stores it
+  (``rope_freqs.weight``, factor 8, rope theta 500000), and transformers' conversion of it
+  (no whole tensors; transformers ignores ``rope_freqs.weight``).
 
 Usage: ``python tools/make_gguf_fixtures.py`` (needs numpy, gguf, torch, transformers; seeded).
 """
 
 import json
+import math
 import os
 
 import numpy as np
@@ -116,7 +119,22 @@ def sentencepiece_vocabulary(w):
     return len(tokens)
 
 
-def tiny_gguf(rng, path, vocabulary, layers):
+def llama3_rope_divisors(head_dim, theta, factor, low_freq_factor=1.0, high_freq_factor=4.0, original_context=8192):
+    """What llama.cpp's converter writes as ``rope_freqs.weight`` for Llama 3.1 rope scaling."""
+    divisors = []
+    for i in range(0, head_dim, 2):
+        wavelength = 2 * math.pi * theta ** (i / head_dim)
+        if wavelength < original_context / high_freq_factor:
+            divisors.append(1.0)
+        elif wavelength > original_context / low_freq_factor:
+            divisors.append(factor)
+        else:
+            smooth = (original_context / wavelength - low_freq_factor) / (high_freq_factor - low_freq_factor)
+            divisors.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(divisors, dtype=np.float32)
+
+
+def tiny_gguf(rng, path, vocabulary, layers, rope_theta=10000.0, llama3_rope_factor=None):
     hidden, ff, heads, kv_heads = 32, 64, 4, 2
     head_dim = hidden // heads
     w = GGUFWriter(path, "llama")
@@ -129,7 +147,7 @@ def tiny_gguf(rng, path, vocabulary, layers):
     w.add_head_count_kv(kv_heads)
     w.add_rope_dimension_count(head_dim)
     w.add_layer_norm_rms_eps(1e-5)
-    w.add_rope_freq_base(10000.0)
+    w.add_rope_freq_base(rope_theta)
     w.add_vocab_size(vocab)
 
     def matrix(rows, cols):
@@ -138,6 +156,8 @@ def tiny_gguf(rng, path, vocabulary, layers):
     def quantized(name, values, qtype):
         w.add_tensor(name, quants.quantize(values, qtype), raw_dtype=qtype)
 
+    if llama3_rope_factor is not None:
+        w.add_tensor("rope_freqs.weight", llama3_rope_divisors(head_dim, rope_theta, llama3_rope_factor))
     quantized("token_embd.weight", matrix(vocab, hidden), Q.Q8_0)
     w.add_tensor("output.weight", matrix(vocab, hidden).astype(np.float16))
     w.add_tensor("output_norm.weight", (1 + 0.1 * rng.standard_normal(hidden)).astype(np.float32))
@@ -192,7 +212,8 @@ def main():
     tiny_gguf(rng, path, byte_level_vocabulary, layers=2)
     tiny_reference(path, "tiny", whole_tensors=True)
     path = os.path.join(OUT, "tiny_sp.gguf")
-    tiny_gguf(np.random.default_rng(1), path, sentencepiece_vocabulary, layers=1)
+    tiny_gguf(np.random.default_rng(1), path, sentencepiece_vocabulary, layers=1, rope_theta=500000.0,
+              llama3_rope_factor=8.0)
     tiny_reference(path, "tiny_sp", whole_tensors=False)
     for name in sorted(os.listdir(OUT)):
         print(f"{name}: {os.path.getsize(os.path.join(OUT, name))} bytes")

@@ -16,9 +16,13 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use crate::checkpoint::PartialDir;
+use crate::kernels::rope::{inverse_frequencies, RopeScaling};
 use crate::model::weights;
 use crate::model::LlamaConfig;
 use container::{GgufFile, TensorInfo};
+
+/// llama.cpp's Llama 3 rope scaling: read into config.json, not a weight.
+const ROPE_FREQS: &str = "rope_freqs.weight";
 
 /// What an import produced.
 #[derive(Debug)]
@@ -65,7 +69,7 @@ pub fn import(gguf: &Path, out: &Path, overwrite: bool) -> Result<ImportSummary>
 
     let mut types = BTreeMap::new();
     let mut converted = Vec::with_capacity(file.tensors.len());
-    for info in &file.tensors {
+    for info in file.tensors.iter().filter(|t| t.name != ROPE_FREQS) {
         let (name, expected) = shape.hf_tensor(&info.name).with_context(|| format!("{}", gguf.display()))?;
         if info.shape() != expected {
             bail!(
@@ -307,9 +311,6 @@ fn config_json(file: &GgufFile, shape: &Shape) -> Result<serde_json::Value> {
         "pad_token_id": ids.pad,
         "torch_dtype": "float32",
     });
-    if file.tensor("rope_freqs.weight").is_some() {
-        bail!("{path}: tensor \"rope_freqs.weight\" (Llama 3 rope scaling) is not supported by sculpt import");
-    }
     match file.metadata.get("llama.rope.scaling.type").map(|v| v.as_str()) {
         None | Some(Some("none")) => {}
         Some(Some("linear")) => {
@@ -322,7 +323,66 @@ fn config_json(file: &GgufFile, shape: &Shape) -> Result<serde_json::Value> {
             other.map_or("not a string".to_string(), |s| format!("{s:?}"))
         ),
     }
+    if let Some(info) = file.tensor(ROPE_FREQS) {
+        if config.get("rope_scaling").is_some() {
+            bail!(
+                "{path}: both metadata key \"llama.rope.scaling.type\" and tensor {ROPE_FREQS:?} set the rope scaling"
+            );
+        }
+        config["rope_scaling"] = llama3_rope_scaling(file, info, shape, rope_theta)?;
+    }
     Ok(config)
+}
+
+/// llama.cpp stores Llama 3.1's rope scaling as a tensor, not as metadata: per rotary
+/// frequency, the divisor applied to it. The scaling is taken as Meta's (low and high frequency
+/// factors 1 and 4, original context 8192) with the `factor` the divisors imply, and accepted
+/// only if it reproduces every divisor.
+fn llama3_rope_scaling(file: &GgufFile, info: &TensorInfo, shape: &Shape, theta: f64) -> Result<serde_json::Value> {
+    let path = file.path.display();
+    let divisors = info.kind.dequantize(&file.read_bytes(info)?)?;
+    let pairs = shape.head_dim / 2;
+    if divisors.len() != pairs {
+        bail!("{path}: tensor {ROPE_FREQS:?} has {} values but heads have {pairs} rotary frequencies", divisors.len());
+    }
+    let (low_freq_factor, high_freq_factor, original_context) = (1.0, 4.0, 8192.0);
+    let base = inverse_frequencies(shape.head_dim, theta, &RopeScaling::None);
+    // The first frequency past the unscaled (short-wavelength) band gives the factor: on the
+    // plateau its divisor is the factor, in the blend 1 / ((1 - s) / factor + s).
+    let factor = base
+        .iter()
+        .zip(&divisors)
+        .find_map(|(&f, &divisor)| {
+            let wavelength = 2.0 * std::f64::consts::PI / f;
+            let smooth = (original_context / wavelength - low_freq_factor) / (high_freq_factor - low_freq_factor);
+            match wavelength {
+                w if w < original_context / high_freq_factor => None,
+                w if w > original_context / low_freq_factor => Some(divisor as f64),
+                _ => Some((1.0 - smooth) / (1.0 / divisor as f64 - smooth)),
+            }
+        })
+        .with_context(|| format!("{path}: tensor {ROPE_FREQS:?}: every rotary wavelength is below the scaled band"))?;
+    // The f32 divisors carry about 7 digits; the factor is a small round number.
+    let factor = (factor * 1e4).round() / 1e4;
+    let scaling = RopeScaling::Llama3 {
+        factor,
+        low_freq_factor,
+        high_freq_factor,
+        original_max_position_embeddings: original_context,
+    };
+    let scaled = inverse_frequencies(shape.head_dim, theta, &scaling);
+    for (i, ((f, s), &divisor)) in base.iter().zip(&scaled).zip(&divisors).enumerate() {
+        let want = f / s;
+        if (want - divisor as f64).abs() > 1e-5 * want {
+            bail!(
+                "{path}: tensor {ROPE_FREQS:?}: value {i} is {divisor}, but Llama 3 rope scaling with factor {factor}, frequency factors 1 and 4 and original context 8192 gives {want}; other rope scalings are not supported by sculpt import"
+            );
+        }
+    }
+    Ok(json!({
+        "rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
+        "high_freq_factor": high_freq_factor, "original_max_position_embeddings": original_context as u32,
+    }))
 }
 
 #[cfg(test)]
