@@ -85,21 +85,19 @@ pub fn import(gguf: &Path, out: &Path, overwrite: bool) -> Result<ImportSummary>
         converted.push((name, expected, data));
     }
 
-    let safetensors = weights::serialize_host(&converted, None).with_context(|| format!("{}", gguf.display()))?;
     let parameters = converted.iter().map(|(_, _, data)| data.len() as u64).sum();
-    let tensors = converted.len();
-    drop(converted);
     let dir = PartialDir::replacing(out)?;
+    weights::write_host(&dir.path().join(weights::WEIGHTS_FILE), &converted, None)
+        .with_context(|| format!("{}", gguf.display()))?;
     let pretty = |value: &serde_json::Value| serde_json::to_vec_pretty(value).expect("JSON values serialise");
     dir.write("config.json", &pretty(&config))?;
     dir.write("generation_config.json", &pretty(&tokenizer.generation_config))?;
     dir.write(crate::model::tokenizer::TOKENIZER_FILE, &serde_json::to_vec(&tokenizer.tokenizer)?)?;
     dir.write("tokenizer_config.json", &pretty(&tokenizer.tokenizer_config))?;
-    dir.write(weights::WEIGHTS_FILE, &safetensors)?;
     let out = dir.commit()?;
     Ok(ImportSummary {
         out,
-        tensors,
+        tensors: converted.len(),
         parameters,
         types,
         layers: shape.layers,
