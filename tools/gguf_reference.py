@@ -11,7 +11,9 @@ Runs ``sculpt import --gguf FILE --out DIR --overwrite``, converts the same file
 * token ids of a varied text (prose, code, numbers, unicode, whitespace runs, emoji; >= 1,000
   words), line by line and whole, and the chat template's output;
 * that transformers loads sculpt's folder (AutoModelForCausalLM + AutoTokenizer) and that its
-  logits on a prompt match the reference model's.
+  logits on a prompt match the reference model's;
+* where the file holds ``rope_freqs.weight`` (Llama 3.1 rope scaling, which transformers'
+  conversion ignores), that sculpt's rope_scaling reproduces it; the reference then uses it too.
 
 Needs torch, transformers, gguf. Prints a summary; exits 1 on any mismatch.
 """
@@ -107,6 +109,16 @@ def varied_text():
     return "\n".join([PROSE, CODE, NUMBERS, UNICODE, WHITESPACE, SPECIAL, " ".join(generated)])
 
 
+def llama3_rope_divisors(path):
+    """llama.cpp's rope_freqs.weight (per-frequency divisors), or None."""
+    from gguf import GGUFReader
+
+    for tensor in GGUFReader(path).tensors:
+        if tensor.name == "rope_freqs.weight":
+            return torch.tensor(tensor.data, dtype=torch.float64)
+    return None
+
+
 def relative_diff(a, b):
     scale = b.abs().max().item()
     diff = (a - b).abs().max().item()
@@ -136,6 +148,20 @@ def main():
     # load the dequantised state dict into it.
     ref_config = gguf_model.config
     del ref_config.quantization_config
+    ours_config = AutoConfig.from_pretrained(args.out)
+    rope_divisors = llama3_rope_divisors(args.gguf)
+    if rope_divisors is not None:
+        # transformers ignores llama.cpp's rope_freqs.weight (Llama 3.1 rope scaling); sculpt
+        # turns it into rope_scaling. Check that scaling against the tensor, and give the
+        # reference the same rope so that the logits compare the weights.
+        head_dim = ours_config.head_dim
+        theta = ours_config.rope_parameters["rope_theta"]
+        base = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+        ours_inv_freq = AutoModelForCausalLM.from_config(ours_config).model.rotary_emb.inv_freq.double()
+        d = relative_diff(ours_inv_freq, base / rope_divisors)
+        check(d <= 1e-6, f"rope: sculpt's rope_scaling gives the inverse frequencies of rope_freqs.weight "
+              f"(max relative diff {d:.3e})")
+        ref_config.rope_parameters = ours_config.rope_parameters
     reference = LlamaForCausalLM(ref_config)
     missing, unexpected = reference.load_state_dict(gguf_model.state_dict(), strict=False)
     check(not missing and not unexpected, f"reference rebuilt (missing {missing}, unexpected {unexpected})")
@@ -159,7 +185,6 @@ def main():
     check(worst <= TENSOR_TOLERANCE, f"tensors: max relative diff {worst:.3e} ({worst_name}) over {len(expected)} tensors")
 
     # Config.
-    ours_config = AutoConfig.from_pretrained(args.out)
     for field in ["model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                   "num_key_value_heads", "head_dim", "max_position_embeddings", "vocab_size", "tie_word_embeddings",
                   "bos_token_id", "eos_token_id", "pad_token_id"]:
