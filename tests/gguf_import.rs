@@ -183,6 +183,13 @@ fn broken_and_unsupported_files_are_refused_naming_the_file_and_the_key_or_tenso
         "{err}"
     );
 
+    let mut twice = GgufBytes::header(2, 1);
+    twice.kv_string("general.architecture", "llama");
+    twice.tensor("output.weight", [32, 8], 0).tensor("output.weight", [32, 8], 0);
+    let path = write(&dir, "twice.gguf", &twice.0);
+    let err = import_error(&path, &out);
+    assert!(err.contains("twice.gguf") && err.contains("tensor \"output.weight\" is listed twice"), "{err}");
+
     let mut no_key = GgufBytes::header(0, 1);
     no_key.kv_string("general.architecture", "llama");
     let path = write(&dir, "no_key.gguf", &no_key.0);

@@ -293,6 +293,9 @@ fn read_directory<R: Read>(r: &mut Reader<R>) -> Result<Directory> {
         if dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).is_none() {
             bail!("{what}: dimensions {dims:?} overflow");
         }
+        if tensors.iter().any(|t: &TensorInfo| t.name == name) {
+            bail!("{what} is listed twice");
+        }
         tensors.push(TensorInfo { name, dims, kind, offset });
     }
     let alignment = match metadata.get("general.alignment") {
