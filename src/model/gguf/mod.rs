@@ -55,7 +55,7 @@ pub fn import(gguf: &Path, out: &Path, overwrite: bool) -> Result<ImportSummary>
         );
     }
     let shape = Shape::read(&file)?;
-    let tokenizer = tokenizer::build(&file, shape.context_length)?;
+    let tokenizer = tokenizer::build(&file, shape.vocab_size, shape.context_length)?;
     let config = config_json(&file, &shape)?;
     // The model loads this config itself; parse it here so a bad one fails before any writing.
     LlamaConfig::from_json(&config.to_string())
@@ -164,7 +164,13 @@ impl Shape {
         let embedding = file
             .tensor("token_embd.weight")
             .with_context(|| format!("{}: tensor \"token_embd.weight\" is missing", file.path.display()))?;
-        let vocab_size = embedding.shape()[0];
+        let vocab_size = match embedding.shape()[..] {
+            [rows, _] => rows,
+            ref other => bail!(
+                "{}: tensor \"token_embd.weight\" has shape {other:?}; a [vocabulary, width] matrix is needed",
+                file.path.display()
+            ),
+        };
         if let Some(stated) = optional("llama.vocab_size")? {
             if stated != vocab_size {
                 bail!(

@@ -57,11 +57,17 @@ impl SpecialIds {
 
 /// Builds and validates (with the tokenizers crate) the tokenizer files of a byte-level BPE
 /// (`tokenizer.ggml.model` "gpt2") or SentencePiece BPE ("llama") vocabulary;
-/// `model_max_length` is the context length.
-pub fn build(gguf: &GgufFile, model_max_length: u64) -> Result<TokenizerFiles> {
+/// the model's embedding has `vocab_size` rows; `model_max_length` is the context length.
+pub fn build(gguf: &GgufFile, vocab_size: usize, model_max_length: u64) -> Result<TokenizerFiles> {
     let path = gguf.path.display();
     let model = string(gguf, "tokenizer.ggml.model")?;
     let tokens = string_array(gguf, "tokenizer.ggml.tokens")?;
+    if tokens.len() > vocab_size {
+        bail!(
+            "{path}: metadata key \"tokenizer.ggml.tokens\" lists {} tokens but tensor \"token_embd.weight\" has only {vocab_size} rows",
+            tokens.len()
+        );
+    }
     let token_types = match gguf.metadata.get("tokenizer.ggml.token_type") {
         None => vec![],
         Some(v) => v
