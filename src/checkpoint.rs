@@ -210,7 +210,13 @@ impl PartialDir {
         if target.exists() {
             bail!("checkpoint {} already exists; checkpoints are never overwritten", target.display());
         }
-        let parent = target.parent().unwrap_or(Path::new("."));
+        Self::replacing(target)
+    }
+
+    /// Starts a hidden partial folder beside `target`; [`PartialDir::commit`] replaces
+    /// whatever folder `target` then is.
+    pub fn replacing(target: &Path) -> Result<PartialDir> {
+        let parent = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let name = target.file_name().with_context(|| format!("{} has no folder name", target.display()))?;
         fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
         let partial = parent.join(format!(".{}.partial-{}", name.to_string_lossy(), std::process::id()));
@@ -235,10 +241,26 @@ impl PartialDir {
         result.with_context(|| format!("writing checkpoint file {} failed", self.target.join(name).display()))
     }
 
-    /// Renames the complete folder to its final name.
+    /// Renames the complete folder to its final name. A folder already there is first moved
+    /// aside under a hidden name and removed once the new one is in place.
     pub fn commit(self) -> Result<PathBuf> {
-        fs::rename(&self.partial, &self.target)
-            .with_context(|| format!("cannot publish checkpoint {}", self.target.display()))?;
+        let previous = self.partial.with_file_name(
+            self.partial.file_name().expect("named in new()").to_string_lossy().replace(".partial-", ".previous-"),
+        );
+        let replaced = self.target.exists();
+        if replaced {
+            fs::rename(&self.target, &previous)
+                .with_context(|| format!("cannot move {} aside to replace it", self.target.display()))?;
+        }
+        if let Err(e) = fs::rename(&self.partial, &self.target) {
+            if replaced {
+                let _ = fs::rename(&previous, &self.target);
+            }
+            return Err(e).with_context(|| format!("cannot publish {}", self.target.display()));
+        }
+        if replaced {
+            let _ = fs::remove_dir_all(&previous);
+        }
         if let Some(parent) = self.target.parent() {
             // Make the rename itself durable.
             if let Ok(dir) = fs::File::open(parent) {
@@ -261,7 +283,9 @@ pub fn remove_partials(dir: &Path) -> Result<()> {
     let Ok(entries) = fs::read_dir(dir) else { return Ok(()) };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
-        if name.starts_with('.') && (name.contains(".partial-") || name.contains(".tmp-")) {
+        if name.starts_with('.')
+            && (name.contains(".partial-") || name.contains(".previous-") || name.contains(".tmp-"))
+        {
             let path = entry.path();
             let _ = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
         }
@@ -306,6 +330,22 @@ mod tests {
         let path = abandoned.path().to_path_buf();
         drop(abandoned);
         assert!(!path.exists() && !dir.join("task-1").exists());
+    }
+
+    #[test]
+    fn a_replacing_partial_folder_swaps_out_the_old_one_whole() {
+        let dir = scratch("replacing");
+        let target = dir.join("model");
+        fs::create_dir(&target).unwrap();
+        fs::write(target.join("old.txt"), b"old").unwrap();
+        let partial = PartialDir::replacing(&target).unwrap();
+        partial.write("new.txt", b"new").unwrap();
+        assert!(target.join("old.txt").exists(), "untouched until the commit");
+        partial.commit().unwrap();
+        let names: Vec<String> =
+            fs::read_dir(&target).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+        assert_eq!(names, vec!["new.txt".to_string()]);
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 1, "no partial or previous folder left behind");
     }
 
     #[test]

@@ -4,6 +4,7 @@ mod bench;
 pub mod bench_model;
 pub mod eval;
 mod generate;
+mod import;
 mod info;
 pub mod svd;
 mod train;
@@ -31,6 +32,8 @@ enum Command {
     Info(info::Args),
     /// Measure kernel throughput on this adapter (`sculpt bench matmul`).
     Bench(bench::Args),
+    /// Convert a llama.cpp GGUF file into a Hugging Face model folder (f32).
+    Import(import::Args),
     /// Greedy decoding of one input with a T5 model.
     Generate(generate::Args),
     /// Mean loss and exact-match accuracy of a T5 model on JSONL examples.
@@ -55,6 +58,7 @@ pub fn main() -> Result<()> {
     match &cli.command {
         Command::Info(args) => info::run(&cli.gpu()?, args),
         Command::Bench(args) => bench::run(&cli.gpu()?, args),
+        Command::Import(args) => import::run(args),
         Command::Generate(args) => generate::run(&cli.gpu()?, args),
         Command::Eval(args) => eval::run(&cli.gpu()?, args),
         Command::Svd(args) => svd::run(&cli.gpu()?, args),

@@ -1,8 +1,9 @@
 //! Models on top of the kernels: what every family provides (family.rs), configuration,
-//! checkpoint I/O, tokenizer, the T5 family and the decoder-only Llama family.
+//! checkpoint I/O, GGUF import, tokenizer, the T5 family and the decoder-only Llama family.
 
 pub mod config;
 pub mod family;
+pub mod gguf;
 pub mod llama;
 pub mod lm_head;
 pub mod t5;

@@ -130,28 +130,60 @@ pub fn save(path: &Path, tensors: &[(String, &Tensor)]) -> Result<()> {
 /// Safetensors bytes of f32 GPU tensors under the given names, with optional `__metadata__`;
 /// without a `format` there, the file is tagged as PyTorch's (transformers then takes it as its own).
 pub fn serialize(tensors: &[(String, &Tensor)], metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
-    let mut metadata = metadata.unwrap_or_default();
-    metadata.entry("format".to_string()).or_insert_with(|| "pt".to_string());
-    let mut host: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
+    let mut host = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         if t.dtype() != DType::F32 {
             bail!("saving {name:?}: only f32 tensors are saved, got {:?}", t.dtype());
         }
-        let values = t.to_f32()?;
-        // A diverged tensor is refused here rather than written: every reader refuses it
-        // anyway, and a checkpoint holding it would replace the last good one.
-        if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-            bail!("saving {name:?}: element {i} is {v}; tensors holding NaN or Inf are not saved");
-        }
-        host.push((name.clone(), t.shape().to_vec(), bytemuck::cast_slice(&values).to_vec()));
+        host.push((name.clone(), t.shape().to_vec(), t.to_f32()?));
     }
-    let views = host
+    serialize_host(&host, metadata)
+}
+
+/// As [`serialize`], for f32 values on the host: (name, shape, values).
+fn serialize_host(
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+    metadata: Option<HashMap<String, String>>,
+) -> Result<Vec<u8>> {
+    Ok(safetensors::tensor::serialize(host_views(tensors)?, Some(tagged(metadata)))?)
+}
+
+/// Writes f32 host tensors (name, shape, values) as the safetensors file `path`, streamed
+/// (the weights are not copied into one buffer first) and synced.
+pub fn write_host(
+    path: &Path,
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
+    let views = host_views(tensors)?;
+    let write = || -> Result<()> {
+        safetensors::tensor::serialize_to_file(views, Some(tagged(metadata)), path)?;
+        std::fs::File::open(path)?.sync_all()?;
+        Ok(())
+    };
+    write().with_context(|| format!("writing {} failed", path.display()))
+}
+
+/// `metadata` with `format` "pt" unless it says otherwise.
+fn tagged(metadata: Option<HashMap<String, String>>) -> HashMap<String, String> {
+    let mut metadata = metadata.unwrap_or_default();
+    metadata.entry("format".to_string()).or_insert_with(|| "pt".to_string());
+    metadata
+}
+
+fn host_views(tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<Vec<(&str, safetensors::tensor::TensorView<'_>)>> {
+    tensors
         .iter()
-        .map(|(name, shape, bytes)| {
+        .map(|(name, shape, values)| {
+            // A diverged tensor is refused here rather than written: every reader refuses it
+            // anyway, and a checkpoint holding it would replace the last good one.
+            if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+                bail!("saving {name:?}: element {i} is {v}; tensors holding NaN or Inf are not saved");
+            }
+            let bytes: &[u8] = bytemuck::cast_slice(values);
             Ok((name.as_str(), safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytes)?))
         })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(safetensors::tensor::serialize(views, Some(metadata))?)
+        .collect()
 }
 
 #[cfg(test)]
@@ -188,6 +220,21 @@ mod tests {
         assert!(err.contains("a.weight") && err.contains("[2, 3]") && err.contains(WEIGHTS_FILE), "{err}");
         let err = w.get("c", &[1]).err().unwrap().to_string();
         assert!(err.contains("\"c\"") && err.contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn host_tensors_are_streamed_to_a_file_that_loads() {
+        let dir = temp_dir("host");
+        let path = dir.join(WEIGHTS_FILE);
+        let tensors = vec![("m".to_string(), vec![2, 2], vec![1.0, -2.0, 0.5, 4.0]), ("v".into(), vec![1], vec![3.0])];
+        write_host(&path, &tensors, None).unwrap();
+        let w = Weights::load(&dir).unwrap();
+        assert_eq!(w.get("m", &[2, 2]).unwrap().data, vec![1.0, -2.0, 0.5, 4.0]);
+        assert_eq!(w.get("v", &[1]).unwrap().data, vec![3.0]);
+        let bad = vec![("b".to_string(), vec![2], vec![1.0, f32::NAN])];
+        let err = write_host(&dir.join("bad.safetensors"), &bad, None).unwrap_err().to_string();
+        assert!(err.contains("\"b\"") && err.contains("element 1 is NaN"), "{err}");
+        assert!(!dir.join("bad.safetensors").exists());
     }
 
     #[test]
