@@ -358,7 +358,7 @@ pub(crate) mod tests {
         assert_eq!(sst.name, "sst");
         assert_eq!(
             sst.train,
-            vec![Example { input: "Sentiment {negative, positive}? great film".into(), target: "positive".into() }]
+            vec![Example::new("Sentiment {negative, positive}? great film".into(), "positive".into())]
         );
         assert_eq!(sst.eval[0].input, "Sentiment {negative, positive}? fine");
         assert_eq!(sst.settings, TaskSettings { epochs: Some(2), lr: Some(0.001), batch_size: Some(4) });
@@ -366,7 +366,7 @@ pub(crate) mod tests {
         assert_eq!(tc.labels, Some(vec!["Sports".to_string(), "Business".to_string()]));
         assert_eq!(
             tc.train[1],
-            Example { input: "Topic?\nOption: Sports, Business\nstocks\nAnswer:".into(), target: "Business".into() }
+            Example::new("Topic?\nOption: Sports, Business\nstocks\nAnswer:".into(), "Business".into())
         );
         assert_eq!(tc.settings, TaskSettings::default());
     }
