@@ -3,7 +3,7 @@
 mod bench;
 pub mod bench_model;
 pub mod eval;
-mod generate;
+pub mod generate;
 mod info;
 pub mod svd;
 mod train;
@@ -31,9 +31,9 @@ enum Command {
     Info(info::Args),
     /// Measure kernel throughput on this adapter (`sculpt bench matmul`).
     Bench(bench::Args),
-    /// Greedy decoding of one input with a T5 model.
+    /// Greedy decoding of one input or chat message with a T5 or Llama model.
     Generate(generate::Args),
-    /// Mean loss and exact-match accuracy of a T5 model on JSONL examples.
+    /// Mean loss and exact-match accuracy of a T5 or Llama model on JSONL examples.
     Eval(eval::Args),
     /// Continual fine-tuning over a task stream; with no arguments, the built-in default
     /// (a small T5, the synthetic stream, OSFT vs sequential fine-tuning).
