@@ -225,3 +225,51 @@ fn token_ids_match_transformers_with_the_real_smollm2_tokenizer() {
         }
     }
 }
+
+/// End to end on the tiny Llama fixture (lavapipe): a chat example is evaluated through the
+/// model's template, greedy output stops at the end-of-turn token and is compared with the
+/// assistant message.
+#[test]
+fn eval_of_chat_data_uses_the_template_and_stops_at_the_end_of_turn_token() {
+    let dir = common::scratch("chat", "llama-eval");
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama_gqa");
+    for name in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(fixtures.join(name), dir.join(name)).unwrap();
+    }
+    std::fs::write(dir.join("tokenizer_config.json"), r#"{"eos_token": "</s>", "pad_token": "<pad>"}"#).unwrap();
+    std::fs::write(
+        dir.join("chat_template.jinja"),
+        "{% for m in messages %}{{ m.role }}: {{ m.content }}</s>{% endfor %}\n{% if add_generation_prompt %}assistant:{% endif %}\n",
+    )
+    .unwrap();
+    let gpu = sculpt::Gpu::new(&Default::default()).unwrap();
+    let (model, tok) = sculpt::model::load_model(&gpu, &dir).unwrap();
+    assert_eq!(tok.end_of_turn_id(), Some(1));
+    let user = json!({"role": "user", "content": "copy a b"});
+    let (prompt, templated) = chat_prompt_ids(&tok, std::slice::from_ref(&user)).unwrap();
+    assert!(templated);
+    assert_eq!(prompt, tok.encode_rendered("user: copy a b</s>assistant:").unwrap());
+    let answer = sculpt::train::greedy_text(&*model, &tok, &prompt, 8).unwrap();
+
+    let line = |content: &str| {
+        serde_json::to_string(&json!({"messages": [user, {"role": "assistant", "content": content}]})).unwrap()
+    };
+    let text = format!("{}\n{}\n", line(&answer), line(&format!("{answer} zz")));
+    let examples = parse_jsonl(&text, "chat.jsonl").unwrap();
+    let (source, target) = encode_example(&tok, &examples[0]).unwrap();
+    assert_eq!(source, prompt);
+    assert_eq!(target, tok.encode_rendered(&format!("{answer}</s>")).unwrap());
+    let result = sculpt::cli::eval::evaluate(&*model, &tok, &examples, 2, 8).unwrap();
+    assert_eq!((result.examples, result.exact_match), (2, 0.5), "greedy answer {answer:?}");
+    assert!(result.loss.is_finite());
+
+    // An end-of-turn token the config's eos ids do not hold: the text stops before it.
+    let ids = model.generate(&prompt, 8).unwrap();
+    assert!(ids.len() >= 2 && ids[1] != ids[0], "{ids:?}");
+    let vocab: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer.json")).unwrap()).unwrap();
+    let piece = vocab["model"]["vocab"][ids[1] as usize][0].as_str().unwrap();
+    std::fs::write(dir.join("tokenizer_config.json"), json!({"eos_token": piece}).to_string()).unwrap();
+    let tok = tokenizer(&dir);
+    assert_eq!(tok.end_of_turn_id(), Some(ids[1]));
+    assert_eq!(sculpt::train::greedy_text(&*model, &tok, &prompt, 8).unwrap(), tok.decode(&ids[..1]).unwrap());
+}
