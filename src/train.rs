@@ -101,13 +101,12 @@ pub fn encode_example(tokenizer: &Tokenizer, example: &Example) -> Result<Pair> 
 /// Token ids of the prompt for the assistant's next message after `messages` (JSON objects
 /// with "role" and "content"): the chat template's rendering with the generation prompt,
 /// tokenized without added special tokens, or, for a model without a template, the built-in
-/// rendering ([`builtin_prompt`]) tokenized with them (logged once). The second value says
-/// whether the template was used.
+/// rendering ([`builtin_prompt`]) tokenized with them. The second value says whether the
+/// template was used (the caller tells the user when it was not).
 pub fn chat_prompt_ids(tokenizer: &Tokenizer, messages: &[serde_json::Value]) -> Result<(Vec<u32>, bool)> {
     if let Some(template) = tokenizer.chat_template() {
         return Ok((tokenizer.encode_rendered(&template.render(messages, true)?)?, true));
     }
-    warn_builtin_chat(tokenizer);
     let turns = messages
         .iter()
         .enumerate()
