@@ -1,4 +1,4 @@
-//! `sculpt train`: continual fine-tuning of a T5 model folder on JSONL data, or, with no
+//! `sculpt train`: continual fine-tuning of a T5 or Llama model folder on JSONL data, or, with no
 //! data arguments, the built-in default — a small T5 made on the spot, the synthetic task
 //! stream, both OSFT and sequential fine-tuning from the same start, and the two accuracy
 //! matrices side by side. Every run folder holds `run.json` (the arguments), `log.jsonl`,
@@ -22,11 +22,12 @@ use crate::train::TrainOptions;
 
 #[derive(clap::Args, Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Args {
-    /// A Hugging Face T5 folder (config.json, model.safetensors, tokenizer.json) to fine-tune
-    /// on --train, --stream or --preset.
+    /// A Hugging Face T5 or Llama folder (config.json, model.safetensors, tokenizer.json) to
+    /// fine-tune on --train, --stream or --preset.
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Training data of one task: JSONL lines {"input": ..., "target": ...} (needs --model).
+    /// Training data of one task: JSONL lines {"input": ..., "target": ...} or chat
+    /// conversations {"messages": [...]}, rendered with the model's chat template (needs --model).
     #[arg(long, requires = "model", conflicts_with_all = ["stream", "preset"])]
     train: Option<PathBuf>,
     /// A stream file: the tasks in order, each with its data, instruction template, labels
