@@ -19,7 +19,7 @@ pub struct Args {
     #[arg(long)]
     chat: Option<String>,
     /// A system message before the --chat message.
-    #[arg(long, requires = "chat")]
+    #[arg(long)]
     system: Option<String>,
     /// Stop after this many output tokens if the end token has not come.
     #[arg(long, default_value_t = 64)]
@@ -37,6 +37,9 @@ pub fn chat_messages(system: Option<&str>, user: &str) -> Vec<serde_json::Value>
 }
 
 pub fn run(gpu: &crate::Gpu, args: &Args) -> Result<()> {
+    if args.system.is_some() && args.chat.is_none() {
+        bail!("--system is the system message of a --chat prompt; with --input, put it in the text");
+    }
     let (model, tokenizer) = crate::model::load_model(gpu, &args.model)?;
     let ids = match (&args.input, &args.chat) {
         (Some(input), None) => tokenizer.encode(input)?,
