@@ -100,6 +100,13 @@ impl ChatTemplate {
                 .expect("the default delimiters are valid"),
         );
         env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+        // Jinja2 prints none, booleans, lists and dicts as Python's str() does.
+        env.set_formatter(|out, state, value| match value.kind() {
+            ValueKind::None | ValueKind::Bool | ValueKind::Seq | ValueKind::Map => {
+                out.write_str(&python_str(value)).map_err(|e| Error::new(ErrorKind::WriteFailure, e.to_string()))
+            }
+            _ => minijinja::escape_formatter(out, state, value),
+        });
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", |message: String| -> Result<Value, Error> {
             Err(Error::new(ErrorKind::InvalidOperation, format!("raise_exception: {message}")))
@@ -238,6 +245,62 @@ fn without_generation_tags(source: &str) -> String {
         rest = &tag[end + 2..];
     }
     out.push_str(rest);
+    out
+}
+
+/// Python's `str()` of a template value: `None`, `True`, `[1, 'a']`, `{'k': None}`.
+fn python_str(value: &Value) -> String {
+    fn repr(value: &Value, out: &mut String) {
+        match value.kind() {
+            ValueKind::Undefined | ValueKind::None => out.push_str("None"),
+            ValueKind::Bool => out.push_str(if value.is_true() { "True" } else { "False" }),
+            ValueKind::String => {
+                let s = value.as_str().unwrap_or_default();
+                let quote = if s.contains('\'') && !s.contains('"') { '"' } else { '\'' };
+                out.push(quote);
+                for c in s.chars() {
+                    match c {
+                        '\\' => out.push_str("\\\\"),
+                        '\n' => out.push_str("\\n"),
+                        '\r' => out.push_str("\\r"),
+                        '\t' => out.push_str("\\t"),
+                        c if c == quote => {
+                            out.push('\\');
+                            out.push(c);
+                        }
+                        c if (c as u32) < 0x20 || c == '\u{7f}' => out.push_str(&format!("\\x{:02x}", c as u32)),
+                        c => out.push(c),
+                    }
+                }
+                out.push(quote);
+            }
+            ValueKind::Seq | ValueKind::Iterable => {
+                out.push('[');
+                for (i, item) in value.try_iter().into_iter().flatten().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    repr(&item, out);
+                }
+                out.push(']');
+            }
+            ValueKind::Map => {
+                out.push('{');
+                for (i, key) in value.try_iter().into_iter().flatten().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    repr(&key, out);
+                    out.push_str(": ");
+                    repr(&value.get_item(&key).unwrap_or_default(), out);
+                }
+                out.push('}');
+            }
+            _ => out.push_str(&value.to_string()),
+        }
+    }
+    let mut out = String::new();
+    repr(value, &mut out);
     out
 }
 
@@ -480,6 +543,14 @@ mod tests {
         let err = format!("{:#}", t.render(&messages, true).unwrap_err());
         assert!(err.contains("t.jinja: rendering the chat template (add_generation_prompt=true) failed"), "{err}");
         assert!(err.contains("no prompt here"), "{err}");
+    }
+
+    #[test]
+    fn none_booleans_lists_and_dicts_print_as_python_does() {
+        let t = template(
+            "{{ none }}|{{ true }}|{{ false }}|{{ x }}|{{ [1, 'a', \"it's\", none] }}|{{ {'k': false} }}|{{ 2 }}",
+        );
+        assert_eq!(t.render(&[], false).unwrap(), "None|True|False||[1, 'a', \"it's\", None]|{'k': False}|2");
     }
 
     #[test]
