@@ -15,9 +15,11 @@ Templates:
 * ``llama3``: Meta-Llama-3-Instruct's template (bos_token, header tokens, ``| trim``);
 * ``zephyr``: Zephyr's template (relies on trim_blocks and lstrip_blocks);
 * ``pycompat``: a template written for these tests that uses Python string methods
-  (``.strip()``, ``.startswith()``), ``namespace``, ``loop controls`` and ``raise_exception``.
+  (``.strip()``, ``.startswith()``), ``namespace``, ``loop controls`` and ``raise_exception``;
+* ``json``: one written for these tests with ``tojson`` contents, filters, ``loop.index`` and
+  transformers' ``{% generation %}`` block.
 
-The last three are rendered by transformers with the SmolLM2 tokenizer and their special tokens
+The last four are rendered by transformers with the SmolLM2 tokenizer and their special tokens
 passed as template variables (as ``apply_chat_template`` passes a tokenizer's own); no token ids.
 
 Usage::
@@ -95,6 +97,15 @@ PYCOMPAT = """{%- set ns = namespace(system='', turns=0) %}
 [BOT]
 {%- endif %}
 """
+
+JSON = """{%- for message in messages %}
+{{- message.role | upper }} {{ loop.index }}: {{ message.content | tojson }}
+{%- if message.role == 'assistant' %}
+{% generation %}<|end|>{% endgeneration %}
+{% endif %}
+
+{% endfor %}
+{%- if add_generation_prompt %}ASSISTANT {{ messages | length + 1 }}: {% endif %}"""
 
 
 def conversations():
@@ -228,6 +239,7 @@ def main():
         entry(tok, "llama3", LLAMA3, {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}, False),
         entry(tok, "zephyr", ZEPHYR, {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}, False),
         entry(tok, "pycompat", PYCOMPAT, {"bos_token": "<s>", "eos_token": "</s>"}, False),
+        entry(tok, "json", JSON, {"eos_token": "<|end|>"}, False),
     ]
     fixture = {
         "generated_by": "tools/chat_template_reference.py",
