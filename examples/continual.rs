@@ -22,7 +22,7 @@ fn task(name: &str, rng: &mut Rng, answer: impl Fn(&[&str]) -> String) -> Task {
     const WORDS: [&str; 6] = ["red", "green", "blue", "cat", "dog", "sun"];
     let mut example = || {
         let words: Vec<&str> = (0..3).map(|_| WORDS[rng.below(WORDS.len())]).collect();
-        Example { input: format!("{name}: {}", words.join(" ")), target: answer(&words) }
+        Example::new(format!("{name}: {}", words.join(" ")), answer(&words))
     };
     let train = (0..24).map(|_| example()).collect();
     let eval = (0..8).map(|_| example()).collect();

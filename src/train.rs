@@ -3,9 +3,12 @@
 //! evaluation (loss, exact match). A step without accumulation records all its GPU work
 //! into one command buffer and reads back two scalars.
 
-use anyhow::{bail, Result};
+use std::sync::Once;
+
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::data::chat::builtin_prompt;
 use crate::data::Example;
 use crate::model::family::count_target_tokens;
 use crate::model::tokenizer::Tokenizer;
@@ -68,6 +71,81 @@ fn truncate(mut ids: Vec<u32>, max: usize, count: &mut usize) -> Vec<u32> {
     ids
 }
 
+/// The (source, target) token ids of one example, as training, evaluation and the continual
+/// driver all see it. A chat example (one with [`Example::chat`]) for a model with a chat
+/// template is the template's rendering split by [`ChatTemplate::split_turn`]
+/// (the prompt, then the answer through its end-of-turn marker), tokenized without the
+/// tokenizer's added special tokens as transformers' `apply_chat_template` tokenizes (the
+/// template writes the ones it wants). Every other example is its input and target, each
+/// tokenized with them; a chat example that comes to this for want of a template logs once
+/// that the built-in "Role: content" rendering is used.
+///
+/// [`ChatTemplate::split_turn`]: crate::model::ChatTemplate::split_turn
+pub fn encode_example(tokenizer: &Tokenizer, example: &Example) -> Result<Pair> {
+    let Some(chat) = &example.chat else {
+        return Ok((tokenizer.encode(&example.input)?, tokenizer.encode(&example.target)?));
+    };
+    let Some(template) = tokenizer.chat_template() else {
+        warn_builtin_chat(tokenizer);
+        return Ok((tokenizer.encode(&example.input)?, tokenizer.encode(&example.target)?));
+    };
+    let at = || format!("{}: messages[{}]", chat.origin, chat.messages.len().saturating_sub(1));
+    let (prompt, answer) = template.split_turn(&chat.messages).with_context(at)?;
+    let target = tokenizer.encode_rendered(&answer)?;
+    if target.is_empty() {
+        bail!("{}: the chat template {} renders the assistant message as no text", at(), template.origin());
+    }
+    Ok((tokenizer.encode_rendered(&prompt)?, target))
+}
+
+/// Token ids of the prompt for the assistant's next message after `messages` (JSON objects
+/// with "role" and "content"): the chat template's rendering with the generation prompt,
+/// tokenized without added special tokens, or, for a model without a template, the built-in
+/// rendering ([`builtin_prompt`]) tokenized with them. The second value says whether the
+/// template was used (the caller tells the user when it was not).
+pub fn chat_prompt_ids(tokenizer: &Tokenizer, messages: &[serde_json::Value]) -> Result<(Vec<u32>, bool)> {
+    if let Some(template) = tokenizer.chat_template() {
+        return Ok((tokenizer.encode_rendered(&template.render(messages, true)?)?, true));
+    }
+    let turns = messages
+        .iter()
+        .enumerate()
+        .map(|(n, m)| match (m["role"].as_str(), m["content"].as_str()) {
+            (Some(role), Some(content)) => Ok((role, content)),
+            _ => bail!("messages[{n}] needs string \"role\" and \"content\""),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((tokenizer.encode(&builtin_prompt(turns)?)?, false))
+}
+
+/// Logs, once per run, that chat data meets a model without a chat template.
+fn warn_builtin_chat(tokenizer: &Tokenizer) {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        log::warn!(
+            "{}: the model has no chat template (no chat_template.jinja, no \"chat_template\" in tokenizer_config.json), so chat conversations use the built-in \"Role: content\" rendering",
+            tokenizer.files()[0].parent().unwrap_or(std::path::Path::new(".")).display()
+        )
+    });
+}
+
+/// The text of a greedy continuation of `source` of at most `max_new_tokens` tokens: for a
+/// model with a chat template, up to its end-of-turn token; without special tokens.
+pub fn greedy_text(model: &dyn Model, tokenizer: &Tokenizer, source: &[u32], max_new_tokens: usize) -> Result<String> {
+    let mut out = model.generate(source, max_new_tokens)?;
+    if let Some(end) = tokenizer.end_of_turn_id().and_then(|eot| out.iter().position(|&t| t == eot)) {
+        out.truncate(end);
+    }
+    tokenizer.decode(&out)
+}
+
+/// Whether a greedy output answers `example`: equal to its target, or for a chat example its
+/// assistant message, surrounding whitespace aside.
+pub fn is_exact_match(output: &str, example: &Example) -> bool {
+    let want = example.chat.as_ref().map_or(example.target.as_str(), |c| c.answer());
+    output.trim() == want.trim()
+}
+
 pub fn encode(
     tokenizer: &Tokenizer,
     examples: &[Example],
@@ -76,8 +154,9 @@ pub fn encode(
 ) -> Result<Encoded> {
     let mut e = Encoded { pairs: Vec::with_capacity(examples.len()), truncated_sources: 0, truncated_targets: 0 };
     for ex in examples {
-        let source = truncate(tokenizer.encode(&ex.input)?, max_source_len, &mut e.truncated_sources);
-        let target = truncate(tokenizer.encode(&ex.target)?, max_target_len, &mut e.truncated_targets);
+        let (source, target) = encode_example(tokenizer, ex)?;
+        let source = truncate(source, max_source_len, &mut e.truncated_sources);
+        let target = truncate(target, max_target_len, &mut e.truncated_targets);
         e.pairs.push((source, target));
     }
     Ok(e)
@@ -206,10 +285,10 @@ pub fn exact_match(
     let mut hits = 0;
     for ex in examples {
         let mut n = 0;
-        let source = truncate(tokenizer.encode(&ex.input)?, max_source_len, &mut n);
-        let budget = tokenizer.encode(&ex.target)?.len() + 2;
-        let out = model.generate(&source, budget)?;
-        hits += usize::from(tokenizer.decode(&out)?.trim() == ex.target.trim());
+        let (source, target) = encode_example(tokenizer, ex)?;
+        let source = truncate(source, max_source_len, &mut n);
+        let output = greedy_text(model, tokenizer, &source, target.len() + 2)?;
+        hits += usize::from(is_exact_match(&output, ex));
     }
     Ok(hits as f64 / examples.len().max(1) as f64)
 }

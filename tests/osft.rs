@@ -59,7 +59,7 @@ fn run(fixture: &str, filter: Option<Mode>) -> Vec<(String, (f64, f64, f64))> {
     let set = SubspaceSet::build(model.params(), &model.default_targets(), policy, mode, |_| 0.5).unwrap();
     let examples: Vec<sculpt::data::Example> = ["copy: a b c", "reverse: d e f g", "sort: c a b"]
         .iter()
-        .map(|s| sculpt::data::Example { input: s.to_string(), target: s.split_once(": ").unwrap().1.to_string() })
+        .map(|s| sculpt::data::Example::new(s.to_string(), s.split_once(": ").unwrap().1.to_string()))
         .collect();
     let pairs = encode(&tokenizer, &examples, 32, 32).unwrap().pairs;
     let options = TrainOptions {

@@ -98,11 +98,11 @@ fn eval_reports_loss_and_exact_match() {
     assert!((result.loss - want).abs() / want < 1e-5, "{} vs {want}", result.loss);
     // A generation case as its own target: greedy output matches exactly.
     let case = &r.json["generate"][0];
-    let hit = sculpt::data::jsonl::Example {
-        input: case["input"].as_str().unwrap().into(),
-        target: case["output_text"].as_str().unwrap().into(),
-    };
-    let miss = sculpt::data::jsonl::Example { input: hit.input.clone(), target: "not the output".into() };
+    let hit = sculpt::data::jsonl::Example::new(
+        case["input"].as_str().unwrap().into(),
+        case["output_text"].as_str().unwrap().into(),
+    );
+    let miss = sculpt::data::jsonl::Example::new(hit.input.clone(), "not the output".into());
     let result = sculpt::cli::eval::evaluate(&model, &tokenizer, &[hit, miss], 8, 8).unwrap();
     assert_eq!((result.examples, result.exact_match), (2, 0.5));
 }

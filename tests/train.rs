@@ -19,8 +19,8 @@ fn a_step_allocates_nothing_after_the_first_and_submits_once_plus_readbacks() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/t5_v1_1");
     let (model, tokenizer) = load_t5(&gpu, &dir).unwrap();
     let examples = vec![
-        sculpt::data::Example { input: "copy: a b c".into(), target: "a b c".into() },
-        sculpt::data::Example { input: "reverse: a b".into(), target: "b a".into() },
+        sculpt::data::Example::new("copy: a b c".into(), "a b c".into()),
+        sculpt::data::Example::new("reverse: a b".into(), "b a".into()),
     ];
     let pairs = encode(&tokenizer, &examples, 64, 64).unwrap().pairs;
     let options = TrainOptions { epochs: 4, batch_size: 2, ..Default::default() };
@@ -54,7 +54,7 @@ fn copy_examples(seed: u64, n_train: usize, n_eval: usize) -> (Vec<Example>, Vec
         let symbols: Vec<&str> = (0..2 + rng.below(3)).map(|_| COPY_SYMBOLS[rng.below(COPY_SYMBOLS.len())]).collect();
         let body = symbols.join(" ");
         if seen.insert(body.clone()) {
-            examples.push(Example { input: format!("copy: {body}"), target: body });
+            examples.push(Example::new(format!("copy: {body}"), body));
         }
     }
     let eval = examples.split_off(n_train);

@@ -3,14 +3,15 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 
 use crate::model::Model;
-use crate::train::eval_loss;
+use crate::train::{encode_example, eval_loss, greedy_text, is_exact_match};
 
 #[derive(clap::Args)]
 pub struct Args {
     /// Hugging Face model folder, T5 or Llama (config.json, model.safetensors, tokenizer.json).
     #[arg(long)]
     model: PathBuf,
-    /// JSON Lines of {"input": ..., "target": ...}.
+    /// JSON Lines of {"input": ..., "target": ...} or chat conversations {"messages": [...]}
+    /// (each assistant message one example, rendered with the model's chat template).
     #[arg(long)]
     data: PathBuf,
     /// Examples per forward pass for the loss.
@@ -39,10 +40,7 @@ pub fn evaluate(
     batch_size: usize,
     max_new_tokens: usize,
 ) -> Result<EvalResult> {
-    let pairs = examples
-        .iter()
-        .map(|e| Ok((tokenizer.encode(&e.input)?, tokenizer.encode(&e.target)?)))
-        .collect::<Result<Vec<_>>>()?;
+    let pairs = examples.iter().map(|e| encode_example(tokenizer, e)).collect::<Result<Vec<_>>>()?;
     let source = pairs.iter().map(|p| p.0.len()).max().unwrap_or(0);
     let target = pairs.iter().map(|p| p.1.len()).max().unwrap_or(0);
     model
@@ -51,8 +49,8 @@ pub fn evaluate(
     let loss = eval_loss(model, &pairs, batch_size)?;
     let mut correct = 0usize;
     for (example, (source, _)) in examples.iter().zip(&pairs) {
-        let output = tokenizer.decode(&model.generate(source, max_new_tokens)?)?;
-        correct += usize::from(output.trim() == example.target.trim());
+        let output = greedy_text(model, tokenizer, source, max_new_tokens)?;
+        correct += usize::from(is_exact_match(&output, example));
     }
     Ok(EvalResult { examples: examples.len(), loss, exact_match: correct as f64 / examples.len() as f64 })
 }

@@ -3,7 +3,7 @@
 mod bench;
 pub mod bench_model;
 pub mod eval;
-mod generate;
+pub mod generate;
 mod import;
 mod info;
 pub mod svd;
@@ -34,12 +34,12 @@ enum Command {
     Bench(bench::Args),
     /// Convert a llama.cpp GGUF file into a Hugging Face model folder (f32).
     Import(import::Args),
-    /// Greedy decoding of one input with a T5 model.
+    /// Greedy decoding of one input or chat message with a T5 or Llama model.
     Generate(generate::Args),
-    /// Mean loss and exact-match accuracy of a T5 model on JSONL examples.
+    /// Mean loss and exact-match accuracy of a T5 or Llama model on JSONL examples.
     Eval(eval::Args),
     /// Continual fine-tuning over a task stream; with no arguments, the built-in default
-    /// (a small T5, the synthetic stream, OSFT vs sequential fine-tuning).
+    /// (a small T5 or Llama, the synthetic stream, OSFT vs sequential fine-tuning).
     Train(Box<train::Args>),
     /// Singular spectra of a model's or a file's matrices (block Jacobi SVD on the GPU).
     Svd(svd::Args),

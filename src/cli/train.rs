@@ -26,7 +26,8 @@ pub struct Args {
     /// fine-tune on --train, --stream or --preset (`sculpt import` makes one from a GGUF file).
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Training data of one task: JSONL lines {"input": ..., "target": ...} (needs --model).
+    /// Training data of one task: JSONL lines {"input": ..., "target": ...} or chat
+    /// conversations {"messages": [...]}, rendered with the model's chat template (needs --model).
     #[arg(long, requires = "model", conflicts_with_all = ["stream", "preset"])]
     train: Option<PathBuf>,
     /// A stream file: the tasks in order, each with its data, instruction template, labels

@@ -443,7 +443,7 @@ mod tests {
     fn task_overrides_replace_the_run_options_and_stretch_the_schedule() {
         let mut run = TrainOptions { epochs: 2, batch_size: 4, ..Default::default() };
         run.adamw.schedule = Schedule::Linear { warmup: 2, total: 20 }; // 2 epochs of 10 batches
-        let example = Example { input: "x".into(), target: "y".into() };
+        let example = Example::new("x".into(), "y".into());
         let mut task = Task {
             name: "t".into(),
             train: vec![example; 40],

@@ -1,10 +1,13 @@
 //! Chat conversations in the JSON Lines data (read by [`super::jsonl::parse_jsonl`] beside
 //! plain `{"input": ..., "target": ...}` lines): `{"messages": [{"role": ..., "content": ...}, ...]}`.
-//! Every assistant message of a conversation becomes one [`Example`]: the input is the
-//! conversation before it rendered with [`render_turn`] plus the assistant header, the target is
-//! the message's content, so the loss falls only on assistant tokens.
+//! Every assistant message of a conversation becomes one [`Example`] that keeps the
+//! conversation through that message ([`Example::chat`]); the loss falls only on the
+//! assistant's tokens.
 //!
-//! The template, one block per message (roles "system", "user", "assistant"):
+//! A model with a chat template renders the conversation in its own format when the example
+//! is encoded ([`crate::train::encode_example`]). For a model without one, the example's input
+//! and target hold the built-in rendering, one block per message (roles "system", "user",
+//! "assistant"):
 //!
 //! ```text
 //! System: {content}
@@ -12,12 +15,12 @@
 //! Assistant:
 //! ```
 //!
-//! i.e. `"{Role}: {content}\n"` per earlier message, then `"Assistant:"`; the target is
-//! `" {content}"` (the tokenizer adds the end-of-sequence token).
+//! i.e. `"{Role}: {content}\n"` per earlier message, then `"Assistant:"` ([`builtin_prompt`]);
+//! the target is `" {content}"` (the tokenizer adds the end-of-sequence token).
 
 use anyhow::{bail, Context, Result};
 
-use super::jsonl::Example;
+use super::jsonl::{Conversation, Example};
 
 /// The roles a message may have, with their rendered names.
 const ROLES: [(&str, &str); 3] = [("system", "System"), ("user", "User"), ("assistant", "Assistant")];
@@ -32,12 +35,23 @@ pub fn render_turn(role: &str, content: &str) -> Result<String> {
     Ok(format!("{name}: {content}\n"))
 }
 
+/// The built-in prompt for the assistant's next message after `turns` (role, content):
+/// each turn as [`render_turn`] writes it, then `"Assistant:"`.
+pub fn builtin_prompt<'a>(turns: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<String> {
+    let mut prompt = String::new();
+    for (n, (role, content)) in turns.into_iter().enumerate() {
+        prompt.push_str(&render_turn(role, content).with_context(|| format!("messages[{n}]"))?);
+    }
+    prompt.push_str("Assistant:");
+    Ok(prompt)
+}
+
 /// The (prompt, answer) examples of one conversation line.
 pub(crate) fn conversation(messages: &serde_json::Value, origin: &str, line: usize) -> Result<Vec<Example>> {
     let messages = messages.as_array().with_context(|| {
         format!("{origin}:{line}: \"messages\" must be a list of {{\"role\", \"content\"}} objects")
     })?;
-    let mut history = String::new();
+    let mut turns = Vec::with_capacity(messages.len());
     let mut out = Vec::new();
     for (n, message) in messages.iter().enumerate() {
         let field = |key: &str| -> Result<&str> {
@@ -47,11 +61,15 @@ pub(crate) fn conversation(messages: &serde_json::Value, origin: &str, line: usi
                 .with_context(|| format!("{origin}:{line}: messages[{n}] needs a string \"{key}\""))
         };
         let (role, content) = (field("role")?, field("content")?);
-        let turn = render_turn(role, content).with_context(|| format!("{origin}:{line}: messages[{n}]"))?;
+        render_turn(role, content).with_context(|| format!("{origin}:{line}: messages[{n}]"))?;
         if role == "assistant" {
-            out.push(Example { input: format!("{history}Assistant:"), target: format!(" {content}") });
+            out.push(Example {
+                input: builtin_prompt(turns.iter().copied())?,
+                target: format!(" {content}"),
+                chat: Some(Conversation { messages: messages[..=n].to_vec(), origin: format!("{origin}:{line}") }),
+            });
         }
-        history.push_str(&turn);
+        turns.push((role, content));
     }
     if out.is_empty() {
         bail!("{origin}:{line}: the conversation has no assistant message to learn from");
@@ -64,7 +82,12 @@ mod tests {
     use super::*;
 
     fn example(input: &str, target: &str) -> Example {
-        Example { input: input.into(), target: target.into() }
+        Example::new(input.into(), target.into())
+    }
+
+    /// The examples without their conversations.
+    fn plain(examples: Vec<Example>) -> Vec<Example> {
+        examples.into_iter().map(|e| Example::new(e.input, e.target)).collect()
     }
 
     #[test]
@@ -78,8 +101,13 @@ mod tests {
             "\n"
         );
         let got = crate::data::jsonl::parse_jsonl(text, "chat.jsonl").unwrap();
+        let chat = |e: &Example| e.chat.as_ref().map(|c| (c.messages.len(), c.origin.clone(), c.answer().to_string()));
         assert_eq!(
-            got,
+            got.iter().map(chat).collect::<Vec<_>>(),
+            [Some((3, "chat.jsonl:1".into(), "4".into())), Some((5, "chat.jsonl:1".into(), "6".into())), None]
+        );
+        assert_eq!(
+            plain(got),
             vec![
                 example("System: Be brief.\nUser: 2+2?\nAssistant:", " 4"),
                 example("System: Be brief.\nUser: 2+2?\nAssistant: 4\nUser: and 3+3?\nAssistant:", " 6"),

@@ -198,7 +198,7 @@ pub fn read_split(path: &Path) -> Result<Vec<Example>> {
         path,
         r#"a CL_Benchmark split (one array of {"sentence": ..., "label": ...} objects, both strings)"#,
     )?;
-    Ok(records.into_iter().map(|r| Example { input: r.sentence, target: r.label }).collect())
+    Ok(records.into_iter().map(|r| Example::new(r.sentence, r.label)).collect())
 }
 
 /// A split file of either preset: one non-empty JSON array of records; `what` names the
@@ -234,7 +234,7 @@ mod tests {
         let dir = scratch("clb-read");
         let split = dir.join("train.json");
         std::fs::write(&split, r#"[{"label": "B", "sentence": "Which? A: x B: y"}]"#).unwrap();
-        assert_eq!(read_split(&split).unwrap(), vec![Example { input: "Which? A: x B: y".into(), target: "B".into() }]);
+        assert_eq!(read_split(&split).unwrap(), vec![Example::new("Which? A: x B: y".into(), "B".into())]);
         std::fs::write(&split, r#"[{"sentence": "no label"}]"#).unwrap();
         let err = format!("{:#}", read_split(&split).unwrap_err());
         assert!(err.contains("train.json") && err.contains("missing field `label`"), "{err}");
@@ -274,10 +274,10 @@ mod tests {
         assert_eq!((agnews.train.len(), agnews.eval.len()), (2, 2));
         assert_eq!(
             agnews.train[1],
-            Example {
-                input: format!("{TOPIC}\nOption: agnews-yes, agnews-no\nagnews train.json 1\nAnswer:"),
-                target: "agnews-no".into()
-            }
+            Example::new(
+                format!("{TOPIC}\nOption: agnews-yes, agnews-no\nagnews train.json 1\nAnswer:"),
+                "agnews-no".into()
+            )
         );
         assert_eq!(agnews.labels.as_deref(), Some(&["agnews-yes".to_string(), "agnews-no".to_string()][..]));
         for (order, _) in ORDERS {

@@ -7,10 +7,41 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+/// One training or evaluation example: an input and the target the model should answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Example {
     pub input: String,
     pub target: String,
+    /// For an example from a chat conversation, the conversation through the assistant
+    /// message it learns, which a model with a chat template renders in its own format
+    /// (`input` and `target` then hold the built-in "Role: content" rendering, used by models
+    /// without one; see [`crate::train::encode_example`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat: Option<Conversation>,
+}
+
+impl Example {
+    /// A plain example: `target` answers `input`.
+    pub fn new(input: String, target: String) -> Example {
+        Example { input, target, chat: None }
+    }
+}
+
+/// A chat conversation through the assistant message one example learns.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conversation {
+    /// The messages as the file holds them (objects with "role", "content" and any other
+    /// fields), the last one the assistant message.
+    pub messages: Vec<serde_json::Value>,
+    /// `file:line` of the conversation, for errors.
+    pub origin: String,
+}
+
+impl Conversation {
+    /// The content of the assistant message the example learns.
+    pub fn answer(&self) -> &str {
+        self.messages.last().and_then(|m| m["content"].as_str()).unwrap_or_default()
+    }
 }
 
 /// Parses JSONL text; `origin` names the file in errors. Blank lines are skipped.
@@ -47,7 +78,7 @@ pub(crate) fn json_lines<'a>(
 pub(crate) fn example_from(value: &serde_json::Value, origin: &str, line: usize) -> Result<Example> {
     let needs = "each line needs \"input\" and \"target\" strings";
     let field = |key: &str| string_field(value, key, format_args!("{origin}:{line}"), needs);
-    Ok(Example { input: field("input")?, target: field("target")? })
+    Ok(Example::new(field("input")?, field("target")?))
 }
 
 /// The string `key` of one JSON record; errors start with `at`, which names the record
@@ -77,10 +108,7 @@ mod tests {
             "x.jsonl",
         )
         .unwrap();
-        assert_eq!(
-            got,
-            vec![Example { input: "a".into(), target: "b".into() }, Example { input: "c".into(), target: "d".into() }]
-        );
+        assert_eq!(got, vec![Example::new("a".into(), "b".into()), Example::new("c".into(), "d".into())]);
     }
 
     #[test]

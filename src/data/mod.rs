@@ -8,5 +8,5 @@ pub mod stream;
 pub mod synthetic;
 pub mod trace;
 
-pub use jsonl::{read_jsonl, Example};
+pub use jsonl::{read_jsonl, Conversation, Example};
 pub use stream::{Stream, Task, TaskSettings};

@@ -15,7 +15,8 @@
 //! whose label set is read from `labels.json` beside the training file when not given) or
 //! `trace` (TRACE's JSON arrays of `{"prompt", "answer"}`, the prompt taken as the input).
 //! The instruction template (default `{input}`) wraps every input; `{labels}` is the label
-//! set joined with ", "; `{{` and `}}` are literal braces. With a label set, every target
+//! set joined with ", "; `{{` and `}}` are literal braces (a task of chat conversations,
+//! which the model's chat template renders, takes no instruction). With a label set, every target
 //! must be one of its labels. Only `name`, `train` and `eval` are required.
 
 use std::collections::HashSet;
@@ -232,6 +233,12 @@ impl TaskSpec {
             }
         }
         if let Some(template) = &self.instruction {
+            if let Some(chat) = train.iter().chain(&eval).find_map(|e| e.chat.as_ref()) {
+                bail!(
+                    "field \"instruction\" wraps {{\"input\", \"target\"}} examples, but {} is a chat conversation (rendered by the model's chat template); put the instruction in a system message instead",
+                    chat.origin
+                );
+            }
             let parts = parse_template(template).context("field \"instruction\"")?;
             let joined = match (&labels, parts.contains(&Part::Labels)) {
                 (Some(l), _) => l.join(", "),
@@ -358,7 +365,7 @@ pub(crate) mod tests {
         assert_eq!(sst.name, "sst");
         assert_eq!(
             sst.train,
-            vec![Example { input: "Sentiment {negative, positive}? great film".into(), target: "positive".into() }]
+            vec![Example::new("Sentiment {negative, positive}? great film".into(), "positive".into())]
         );
         assert_eq!(sst.eval[0].input, "Sentiment {negative, positive}? fine");
         assert_eq!(sst.settings, TaskSettings { epochs: Some(2), lr: Some(0.001), batch_size: Some(4) });
@@ -366,7 +373,7 @@ pub(crate) mod tests {
         assert_eq!(tc.labels, Some(vec!["Sports".to_string(), "Business".to_string()]));
         assert_eq!(
             tc.train[1],
-            Example { input: "Topic?\nOption: Sports, Business\nstocks\nAnswer:".into(), target: "Business".into() }
+            Example::new("Topic?\nOption: Sports, Business\nstocks\nAnswer:".into(), "Business".into())
         );
         assert_eq!(tc.settings, TaskSettings::default());
     }
@@ -376,6 +383,7 @@ pub(crate) mod tests {
         let dir = scratch("bad");
         write(&dir, "train.jsonl", JSONL);
         write(&dir, "empty.jsonl", "\n");
+        write(&dir, "chat.jsonl", "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}, {\"role\": \"assistant\", \"content\": \"b\"}]}\n");
         let task = |extra: &str| {
             format!(r#"{{"tasks": [{{"name": "t", "train": "train.jsonl", "eval": "train.jsonl"{extra}}}]}}"#)
         };
@@ -400,6 +408,10 @@ pub(crate) mod tests {
                 "task 2 \"t\": the name is used twice",
             ),
             (task(", \"format\": \"cl_benchmark\""), "not valid JSON"),
+            (
+                task(", \"instruction\": \"Q: {input}\"").replace("\"eval\": \"train.jsonl\"", "\"eval\": \"chat.jsonl\""),
+                "chat.jsonl:1 is a chat conversation (rendered by the model's chat template); put the instruction in a system message",
+            ),
         ];
         for (i, (text, want)) in cases.iter().enumerate() {
             let path = write(&dir, &format!("stream{i}.json"), text);

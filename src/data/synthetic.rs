@@ -103,7 +103,7 @@ pub fn stream(seed: u64, n_train: usize, n_eval: usize) -> Vec<Task> {
                 let symbols: Vec<usize> = (0..len).map(|_| rng.below(WINDOW)).collect();
                 if seen.insert(symbols.clone()) {
                     let body = symbols.iter().map(|&i| window[i]).collect::<Vec<_>>().join(" ");
-                    examples.push(Example { input: format!("{task}: {body}"), target: answer(task, &symbols).into() });
+                    examples.push(Example::new(format!("{task}: {body}"), answer(task, &symbols).into()));
                 }
             }
             let eval = examples.split_off(n_train);

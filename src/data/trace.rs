@@ -65,7 +65,7 @@ pub fn read_split(path: &Path) -> Result<Vec<Example>> {
         .map(|(i, record)| {
             let field =
                 |key: &str| string_field(record, key, format_args!("{}: record {}", path.display(), i + 1), needs);
-            Ok(Example { input: field("prompt")?, target: field("answer")? })
+            Ok(Example::new(field("prompt")?, field("answer")?))
         })
         .collect()
 }
@@ -104,11 +104,11 @@ pub(crate) mod tests {
         assert_eq!(
             py150.train,
             vec![
-                Example { input: "Py150 train.json 0\nAnswer:".into(), target: "Py150-0".into() },
-                Example { input: "Py150 train.json 1\nAnswer:".into(), target: "Py150-1".into() },
+                Example::new("Py150 train.json 0\nAnswer:".into(), "Py150-0".into()),
+                Example::new("Py150 train.json 1\nAnswer:".into(), "Py150-1".into()),
             ]
         );
-        assert_eq!(py150.eval[1], Example { input: "Py150 test.json 1\nAnswer:".into(), target: "Py150-1".into() });
+        assert_eq!(py150.eval[1], Example::new("Py150 test.json 1\nAnswer:".into(), "Py150-1".into()));
         assert!(tasks.iter().all(|t| t.labels.is_none() && t.train.len() == 2 && t.eval.len() == 2));
         let epochs: Vec<Option<usize>> = tasks.iter().map(|t| t.settings.epochs).collect();
         assert_eq!(epochs, [5, 3, 7, 5, 3, 5, 5, 7].map(Some), "TRACE's epochs per dataset");
@@ -116,10 +116,7 @@ pub(crate) mod tests {
         assert!(capped.iter().all(|t| t.train.len() == 1 && t.eval.len() == 2));
         let capped = preset("trace", &dir, None, Some(1)).unwrap();
         assert!(capped.iter().all(|t| t.train.len() == 2 && t.eval.len() == 1));
-        assert_eq!(
-            capped[7].eval,
-            vec![Example { input: "20Minuten test.json 0\nAnswer:".into(), target: "20Minuten-0".into() }]
-        );
+        assert_eq!(capped[7].eval, vec![Example::new("20Minuten test.json 0\nAnswer:".into(), "20Minuten-0".into())]);
     }
 
     #[test]

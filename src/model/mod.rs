@@ -1,6 +1,7 @@
 //! Models on top of the kernels: what every family provides (family.rs), configuration,
 //! checkpoint I/O, GGUF import, tokenizer, the T5 family and the decoder-only Llama family.
 
+pub mod chat_template;
 pub mod config;
 pub mod family;
 pub mod gguf;
@@ -10,6 +11,7 @@ pub mod t5;
 pub mod tokenizer;
 pub mod weights;
 
+pub use chat_template::ChatTemplate;
 pub use config::{FeedForward, T5Config};
 pub use family::{BlockStates, Gradients, Model, Pair};
 pub use llama::{CausalBatch, LlamaConfig, LlamaForwardOutput, LlamaModel};

@@ -1,20 +1,24 @@
 //! `tokenizer.json` through the tokenizers crate: encoding appends `</s>` (the file's
-//! post-processor), decoding skips special tokens, as transformers' T5 tokenizer does.
+//! post-processor), decoding skips special tokens, as transformers' T5 tokenizer does; with it,
+//! the model's chat template where the folder has one (see [`super::chat_template`]).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
+
+use super::chat_template::{ChatTemplate, CHAT_TEMPLATE_FILE};
 
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     path: PathBuf,
+    chat_template: Option<ChatTemplate>,
 }
 
 impl Tokenizer {
     /// Reads `DIR/tokenizer.json` and checks that every id it can produce has a row in
-    /// the embedding table of `vocab_size` rows.
+    /// the embedding table of `vocab_size` rows; reads the chat template of `DIR` where it has one.
     pub fn load(dir: &Path, vocab_size: usize) -> Result<Tokenizer> {
         let path = dir.join(TOKENIZER_FILE);
         if !path.exists() {
@@ -34,7 +38,19 @@ impl Tokenizer {
                 path.display()
             );
         }
-        Ok(Tokenizer { inner, path })
+        let chat_template = ChatTemplate::load(dir)?;
+        Ok(Tokenizer { inner, path, chat_template })
+    }
+
+    /// The model's chat template, where its folder has one.
+    pub fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.chat_template.as_ref()
+    }
+
+    /// The token that ends an assistant turn of the chat template (its `eos_token`), where
+    /// there is a template and that marker is one token.
+    pub fn end_of_turn_id(&self) -> Option<u32> {
+        self.chat_template.as_ref()?.end_of_turn().and_then(|t| self.inner.token_to_id(t))
     }
 
     /// The tokenizer's files in its folder (tokenizer.json and, where present, the files
@@ -42,7 +58,13 @@ impl Tokenizer {
     pub fn files(&self) -> Vec<PathBuf> {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let mut files = vec![self.path.clone()];
-        for name in ["tokenizer_config.json", "special_tokens_map.json", "spiece.model", "generation_config.json"] {
+        for name in [
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+            "spiece.model",
+            "generation_config.json",
+            CHAT_TEMPLATE_FILE,
+        ] {
             let path = dir.join(name);
             if path.is_file() {
                 files.push(path);
@@ -55,6 +77,14 @@ impl Tokenizer {
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let encoding =
             self.inner.encode(text, true).map_err(|e| anyhow!("{}: encoding {text:?}: {e}", self.path.display()))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// Token ids of `text` without the tokenizer's added special tokens, as transformers
+    /// encodes a rendered chat template (the template writes the special tokens it wants).
+    pub fn encode_rendered(&self, text: &str) -> Result<Vec<u32>> {
+        let encoding =
+            self.inner.encode(text, false).map_err(|e| anyhow!("{}: encoding {text:?}: {e}", self.path.display()))?;
         Ok(encoding.get_ids().to_vec())
     }
 

@@ -49,7 +49,7 @@ impl Reference {
     pub fn examples(&self) -> Vec<Example> {
         let examples = self.json["batch"]["examples"].as_array().unwrap();
         let text = |e: &serde_json::Value, key: &str| e[key].as_str().unwrap().to_string();
-        examples.iter().map(|e| Example { input: text(e, "source"), target: text(e, "target") }).collect()
+        examples.iter().map(|e| Example::new(text(e, "source"), text(e, "target"))).collect()
     }
 
     /// The examples of the reference batch as `tokenizer` encodes them: (source, target) ids.
