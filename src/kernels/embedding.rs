@@ -79,8 +79,9 @@ pub struct IdGroups {
 }
 
 impl IdGroups {
-    pub fn new(ids: &[u32]) -> IdGroups {
-        let mut positions: Vec<u32> = (0..ids.len() as u32).collect();
+    /// Groups of every id but `skip`.
+    pub fn new(ids: &[u32], skip: Option<u32>) -> IdGroups {
+        let mut positions: Vec<u32> = (0..ids.len() as u32).filter(|&i| Some(ids[i as usize]) != skip).collect();
         // Stable: equal ids keep ascending positions, so the summation order is fixed.
         positions.sort_by_key(|&i| ids[i as usize]);
         let mut unique = Vec::new();
@@ -91,7 +92,7 @@ impl IdGroups {
                 offsets.push(k as u32);
             }
         }
-        offsets.push(ids.len() as u32);
+        offsets.push(positions.len() as u32);
         IdGroups { unique, offsets, positions }
     }
 
@@ -103,8 +104,9 @@ impl IdGroups {
 /// dtable[v] += Σ_{i: ids[i] == v} dy[i]; dy [n, d], dtable [vocab, d]. Deterministic: the
 /// host groups positions by id and one invocation per (distinct id, column) sums its
 /// positions in order. An id repeated more than the loop budget allows is summed over
-/// several dispatches of consecutive position segments.
-pub fn embedding_backward(dy: &Tensor, ids: &[u32], dtable: &Tensor) -> Result<()> {
+/// several dispatches of consecutive position segments. The row of `padding_idx` gets
+/// nothing, as torch's `nn.Embedding(padding_idx=..)` (transformers' Llama embedding).
+pub fn embedding_backward(dy: &Tensor, ids: &[u32], dtable: &Tensor, padding_idx: Option<u32>) -> Result<()> {
     let what = "embedding_backward";
     let (vocab, d) = table_shape(what, "dtable", dtable)?;
     if dy.dtype() != DType::F32 || dy.shape() != [ids.len(), d] {
@@ -114,7 +116,10 @@ pub fn embedding_backward(dy: &Tensor, ids: &[u32], dtable: &Tensor) -> Result<(
     if ids.is_empty() {
         return Ok(());
     }
-    let groups = IdGroups::new(ids);
+    let groups = IdGroups::new(ids, padding_idx);
+    if groups.unique.is_empty() {
+        return Ok(());
+    }
     let gpu = dtable.gpu();
     let unique = Tensor::from_u32(gpu, &[groups.unique.len()], &groups.unique)?;
     let offsets = Tensor::from_u32(gpu, &[groups.offsets.len()], &groups.offsets)?;
@@ -167,11 +172,13 @@ mod tests {
 
     #[test]
     fn id_groups_are_sorted_and_stable() {
-        let g = IdGroups::new(&[5, 2, 5, 0, 2, 5]);
+        let g = IdGroups::new(&[5, 2, 5, 0, 2, 5], None);
         assert_eq!(g.unique, vec![0, 2, 5]);
         assert_eq!(g.offsets, vec![0, 1, 3, 6]);
         assert_eq!(g.positions, vec![3, 1, 4, 0, 2, 5]);
         assert_eq!(g.max_count(), 3);
+        let g = IdGroups::new(&[5, 2, 5, 0, 2, 5], Some(5));
+        assert_eq!((g.unique, g.offsets, g.positions), (vec![0, 2], vec![0, 1, 3], vec![3, 1, 4]));
     }
 
     #[test]
@@ -185,7 +192,7 @@ mod tests {
             let init = random(vocab * d, 7);
             let dtable = Tensor::from_f32(&gpu, &[vocab, d], &init).unwrap();
             let dy = Tensor::from_f32(&gpu, &[n, d], &dys).unwrap();
-            embedding_backward(&dy, &ids, &dtable).unwrap();
+            embedding_backward(&dy, &ids, &dtable, None).unwrap();
             let mut want: Vec<f64> = init.iter().map(|&v| v as f64).collect();
             for (i, &id) in ids.iter().enumerate() {
                 for c in 0..d {
@@ -197,7 +204,7 @@ mod tests {
             assert_close(&got, &want, 1e-5);
             // Deterministic: a second run from the same start gives the same bits.
             dtable.write(&init).unwrap();
-            embedding_backward(&dy, &ids, &dtable).unwrap();
+            embedding_backward(&dy, &ids, &dtable, None).unwrap();
             assert_eq!(dtable.to_f32().unwrap(), got);
         }
     }
@@ -210,7 +217,7 @@ mod tests {
         // Small integers: every partial sum is exact in f32.
         let dys: Vec<f32> = (0..n).map(|i| (i % 5) as f32 - 2.0).collect();
         let dtable = Tensor::zeros(&gpu, &[2, 1], DType::F32).unwrap();
-        embedding_backward(&Tensor::from_f32(&gpu, &[n, 1], &dys).unwrap(), &ids, &dtable).unwrap();
+        embedding_backward(&Tensor::from_f32(&gpu, &[n, 1], &dys).unwrap(), &ids, &dtable, None).unwrap();
         let mut want = [0.0f32; 2];
         for (&id, &v) in ids.iter().zip(&dys) {
             want[id as usize] += v;
@@ -219,11 +226,22 @@ mod tests {
     }
 
     #[test]
+    fn the_padding_row_gets_no_gradient() {
+        let gpu = gpu();
+        let dtable = Tensor::zeros(&gpu, &[3, 1], DType::F32).unwrap();
+        let dy = Tensor::from_f32(&gpu, &[4, 1], &[1.0, 2.0, 4.0, 8.0]).unwrap();
+        embedding_backward(&dy, &[2, 0, 2, 1], &dtable, Some(2)).unwrap();
+        assert_eq!(dtable.to_f32().unwrap(), vec![2.0, 8.0, 0.0]);
+        embedding_backward(&dy, &[2, 2, 2, 2], &dtable, Some(2)).unwrap();
+        assert_eq!(dtable.to_f32().unwrap(), vec![2.0, 8.0, 0.0]);
+    }
+
+    #[test]
     fn backward_refuses_ids_outside_the_table() {
         let gpu = gpu();
         let dtable = Tensor::zeros(&gpu, &[4, 2], DType::F32).unwrap();
         let dy = Tensor::zeros(&gpu, &[2, 2], DType::F32).unwrap();
-        let err = embedding_backward(&dy, &[1, 4], &dtable).unwrap_err().to_string();
+        let err = embedding_backward(&dy, &[1, 4], &dtable, None).unwrap_err().to_string();
         assert!(err.contains("token id 4 at position 1"), "{err}");
     }
 }

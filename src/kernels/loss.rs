@@ -44,7 +44,24 @@ pub fn count_valid_labels(labels: &[i32], vocab: usize) -> Result<usize> {
 /// shaped like logits). `num_valid` counts the labels of the whole batch, of which these rows
 /// may be one chunk. With num_valid = 0 the loss and gradient are 0 rather than NaN.
 pub fn cross_entropy(logits: &Tensor, labels: &Tensor, num_valid: usize, grad_scale: f32) -> Result<(Tensor, Tensor)> {
+    let dlogits = Tensor::uninit(logits.gpu(), logits.shape(), DType::F32)?;
+    let loss = cross_entropy_into(logits, labels, num_valid, grad_scale, &dlogits)?;
+    Ok((loss, dlogits))
+}
+
+/// [`cross_entropy`] writing the gradient into `dlogits` (shaped like logits), so that a
+/// chunked caller reuses one buffer; returns the loss [1].
+pub fn cross_entropy_into(
+    logits: &Tensor,
+    labels: &Tensor,
+    num_valid: usize,
+    grad_scale: f32,
+    dlogits: &Tensor,
+) -> Result<Tensor> {
     let (rows, vocab) = rows_cols("cross_entropy", "logits", logits)?;
+    if dlogits.shape() != logits.shape() {
+        bail!("cross_entropy: dlogits {:?} must be shaped like logits {:?}", dlogits.shape(), logits.shape());
+    }
     if labels.dtype() != DType::I32 || labels.len() != rows {
         bail!(
             "cross_entropy: labels must be I32 with {rows} elements (rows of logits {:?}), got {:?} {:?}",
@@ -54,9 +71,7 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor, num_valid: usize, grad_sc
         );
     }
     let inv_valid = if num_valid == 0 { 0.0 } else { 1.0 / num_valid as f32 };
-    let gpu = logits.gpu();
-    let dlogits = Tensor::uninit(gpu, logits.shape(), DType::F32)?;
-    let row_loss = Tensor::uninit(gpu, &[1, rows], DType::F32)?;
+    let row_loss = Tensor::uninit(logits.gpu(), &[1, rows], DType::F32)?;
     let params = Params { rows: rows as u32, vocab: vocab as u32, scale: grad_scale * inv_valid, inv_valid };
     // max, sum of exp and gradient passes; a max and a sum reduction
     let loops = row_loop_iterations(vocab, 3, 2);
@@ -65,11 +80,11 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor, num_valid: usize, grad_sc
         "cross_entropy",
         bytemuck::bytes_of(&params),
         &[logits, labels],
-        &[&dlogits, &row_loss],
+        &[dlogits, &row_loss],
         rows,
         loops,
     )?;
-    Ok((row_sum(&row_loss)?, dlogits))
+    row_sum(&row_loss)
 }
 
 /// CPU reference in f64: (loss, dlogits · grad_scale).

@@ -9,8 +9,8 @@ use anyhow::{bail, Result};
 
 use crate::kernels::elementwise::axpy;
 use crate::kernels::embedding::{embedding, embedding_backward};
-use crate::kernels::loss::{count_valid_labels, cross_entropy, IGNORE_INDEX};
-use crate::kernels::matmul::{linear, linear_backward};
+use crate::kernels::loss::{count_valid_labels, cross_entropy_into, IGNORE_INDEX};
+use crate::kernels::matmul::{gemm, linear, linear_backward, Gemm};
 use crate::tensor::{DType, Tensor};
 
 /// The most bytes of logits (and as many of their gradient) alive at once.
@@ -24,6 +24,8 @@ pub fn chunk_rows(vocab: usize) -> usize {
 /// The logits buffer of one chunk when `labelled_rows` rows carry labels: (bytes, what it is),
 /// for a model's [`Model::step_buffers`](crate::model::Model::step_buffers).
 pub fn logits_chunk(labelled_rows: usize, vocab: usize) -> (u64, String) {
+    // One chunk's logits and their gradient are the head's only large buffers, however many
+    // chunks a batch takes.
     let rows = labelled_rows.clamp(1, chunk_rows(vocab));
     (
         rows as u64 * vocab as u64 * 4,
@@ -76,22 +78,31 @@ fn head_loss_in_chunks(
         return Ok(None);
     }
     let gpu = input.gpu();
-    let rows: Vec<u32> = (0..labels.len() as u32).filter(|&r| labels[r as usize] != IGNORE_INDEX).collect();
+    let mut rows: Vec<u32> = (0..labels.len() as u32).filter(|&r| labels[r as usize] != IGNORE_INDEX).collect();
+    // Every chunk has the same rows (the last padded with row 0 under the ignore index, which
+    // takes no loss and no gradient), so that all chunks share one logits and one gradient
+    // buffer: buffers freed inside a step only return to the pool after its submission.
+    let chunk = rows_per_chunk.min(rows.len());
+    let padded = rows.len().div_ceil(chunk) * chunk;
+    let mut chunk_labels: Vec<i32> = rows.iter().map(|&r| labels[r as usize]).collect();
+    rows.resize(padded, 0);
+    chunk_labels.resize(padded, IGNORE_INDEX);
+    let logits = Tensor::uninit(gpu, &[chunk, vocab], DType::F32)?;
+    let dlogits = Tensor::uninit(gpu, &[chunk, vocab], DType::F32)?;
     let d_input = match grad {
         Some(_) => Some(Tensor::zeros(gpu, &[labels.len(), d], DType::F32)?),
         None => None,
     };
+    let grad_scale = grad.as_ref().map_or(0.0, |g| g.grad_scale);
     let mut total: Option<Tensor> = None;
-    for chunk in rows.chunks(rows_per_chunk) {
-        let picked = embedding(input, &Tensor::from_u32(gpu, &[chunk.len()], chunk)?)?;
-        let logits = linear(&picked, weight)?;
-        let chunk_labels: Vec<i32> = chunk.iter().map(|&r| labels[r as usize]).collect();
-        let chunk_labels = Tensor::from_i32(gpu, &[chunk.len()], &chunk_labels)?;
-        let grad_scale = grad.as_ref().map_or(0.0, |g| g.grad_scale);
-        let (loss, dlogits) = cross_entropy(&logits, &chunk_labels, num_valid, grad_scale)?;
+    for (ids, chunk_labels) in rows.chunks(chunk).zip(chunk_labels.chunks(chunk)) {
+        let picked = embedding(input, &Tensor::from_u32(gpu, &[chunk], ids)?)?;
+        gemm(&Gemm::new(chunk, vocab, d, false, true), &picked, weight, &logits)?;
+        let chunk_labels = Tensor::from_i32(gpu, &[chunk], chunk_labels)?;
+        let loss = cross_entropy_into(&logits, &chunk_labels, num_valid, grad_scale, &dlogits)?;
         if let (Some(g), Some(d_input)) = (&grad, &d_input) {
             let d_picked = linear_backward(&dlogits, &picked, weight, g.d_weight)?;
-            embedding_backward(&d_picked, chunk, d_input)?;
+            embedding_backward(&d_picked, ids, d_input, None)?;
         }
         match &total {
             Some(total) => axpy(1.0, &loss, total)?,

@@ -30,7 +30,9 @@ impl LlamaModel {
         for (layer, acts) in out.layers.iter().enumerate().rev() {
             dh = self.layer_backward(layer, acts, &out.shape, &out.rope, dh, grads)?;
         }
-        embedding_backward(&dh, &batch.input_ids, grads.get(EMBED_TOKENS))
+        // transformers builds the embedding with padding_idx = pad_token_id: that row learns
+        // nothing from lookups (only, when tied, as the head).
+        embedding_backward(&dh, &batch.input_ids, grads.get(EMBED_TOKENS), self.config.pad_token_id)
     }
 
     /// Through one layer from the gradient of its output; returns the gradient of its input.

@@ -68,7 +68,7 @@ impl T5Model {
         }
         let table = block_param(stack, 0, "layer.0.SelfAttention.relative_attention_bias");
         position_bias_backward(&dbias, &acts.buckets, grads.get(&table))?;
-        embedding_backward(&dh, ids, grads.get(SHARED))
+        embedding_backward(&dh, ids, grads.get(SHARED), None)
     }
 
     /// Through x + wo(act(n)), n = rms_norm(x); returns d x.
