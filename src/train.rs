@@ -61,6 +61,7 @@ pub struct Encoded {
     pub truncated_targets: usize,
 }
 
+/// Cuts `ids` to `max` tokens, keeping the last one (the end-of-sequence token), and counts it.
 fn truncate(mut ids: Vec<u32>, max: usize, count: &mut usize) -> Vec<u32> {
     if ids.len() > max {
         let last = *ids.last().expect("non-empty");
@@ -69,6 +70,17 @@ fn truncate(mut ids: Vec<u32>, max: usize, count: &mut usize) -> Vec<u32> {
         *count += 1;
     }
     ids
+}
+
+/// The source of `example` cut to `max` tokens. A prompt rendered by a chat template keeps
+/// its end (the latest turn and the generation prompt the answer follows), every other
+/// source its start and its last token.
+fn truncate_source(tokenizer: &Tokenizer, example: &Example, ids: Vec<u32>, max: usize, count: &mut usize) -> Vec<u32> {
+    if example.chat.is_none() || tokenizer.chat_template().is_none() || ids.len() <= max {
+        return truncate(ids, max, count);
+    }
+    *count += 1;
+    ids[ids.len() - max.max(1)..].to_vec()
 }
 
 /// The (source, target) token ids of one example, as training, evaluation and the continual
@@ -155,7 +167,7 @@ pub fn encode(
     let mut e = Encoded { pairs: Vec::with_capacity(examples.len()), truncated_sources: 0, truncated_targets: 0 };
     for ex in examples {
         let (source, target) = encode_example(tokenizer, ex)?;
-        let source = truncate(source, max_source_len, &mut e.truncated_sources);
+        let source = truncate_source(tokenizer, ex, source, max_source_len, &mut e.truncated_sources);
         let target = truncate(target, max_target_len, &mut e.truncated_targets);
         e.pairs.push((source, target));
     }
@@ -286,7 +298,7 @@ pub fn exact_match(
     for ex in examples {
         let mut n = 0;
         let (source, target) = encode_example(tokenizer, ex)?;
-        let source = truncate(source, max_source_len, &mut n);
+        let source = truncate_source(tokenizer, ex, source, max_source_len, &mut n);
         let output = greedy_text(model, tokenizer, &source, target.len() + 2)?;
         hits += usize::from(is_exact_match(&output, ex));
     }

@@ -268,3 +268,19 @@ fn eval_of_chat_data_uses_the_template_and_stops_at_the_end_of_turn_token() {
     assert_eq!(tok.end_of_turn_id(), Some(ids[1]));
     assert_eq!(sculpt::train::greedy_text(&*model, &tok, &prompt, 8).unwrap(), tok.decode(&ids[..1]).unwrap());
 }
+
+/// A templated prompt longer than --max-source-len keeps its end: the latest user turn and the
+/// generation prompt the answer follows (a plain source keeps its start and last token).
+#[test]
+fn a_long_chat_prompt_is_cut_from_the_start() {
+    let tok = Tokenizer::load(&common::smollm2_dir(), 49152).unwrap();
+    let long = "word ".repeat(200);
+    let line = json!({"messages": [{"role": "user", "content": long}, {"role": "assistant", "content": "short"}]});
+    let examples = parse_jsonl(&line.to_string(), "long.jsonl").unwrap();
+    let (full, _) = encode_example(&tok, &examples[0]).unwrap();
+    let cut = sculpt::train::encode(&tok, &examples, 16, 64).unwrap();
+    assert_eq!(cut.truncated_sources, 1);
+    assert_eq!(cut.pairs[0].0, full[full.len() - 16..], "the prompt's last 16 tokens");
+    let generation_prompt = tok.encode_rendered("<|im_start|>assistant\n").unwrap();
+    assert!(cut.pairs[0].0.ends_with(&generation_prompt), "{:?}", tok.decode(&cut.pairs[0].0));
+}
