@@ -5,6 +5,7 @@ pub mod chat_template;
 pub mod config;
 pub mod family;
 pub mod gguf;
+pub mod kv_cache;
 pub mod llama;
 pub mod lm_head;
 pub mod t5;

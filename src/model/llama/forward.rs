@@ -12,8 +12,8 @@ use crate::kernels::embedding::{check_ids, embedding};
 use crate::kernels::matmul::linear;
 use crate::kernels::norm::rms_norm;
 use crate::kernels::rope::{rope, Direction, RopeTable};
+use crate::model::kv_cache::KvCache;
 use crate::model::lm_head::{head_logits, head_loss, HeadGradient};
-use crate::model::t5::KvCache;
 use crate::model::{Gradients, Model};
 use crate::tensor::Tensor;
 

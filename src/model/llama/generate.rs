@@ -10,8 +10,8 @@ use crate::kernels::embedding::{check_ids, embedding};
 use crate::kernels::matmul::linear;
 use crate::kernels::norm::rms_norm;
 use crate::kernels::rope::RopeTable;
+use crate::model::kv_cache::KvCache;
 use crate::model::lm_head::argmax;
-use crate::model::t5::KvCache;
 use crate::model::Model;
 use crate::tensor::Tensor;
 

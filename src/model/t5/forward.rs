@@ -5,7 +5,6 @@
 
 use anyhow::Result;
 
-use super::generate::KvCache;
 use super::{block_param, Batch, Stack, T5Model, SHARED};
 use crate::kernels::attention::{attention, position_bias, relative_position_buckets, AttentionShape};
 use crate::kernels::elementwise::{add, gelu_new, mul, relu, scale};
@@ -13,6 +12,7 @@ use crate::kernels::embedding::{check_ids, embedding};
 use crate::kernels::matmul::linear;
 use crate::kernels::norm::rms_norm;
 use crate::model::config::FeedForward;
+use crate::model::kv_cache::KvCache;
 use crate::model::lm_head::{head_logits, head_loss, HeadGradient};
 use crate::model::{Gradients, Model};
 use crate::tensor::Tensor;

@@ -11,7 +11,6 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 
 pub use forward::{AttentionActivations, EncoderOutput, FeedForwardActivations, ForwardOutput, LayerActivations};
-pub use generate::KvCache;
 
 use super::config::{FeedForward, T5Config};
 use super::family::{f32_bytes, BlockStates, Gradients, Model, Pair};
