@@ -2,8 +2,6 @@
 //! step (frozen subspaces built, gradients, AdamW moments, the step's activations), for both
 //! families, on models large enough that the pool's 256-byte rounding does not matter.
 
-use std::collections::BTreeMap;
-
 use sculpt::continual::memory::MemoryPlan;
 use sculpt::model::{Gradients, LlamaConfig, LlamaModel, Model, Pair, T5Config, T5Model};
 use sculpt::optim::{AdamW, AdamWConfig};
@@ -35,9 +33,7 @@ fn check_plan(gpu: &Gpu, model: &dyn Model, pairs: &[Pair]) {
     let ratio = plan.total as f64 / peak;
     eprintln!("plan {} vs peak {peak}: {ratio:.3}; {}", plan.total, plan.describe());
     assert!((0.8..=1.2).contains(&ratio), "plan {} is not within 20% of the measured peak {peak}", plan.total);
-    let parts =
-        BTreeMap::from([("weights", plan.weights), ("subspaces", plan.subspaces), ("activations", plan.activations)]);
-    assert!(parts.values().all(|&b| b > 0), "{parts:?}");
+    assert!(plan.weights > 0 && plan.subspaces > 0 && plan.activations > 0, "{}", plan.describe());
 }
 
 #[test]

@@ -109,6 +109,8 @@ fn plan_memory(
         pairs.iter().fold((0, 0), |(s, t), (source, target)| (s.max(source.len()), t.max(target.len())))
     };
     let mut checks = Vec::new();
+    // The largest training batch of the stream: (batch size, source length, target length).
+    let mut largest = (0, 0, 0);
     for task in tasks {
         let t = task_options(&options.train, task);
         let train = longest(&encode(tokenizer, &task.train, t.max_source_len, t.max_target_len)?.pairs);
@@ -119,13 +121,12 @@ fn plan_memory(
             // One example at a time; a greedy answer may run two tokens past its reference.
             ("generating answers", 1, eval.0, eval.1 + 2),
         ];
+        let (_, batch, source, target) = passes[0];
+        largest = (largest.0.max(batch), largest.1.max(source), largest.2.max(target));
         checks
             .extend(passes.into_iter().map(|(pass, batch, source, target)| (&task.name, pass, batch, source, target)));
     }
-    let (batch, source, target) = checks
-        .iter()
-        .filter(|c| c.1 == "training and evaluation")
-        .fold((0, 0, 0), |(b, s, t), c| (b.max(c.2), s.max(c.3), t.max(c.4)));
+    let (batch, source, target) = largest;
     let subspaces =
         (options.method == Method::Osft).then_some((options.targets.as_slice(), options.policy, options.mode));
     let plan = MemoryPlan::new(model, batch, source, target, subspaces);

@@ -46,7 +46,7 @@ fn subspace_elements(m: usize, n: usize, k: usize, mode: Mode) -> u64 {
 
 impl MemoryPlan {
     /// The plan of training `model` in batches of `batch_size` pairs of at most these
-    /// lengths; `subspaces` gives the targets, policy and mode of an OSFT run.
+    /// lengths; `subspaces_of` gives the targets, policy and mode of an OSFT run.
     pub fn new(
         model: &dyn Model,
         batch_size: usize,
@@ -86,7 +86,7 @@ impl MemoryPlan {
         }
     }
 
-    /// One line per part, in MiB.
+    /// Every part on one line, in MiB.
     pub fn describe(&self) -> String {
         let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1 << 20) as f64);
         format!(

@@ -59,7 +59,8 @@ pub fn head_loss(
     labels: &[i32],
     grad: Option<HeadGradient>,
 ) -> Result<Option<HeadLoss>> {
-    head_loss_in_chunks(input, weight, labels, grad, chunk_rows(weight.shape()[0]))
+    let (vocab, _) = head_shape(input, weight)?;
+    head_loss_in_chunks(input, weight, labels, grad, chunk_rows(vocab))
 }
 
 fn head_loss_in_chunks(
@@ -113,7 +114,7 @@ fn head_loss_in_chunks(
 }
 
 /// The logits of rows `rows` of `input` [n, d] under `weight` [vocab, d]: [rows.len(), vocab].
-/// For a few positions (generation, tests), never for a whole batch.
+/// For a few positions (tests, inspection), never for a whole batch.
 pub fn head_logits(input: &Tensor, weight: &Tensor, rows: &[u32]) -> Result<Tensor> {
     head_shape(input, weight)?;
     let picked = embedding(input, &Tensor::from_u32(input.gpu(), &[rows.len()], rows)?)?;
