@@ -14,7 +14,7 @@ pub mod weights;
 
 pub use chat_template::ChatTemplate;
 pub use config::{FeedForward, T5Config};
-pub use family::{BlockStates, Gradients, Model, Pair};
+pub use family::{BlockStates, Gradients, MatrixInput, Model, Pair};
 pub use llama::{CausalBatch, LlamaConfig, LlamaForwardOutput, LlamaModel};
 pub use lm_head::argmax;
 pub use t5::{Batch, ForwardOutput, T5Model};
