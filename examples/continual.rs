@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use sculpt::continual::driver::{run_stream, Method, StreamOptions};
+use sculpt::continual::driver::{run_stream, ExactMatch, Method, StreamOptions};
 use sculpt::data::{Example, Task, TaskSettings};
 use sculpt::model::load_t5;
 use sculpt::optim::AdamWConfig;
@@ -69,6 +69,7 @@ fn main() -> Result<()> {
         eval_every: 0,
         save_every: 0,
         retention: None,
+        exact_match: ExactMatch::Generated,
     };
     // No run folder: nothing is written (give one to get checkpoints, a log and resuming).
     let results = run_stream(&model, &tokenizer, &tasks, &options, None, |task, log| {

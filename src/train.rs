@@ -310,6 +310,20 @@ pub fn exact_match(
     Ok(hits as f64 / examples.len().max(1) as f64)
 }
 
+/// Exact match decided under teacher forcing, in batches of `batch_size`: an example counts
+/// when the model's argmax at every position of its target ids (the answer and its end token)
+/// is the target's token, which is when greedy decoding would give exactly those tokens and
+/// stop. One batched pass per batch instead of a decoding loop per example; stricter than
+/// [`exact_match`] only where another tokenization of the same text would also match.
+pub fn forced_exact_match(model: &dyn Model, pairs: &[Pair], batch_size: usize) -> Result<f64> {
+    let mut hits = 0;
+    for batch in pairs.chunks(batch_size.max(1)) {
+        let argmax = model.target_argmax(batch)?;
+        hits += argmax.iter().zip(batch).filter(|(choice, (_, target))| choice == &target).count();
+    }
+    Ok(hits as f64 / pairs.len().max(1) as f64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,7 @@
 mod common;
 
 use sculpt::checkpoint;
-use sculpt::continual::driver::{run_stream, Method, StreamOptions};
+use sculpt::continual::driver::{run_stream, ExactMatch, Method, StreamOptions};
 use sculpt::data::synthetic;
 use sculpt::model::{load_t5, T5Model, Tokenizer};
 use sculpt::optim::{AdamWConfig, Schedule};
@@ -41,6 +41,7 @@ fn every_step_saved(lr: f32, epochs: usize) -> StreamOptions {
         eval_every: 0,
         save_every: 1,
         retention: None,
+        exact_match: ExactMatch::Generated,
     }
 }
 

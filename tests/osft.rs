@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use sculpt::continual::driver::{run_stream, Method, StreamOptions};
+use sculpt::continual::driver::{run_stream, ExactMatch, Method, StreamOptions};
 use sculpt::data::synthetic;
 use sculpt::model::{load_model, Gradients, T5Model};
 use sculpt::optim::{AdamW, AdamWConfig, Schedule, Unconstrained, UpdateFilter};
@@ -153,6 +153,7 @@ fn freezing_non_targets_leaves_them_bit_identical_while_targets_move() {
         eval_every: 0,
         save_every: 0,
         retention: None,
+        exact_match: ExactMatch::Generated,
     };
     let tasks: Vec<_> = synthetic::stream(2, 8, 2).into_iter().take(1).collect();
     run_stream(&model, &tokenizer, &tasks, &options, None, |_, _| true).unwrap().unwrap();

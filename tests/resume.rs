@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 
 use sculpt::checkpoint;
-use sculpt::continual::driver::{run_stream, Method, StreamOptions};
+use sculpt::continual::driver::{run_stream, ExactMatch, Method, StreamOptions};
 use sculpt::continual::report::Results;
 use sculpt::data::synthetic;
 use sculpt::model::{load_t5, T5Model};
@@ -38,6 +38,7 @@ fn options(method: Method) -> StreamOptions {
         eval_every: 3,
         save_every: 3,
         retention: None,
+        exact_match: ExactMatch::Generated,
     }
 }
 

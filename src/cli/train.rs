@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, write_atomic};
-use crate::continual::driver::{run_stream, task_options, Method, StreamOptions};
+use crate::continual::driver::{run_stream, task_options, ExactMatch, Method, StreamOptions};
 use crate::continual::recipe::{Recipe, RecipeValues};
 use crate::continual::report::Results;
 use crate::continual::retention::RetentionSet;
@@ -113,6 +113,12 @@ pub struct Args {
     #[arg(long)]
     #[serde(default)]
     retention: Option<PathBuf>,
+    /// How task accuracy is measured: generated (greedy decoding per example, the text
+    /// compared) or forced (the answer's tokens under teacher forcing, batched: the same verdict
+    /// unless another tokenization of the answer would also match, and much faster).
+    #[arg(long, value_enum, default_value = "generated")]
+    #[serde(default = "default_exact_match")]
+    exact_match: ExactMatch,
     /// Longest retention answer, in tokens.
     #[arg(long, default_value_t = 64)]
     #[serde(default = "default_retention_tokens")]
@@ -243,6 +249,10 @@ fn default_init_std() -> f32 {
 
 fn default_importance_samples() -> usize {
     128
+}
+
+fn default_exact_match() -> ExactMatch {
+    ExactMatch::Generated
 }
 
 fn default_retention_tokens() -> usize {
@@ -388,6 +398,7 @@ impl Args {
                 max_new_tokens: self.retention_max_tokens,
                 max_source_len: train.max_source_len,
                 batch_size,
+                base: None,
             }),
             None => None,
         };
@@ -414,6 +425,7 @@ impl Args {
             eval_every: self.eval_every,
             save_every: self.save_every,
             retention,
+            exact_match: self.exact_match,
         })
     }
 
@@ -473,11 +485,21 @@ fn catch_ctrl_c() -> Result<()> {
     .context("cannot install the Ctrl-C handler")
 }
 
-/// One method's run in `dir`; None when Ctrl-C stopped it.
-fn run_method(gpu: &crate::Gpu, args: &Args, method: Method, dir: &Path) -> Result<Option<Results>> {
+/// One method's run in `dir`; None when Ctrl-C stopped it. `retention_base`: the starting
+/// model's retention answers, when already known.
+fn run_method(
+    gpu: &crate::Gpu,
+    args: &Args,
+    method: Method,
+    dir: &Path,
+    retention_base: Option<&[Vec<u32>]>,
+) -> Result<Option<Results>> {
     let (model, tokenizer, tasks) = args.setup(gpu, dir)?;
     let examples = tasks.iter().map(|t| t.train.len()).max().unwrap_or(0);
-    let options = args.stream_options(method, examples, model.default_targets())?;
+    let mut options = args.stream_options(method, examples, model.default_targets())?;
+    if let Some(set) = &mut options.retention {
+        set.base = retention_base.map(<[_]>::to_vec);
+    }
     let steps: usize = tasks
         .iter()
         .map(|t| {
@@ -515,6 +537,14 @@ fn run_method(gpu: &crate::Gpu, args: &Args, method: Method, dir: &Path) -> Resu
     Ok(results)
 }
 
+/// The retention answers of the starting model of a --model run.
+fn starting_retention_answers(gpu: &crate::Gpu, args: &Args) -> Result<Vec<Vec<u32>>> {
+    let (model, tokenizer, _) = args.setup(gpu, &args.out())?;
+    let options = args.stream_options(Method::Osft, 0, model.default_targets())?;
+    let set = options.retention.context("a retention set")?;
+    set.answers(&*model, &tokenizer)
+}
+
 pub fn run(gpu: &crate::Gpu, args: &Args) -> Result<()> {
     catch_ctrl_c()?;
     if let Some(dir) = &args.resume {
@@ -523,6 +553,12 @@ pub fn run(gpu: &crate::Gpu, args: &Args) -> Result<()> {
     let out = args.out();
     let methods = args.methods();
     let seeds = if args.seeds.is_empty() { vec![args.seed] } else { args.seeds.clone() };
+    // Every run of a --model folder starts from the same weights: its retention answers are
+    // generated once for all of them.
+    let retention_base = match (&args.model, &args.retention) {
+        (Some(_), Some(_)) if seeds.len() * methods.len() > 1 => Some(starting_retention_answers(gpu, args)?),
+        _ => None,
+    };
     let mut all: Vec<(u64, Results)> = Vec::new();
     for &seed in &seeds {
         for &method in &methods {
@@ -538,7 +574,7 @@ pub fn run(gpu: &crate::Gpu, args: &Args) -> Result<()> {
             };
             (own.method, own.seed, own.seeds, own.out) = (Some(choice), seed, Vec::new(), Some(dir.clone()));
             run_dir::claim(&dir, &own, args.overwrite)?;
-            let Some(results) = run_method(gpu, &own, method, &dir)? else { return Ok(()) };
+            let Some(results) = run_method(gpu, &own, method, &dir, retention_base.as_deref())? else { return Ok(()) };
             println!("{}", results.markdown());
             all.push((seed, results));
         }
@@ -585,7 +621,7 @@ fn resume(gpu: &crate::Gpu, dir: &Path) -> Result<()> {
         let args: Args = run_dir::read(&run_dir)?;
         // A run folder's run.json names its one method.
         let method = args.methods()[0];
-        let Some(results) = run_method(gpu, &args, method, &run_dir)? else { return Ok(()) };
+        let Some(results) = run_method(gpu, &args, method, &run_dir, None)? else { return Ok(()) };
         println!("{}", results.markdown());
     }
     Ok(())

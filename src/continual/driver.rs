@@ -27,7 +27,9 @@ use crate::subspace::state::SUBSPACE_FILE;
 use crate::subspace::targets::is_target;
 use crate::subspace::{Mode, RankPolicy, SubspaceSet};
 use crate::tensor::Tensor;
-use crate::train::{encode, eval_loss, exact_match, train, Encoded, Position, StepLog, TrainOptions};
+use crate::train::{
+    encode, eval_loss, exact_match, forced_exact_match, train, Encoded, Position, StepLog, TrainOptions,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -60,10 +62,32 @@ pub struct StreamOptions {
     pub save_every: u64,
     /// General prompts whose base-model answers are scored after every task.
     pub retention: Option<RetentionSet>,
+    /// How every task's accuracy is measured after each task.
+    pub exact_match: ExactMatch,
 }
 
-fn evaluate_all(model: &dyn Model, tokenizer: &Tokenizer, tasks: &[Task], max_source_len: usize) -> Result<Vec<f64>> {
-    tasks.iter().map(|t| exact_match(model, tokenizer, &t.eval, max_source_len)).collect()
+/// How a task's accuracy is measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ExactMatch {
+    /// Greedy decoding per example, the answer's text compared.
+    Generated,
+    /// The answer's tokens under teacher forcing, batched (see [`forced_exact_match`]).
+    Forced,
+}
+
+fn evaluate_all(model: &dyn Model, tokenizer: &Tokenizer, tasks: &[Task], options: &StreamOptions) -> Result<Vec<f64>> {
+    let t = &options.train;
+    tasks
+        .iter()
+        .map(|task| match options.exact_match {
+            ExactMatch::Generated => exact_match(model, tokenizer, &task.eval, t.max_source_len),
+            ExactMatch::Forced => {
+                let pairs = encode(tokenizer, &task.eval, t.max_source_len, t.max_target_len)?.pairs;
+                forced_exact_match(model, &pairs, t.batch_size)
+            }
+        })
+        .collect()
 }
 
 /// The memory plan of the stream's largest training batch; refuses, before any GPU work, a
@@ -281,7 +305,7 @@ pub fn run_stream(
             global_step: 0,
             position: Position { epoch: 0, batch: 0, rng: Rng::new(0) },
             run_rng: Rng::new(options.seed),
-            before: Some(evaluate_all(model, tokenizer, tasks, max_src)?),
+            before: Some(evaluate_all(model, tokenizer, tasks, options)?),
             accuracy: Vec::new(),
             retention_base: None,
             retention: Vec::new(),
@@ -289,7 +313,10 @@ pub fn run_stream(
     };
     let mut log = Log::open(out, state.global_step)?;
     if let (Some(set), None) = (&options.retention, &state.retention_base) {
-        let base = set.answers(model, tokenizer)?;
+        let base = match &set.base {
+            Some(base) => base.clone(),
+            None => set.answers(model, tokenizer)?,
+        };
         let point = set.measure(model, tokenizer, &base, "base")?;
         log.write(serde_json::json!({"global_step": state.global_step, "retention": point}))?;
         state.retention.push(point);
@@ -372,7 +399,7 @@ pub fn run_stream(
         if stopped {
             return Ok(None);
         }
-        let row = evaluate_all(model, tokenizer, tasks, max_src)?;
+        let row = evaluate_all(model, tokenizer, tasks, options)?;
         log.write(serde_json::json!({"global_step": state.global_step, "task": task.name, "accuracy": row}))?;
         state.accuracy.push(row);
         if let (Some(set), Some(base)) = (&options.retention, &state.retention_base) {

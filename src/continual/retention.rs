@@ -22,6 +22,10 @@ pub struct RetentionSet {
     pub max_source_len: usize,
     /// Prompts per batch of the loss.
     pub batch_size: usize,
+    /// The starting model's answers, when known before the run (runs from the same weights
+    /// share them); otherwise the run generates them before its first task.
+    #[serde(skip)]
+    pub base: Option<Vec<Vec<u32>>>,
 }
 
 /// Retention at one point of the stream.
