@@ -14,9 +14,10 @@ use crate::checkpoint::{self, write_atomic, CHECKPOINTS};
 use crate::continual::driver::{run_stream, task_options, Method, StreamOptions};
 use crate::continual::report::Results;
 use crate::data::{cl_benchmark, read_jsonl, synthetic, Stream, Task, TaskSettings};
-use crate::model::{load_model, LlamaConfig, LlamaModel, Model, T5Config, T5Model, Tokenizer};
+use crate::model::{load_model, DecoderConfig, DecoderModel, Model, T5Config, T5Model, Tokenizer};
 use crate::optim::{AdamWConfig, Schedule};
-use crate::subspace::targets::{T5_CROSS_ATTENTION, T5_DEFAULT};
+#[cfg(test)]
+use crate::subspace::targets::T5_DEFAULT;
 use crate::subspace::{Mode, RankPolicy};
 use crate::train::TrainOptions;
 
@@ -161,7 +162,7 @@ enum Arch {
     /// Encoder-decoder T5 (T5Config::tiny).
     #[default]
     T5,
-    /// Decoder-only Llama with grouped-query attention (LlamaConfig::tiny).
+    /// Decoder-only Llama with grouped-query attention (DecoderConfig::tiny).
     Llama,
 }
 
@@ -243,7 +244,7 @@ impl Args {
         }
     }
 
-    /// `targets`: the model family's default target patterns.
+    /// `targets`: the model's target patterns ([`Model::targets`]).
     fn stream_options(&self, method: Method, examples: usize, mut targets: Vec<String>) -> Result<StreamOptions> {
         let policy = match (self.rank_ratio, self.unfreeze_rank_ratio) {
             (Some(r), _) => RankPolicy::Fixed { ratio: r },
@@ -275,12 +276,6 @@ impl Args {
         };
         let steps = (self.epochs() * train.steps_per_epoch(examples)) as u64;
         train.adamw.schedule = Schedule::Linear { warmup: (steps as f64 * self.warmup_ratio) as u64, total: steps };
-        if self.cross_attention() {
-            if !targets.iter().any(|t| T5_DEFAULT.contains(&t.as_str())) {
-                bail!("--cross-attention: this model has no cross-attention (it is decoder-only)");
-            }
-            targets.extend(T5_CROSS_ATTENTION.iter().map(|s| s.to_string()));
-        }
         targets.extend(self.extra_targets());
         Ok(StreamOptions {
             method,
@@ -314,7 +309,9 @@ impl Args {
             // singular directions (the ones OSFT freezes) rather than the random start.
             let model: Box<dyn Model> = match self.arch {
                 Arch::T5 => Box::new(T5Model::random(gpu, T5Config::tiny(vocab), true, self.init_std, self.seed)?),
-                Arch::Llama => Box::new(LlamaModel::random(gpu, LlamaConfig::tiny(vocab), self.init_std, self.seed)?),
+                Arch::Llama => {
+                    Box::new(DecoderModel::random(gpu, DecoderConfig::tiny(vocab), self.init_std, self.seed)?)
+                }
             };
             return Ok((model, tokenizer, synthetic::stream(self.seed, self.train_examples, self.eval_examples)));
         };
@@ -391,7 +388,7 @@ fn catch_ctrl_c() -> Result<()> {
 fn run_method(gpu: &crate::Gpu, args: &Args, method: Method, dir: &Path) -> Result<Option<Results>> {
     let (model, tokenizer, tasks) = args.setup(gpu, dir)?;
     let examples = tasks.iter().map(|t| t.train.len()).max().unwrap_or(0);
-    let options = args.stream_options(method, examples, model.default_targets())?;
+    let options = args.stream_options(method, examples, model.targets(args.cross_attention())?)?;
     let steps: usize = tasks
         .iter()
         .map(|t| {

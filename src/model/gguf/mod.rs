@@ -18,7 +18,7 @@ use serde_json::json;
 use crate::checkpoint::PartialDir;
 use crate::kernels::rope::{inverse_frequencies, RopeScaling};
 use crate::model::weights;
-use crate::model::LlamaConfig;
+use crate::model::DecoderConfig;
 use container::{GgufFile, TensorInfo};
 
 /// llama.cpp's Llama 3 rope scaling: read into config.json, not a weight.
@@ -58,7 +58,7 @@ pub fn import(gguf: &Path, out: &Path, overwrite: bool) -> Result<ImportSummary>
     let tokenizer = tokenizer::build(&file, shape.vocab_size, shape.context_length)?;
     let config = config_json(&file, &shape)?;
     // The model loads this config itself; parse it here so a bad one fails before any writing.
-    LlamaConfig::from_json(&config.to_string())
+    DecoderConfig::from_json(&config.to_string())
         .with_context(|| format!("{}: the config built from it", gguf.display()))?;
 
     for required in shape.required_tensors() {
