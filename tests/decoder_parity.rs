@@ -136,7 +136,7 @@ macro_rules! parity {
     )*};
 }
 
-parity!(llama_gqa, llama_tied);
+parity!(llama_gqa, llama_tied, qwen2, qwen3, mistral);
 
 fn host_params(model: &DecoderModel) -> BTreeMap<String, Vec<f32>> {
     model.params.iter().map(|(n, t)| (n.clone(), t.to_f32().unwrap())).collect()
@@ -197,6 +197,17 @@ fn unsupported_configs_are_refused_naming_the_field() {
         let err = format!("{:#}", DecoderModel::load(&gpu, &dir).err().expect("refused"));
         assert!(err.contains(want) && err.contains("config.json"), "{field}: {err}");
     }
+}
+
+#[test]
+fn sequences_longer_than_the_sliding_window_are_refused_by_name() {
+    let (model, _, r) = load("mistral");
+    let window = r.json["config"]["sliding_window"].as_u64().unwrap() as usize;
+    let err = model.generate(&vec![3; window + 1], 1).unwrap_err().to_string();
+    assert!(err.contains(&format!("{} tokens", window + 1)) && err.contains("sliding_window"), "{err}");
+    let long = vec![(vec![3; window / 2 + 1], vec![4; window / 2])];
+    let err = model.loss(&long).unwrap_err().to_string();
+    assert!(err.contains("sliding_window"), "{err}");
 }
 
 #[test]
