@@ -151,11 +151,17 @@ pub fn greedy_text(model: &dyn Model, tokenizer: &Tokenizer, source: &[u32], max
     tokenizer.decode(&out)
 }
 
+/// The source ids of `example` (the prompt a model answers), cut to `max_source_len` as
+/// training cuts them.
+pub fn encode_source(tokenizer: &Tokenizer, example: &Example, max_source_len: usize) -> Result<Vec<u32>> {
+    let (source, _) = encode_example(tokenizer, example)?;
+    Ok(truncate_source(tokenizer, example, source, max_source_len, &mut 0))
+}
+
 /// Whether a greedy output answers `example`: equal to its target, or for a chat example its
 /// assistant message, surrounding whitespace aside.
 pub fn is_exact_match(output: &str, example: &Example) -> bool {
-    let want = example.chat.as_ref().map_or(example.target.as_str(), |c| c.answer());
-    output.trim() == want.trim()
+    output.trim() == example.answer().trim()
 }
 
 pub fn encode(
@@ -296,9 +302,8 @@ pub fn exact_match(
 ) -> Result<f64> {
     let mut hits = 0;
     for ex in examples {
-        let mut n = 0;
         let (source, target) = encode_example(tokenizer, ex)?;
-        let source = truncate_source(tokenizer, ex, source, max_source_len, &mut n);
+        let source = truncate_source(tokenizer, ex, source, max_source_len, &mut 0);
         let output = greedy_text(model, tokenizer, &source, target.len() + 2)?;
         hits += usize::from(is_exact_match(&output, ex));
     }

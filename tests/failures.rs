@@ -23,7 +23,7 @@ fn tiny_model(gpu: &Gpu, out: &Path) -> (Tokenizer, T5Model) {
 fn every_step_saved(lr: f32, epochs: usize) -> StreamOptions {
     StreamOptions {
         method: Method::Seqft,
-        policy: RankPolicy::default(),
+        policy: RankPolicy::BLOCK_MINMAX,
         mode: Mode::Strict,
         targets: Vec::new(),
         train: TrainOptions {
@@ -40,6 +40,7 @@ fn every_step_saved(lr: f32, epochs: usize) -> StreamOptions {
         seed: 5,
         eval_every: 0,
         save_every: 1,
+        retention: None,
     }
 }
 

@@ -21,7 +21,7 @@ fn check_plan(gpu: &Gpu, model: &dyn Model, pairs: &[Pair]) {
     let targets = model.default_targets();
     let (policy, mode) = (RankPolicy::Fixed { ratio: 0.5 }, Mode::Strict);
     let plan = MemoryPlan::new(model, pairs.len(), source, target, Some((&targets, policy, mode)));
-    let subspaces = SubspaceSet::build(model.params(), &targets, policy, mode, |_| 0.5).unwrap();
+    let subspaces = SubspaceSet::build(model.params(), &targets, policy, mode, |_| 0.5, 1).unwrap();
     let grads = Gradients::zeros_like(model).unwrap();
     let mut optimizer = AdamW::new(AdamWConfig::default(), model.params()).unwrap();
     // The SVD pass has its own, transient scratch: the plan is of the training steps.

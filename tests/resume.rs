@@ -20,7 +20,7 @@ use sculpt::Gpu;
 fn options(method: Method) -> StreamOptions {
     StreamOptions {
         method,
-        policy: RankPolicy::default(),
+        policy: RankPolicy::BLOCK_MINMAX,
         mode: Mode::Strict,
         targets: T5_DEFAULT.iter().map(|s| s.to_string()).collect(),
         train: TrainOptions {
@@ -37,6 +37,7 @@ fn options(method: Method) -> StreamOptions {
         seed: 5,
         eval_every: 3,
         save_every: 3,
+        retention: None,
     }
 }
 
@@ -134,6 +135,8 @@ fn a_saved_fixture_model_gives_the_same_logits() {
         run_rng: sculpt::rng::Rng::new(0),
         before: None,
         accuracy: Vec::new(),
+        retention_base: None,
+        retention: Vec::new(),
     };
     let saved = checkpoint::save(&run_dir, "t5_v1_1", &model, &tokenizer, &state, None, &[]).unwrap();
     assert_eq!(checkpoint::read_state(&saved).unwrap(), state);

@@ -18,7 +18,7 @@ pub mod weights;
 pub use chat_template::ChatTemplate;
 pub use config::{FeedForward, T5Config};
 pub use decoder::{CausalBatch, DecoderConfig, DecoderForwardOutput, DecoderModel};
-pub use family::{BlockStates, Gradients, Model, Pair};
+pub use family::{BlockStates, Gradients, MatrixInput, Model, Pair};
 pub use lm_head::argmax;
 pub use t5::{Batch, ForwardOutput, T5Model};
 pub use tokenizer::Tokenizer;

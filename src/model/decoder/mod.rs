@@ -27,8 +27,8 @@ use anyhow::{bail, Context, Result};
 pub use config::{DecoderConfig, DecoderFamily};
 pub use forward::{DecoderForwardOutput, HeadNorm, LayerActivations};
 
-use super::family::{f32_bytes, BlockStates, Gradients, Model, Pair};
-use super::lm_head::logits_chunk;
+use super::family::{f32_bytes, BlockStates, Gradients, MatrixInput, Model, Pair};
+use super::lm_head::{labelled_argmax, logits_chunk, per_pair};
 use super::params::{self, LM_HEAD};
 use crate::gpu::Gpu;
 use crate::kernels::attention::AttentionShape;
@@ -227,6 +227,13 @@ impl Model for DecoderModel {
         self.forward(&self.batch(pairs)?, None)?.loss.context("an evaluation batch has target tokens")
     }
 
+    fn target_argmax(&self, pairs: &[Pair]) -> Result<Vec<Vec<u32>>> {
+        let batch = self.batch(pairs)?;
+        let out = self.trunk(&batch)?;
+        let argmax = labelled_argmax(&batch.labels, self.config.vocab_size, |rows| self.logits_at(&out, rows))?;
+        Ok(per_pair(&argmax, pairs))
+    }
+
     fn generate(&self, source: &[u32], max_new_tokens: usize) -> Result<Vec<u32>> {
         DecoderModel::generate(self, source, max_new_tokens)
     }
@@ -247,6 +254,25 @@ impl Model for DecoderModel {
                 real: real.clone(),
             })
             .collect())
+    }
+
+    fn matrix_inputs(&self, pairs: &[Pair]) -> Result<Vec<MatrixInput>> {
+        let batch = self.batch(pairs)?;
+        let out = self.trunk(&batch)?;
+        let real: Vec<bool> = batch.attention_mask.iter().map(|&m| m == 1).collect();
+        let input =
+            |names: Vec<String>, input: &Tensor| MatrixInput { names, input: input.clone(), real: real.clone() };
+        let mut inputs = Vec::new();
+        for (l, layer) in out.layers.iter().enumerate() {
+            let names = |rests: &[&str]| rests.iter().map(|r| layer_param(l, r)).collect::<Vec<_>>();
+            inputs
+                .push(input(names(&["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]), &layer.attn_normed));
+            inputs.push(input(names(&["self_attn.o_proj"]), &layer.context));
+            inputs.push(input(names(&["mlp.gate_proj", "mlp.up_proj"]), &layer.mlp_normed));
+            inputs.push(input(names(&["mlp.down_proj"]), &layer.hidden));
+        }
+        inputs.push(input(vec![self.lm_head_name().to_string()], out.last_hidden_state()));
+        Ok(inputs)
     }
 
     /// The largest buffers of a step over source + target tokens: one chunk of logits (and its

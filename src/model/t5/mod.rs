@@ -13,8 +13,8 @@ use anyhow::{bail, Context, Result};
 pub use forward::{AttentionActivations, EncoderOutput, FeedForwardActivations, ForwardOutput, LayerActivations};
 
 use super::config::{FeedForward, T5Config};
-use super::family::{f32_bytes, BlockStates, Gradients, Model, Pair};
-use super::lm_head::logits_chunk;
+use super::family::{f32_bytes, BlockStates, Gradients, MatrixInput, Model, Pair};
+use super::lm_head::{labelled_argmax, logits_chunk, per_pair};
 use super::params;
 use crate::gpu::Gpu;
 use crate::kernels::loss::IGNORE_INDEX;
@@ -190,6 +190,13 @@ impl Model for T5Model {
         self.forward(&self.batch(pairs)?, None)?.loss.context("an evaluation batch has labels")
     }
 
+    fn target_argmax(&self, pairs: &[Pair]) -> Result<Vec<Vec<u32>>> {
+        let batch = self.batch(pairs)?;
+        let out = self.forward(&batch, None)?;
+        let argmax = labelled_argmax(&batch.labels, self.config.vocab_size, |rows| self.logits_at(&out, rows))?;
+        Ok(per_pair(&argmax, pairs))
+    }
+
     fn generate(&self, source: &[u32], max_new_tokens: usize) -> Result<Vec<u32>> {
         T5Model::generate(self, source, max_new_tokens)
     }
@@ -215,6 +222,47 @@ impl Model for T5Model {
             }
         }
         Ok(states)
+    }
+
+    fn matrix_inputs(&self, pairs: &[Pair]) -> Result<Vec<MatrixInput>> {
+        let batch = self.batch(pairs)?;
+        let out = self.forward(&batch, None)?;
+        let source_real: Vec<bool> = batch.attention_mask.iter().map(|&m| m == 1).collect();
+        let target_real: Vec<bool> = batch.labels.iter().map(|&l| l != IGNORE_INDEX).collect();
+        // Names of the feed-forward variant the model lacks (wi or wi_0/wi_1) drop out here.
+        let input = |names: Vec<String>, input: &Tensor, real: &Vec<bool>| MatrixInput {
+            names: names.into_iter().filter(|n| self.params.contains_key(n)).collect(),
+            input: input.clone(),
+            real: real.clone(),
+        };
+        let mut inputs = Vec::new();
+        for (stack, output, real) in
+            [(Stack::Encoder, &out.encoder.stack, &source_real), (Stack::Decoder, &out.decoder, &target_real)]
+        {
+            for (l, layer) in output.layers.iter().enumerate() {
+                let names = |sub: &str, projections: &[&str]| {
+                    projections.iter().map(|p| block_param(stack, l, &format!("{sub}.{p}"))).collect::<Vec<_>>()
+                };
+                let attention = &layer.self_attention;
+                inputs.push(input(names("layer.0.SelfAttention", &["q", "k", "v"]), &attention.normed, real));
+                inputs.push(input(names("layer.0.SelfAttention", &["o"]), &attention.context, real));
+                let mut ff_index = 1;
+                if let Some(cross) = &layer.cross_attention {
+                    // Queries come from the decoder; keys and values from the encoder's output.
+                    let encoder_output = out.encoder.stack.last_hidden_state();
+                    inputs.push(input(names("layer.1.EncDecAttention", &["q"]), &cross.normed, real));
+                    inputs.push(input(names("layer.1.EncDecAttention", &["k", "v"]), encoder_output, &source_real));
+                    inputs.push(input(names("layer.1.EncDecAttention", &["o"]), &cross.context, real));
+                    ff_index = 2;
+                }
+                let ff = &layer.feed_forward;
+                let sub = format!("layer.{ff_index}.DenseReluDense");
+                inputs.push(input(names(&sub, &["wi", "wi_0", "wi_1"]), &ff.normed, real));
+                inputs.push(input(names(&sub, &["wo"]), &ff.hidden, real));
+            }
+        }
+        inputs.push(input(vec![self.lm_head_name().to_string()], &out.lm_head_input, &target_real));
+        Ok(inputs)
     }
 
     /// The largest buffers of a step: one chunk of logits (and its gradient), the attention
