@@ -17,9 +17,8 @@ use crate::continual::report::Results;
 use crate::continual::retention::RetentionSet;
 use crate::continual::run_dir::{self, RUN_FILE};
 use crate::data::{cl_benchmark, read_jsonl, read_prompts, synthetic, Stream, Task, TaskSettings};
-use crate::model::{load_model, LlamaConfig, LlamaModel, Model, T5Config, T5Model, Tokenizer};
+use crate::model::{load_model, DecoderConfig, DecoderModel, Model, T5Config, T5Model, Tokenizer};
 use crate::optim::{AdamWConfig, Schedule};
-use crate::subspace::targets::{T5_CROSS_ATTENTION, T5_DEFAULT};
 use crate::subspace::{Mode, RankPolicy};
 use crate::train::TrainOptions;
 
@@ -213,7 +212,7 @@ enum Arch {
     /// Encoder-decoder T5 (T5Config::tiny).
     #[default]
     T5,
-    /// Decoder-only Llama with grouped-query attention (LlamaConfig::tiny).
+    /// Decoder-only Llama with grouped-query attention (DecoderConfig::tiny).
     Llama,
 }
 
@@ -265,8 +264,7 @@ impl Args {
     }
 
     /// The recipe of a run on a model with these default targets.
-    fn recipe(&self, targets: &[String]) -> Recipe {
-        let encoder_decoder = targets.iter().any(|t| T5_DEFAULT.contains(&t.as_str()));
+    fn recipe(&self, encoder_decoder: bool) -> Recipe {
         match (self.recipe, self.is_builtin(), encoder_decoder) {
             (Some(recipe), _, _) => recipe,
             (None, true, _) => Recipe::Builtin,
@@ -360,9 +358,15 @@ impl Args {
         }
     }
 
-    /// `targets`: the model family's default target patterns.
-    fn stream_options(&self, method: Method, examples: usize, mut targets: Vec<String>) -> Result<StreamOptions> {
-        let recipe = self.recipe(&targets).values();
+    /// `targets`: the model's target patterns ([`Model::targets`]).
+    fn stream_options(
+        &self,
+        method: Method,
+        examples: usize,
+        mut targets: Vec<String>,
+        encoder_decoder: bool,
+    ) -> Result<StreamOptions> {
+        let recipe = self.recipe(encoder_decoder).values();
         let policy = self.policy(&recipe)?;
         policy.validate()?;
         let epochs = self.epochs.unwrap_or(recipe.epochs);
@@ -402,12 +406,6 @@ impl Args {
             }),
             None => None,
         };
-        if self.cross_attention() {
-            if !targets.iter().any(|t| T5_DEFAULT.contains(&t.as_str())) {
-                bail!("--cross-attention: this model has no cross-attention (it is decoder-only)");
-            }
-            targets.extend(T5_CROSS_ATTENTION.iter().map(|s| s.to_string()));
-        }
         targets.extend(self.extra_targets());
         Ok(StreamOptions {
             method,
@@ -443,7 +441,9 @@ impl Args {
             // singular directions (the ones OSFT freezes) rather than the random start.
             let model: Box<dyn Model> = match self.arch {
                 Arch::T5 => Box::new(T5Model::random(gpu, T5Config::tiny(vocab), true, self.init_std, self.seed)?),
-                Arch::Llama => Box::new(LlamaModel::random(gpu, LlamaConfig::tiny(vocab), self.init_std, self.seed)?),
+                Arch::Llama => {
+                    Box::new(DecoderModel::random(gpu, DecoderConfig::tiny(vocab), self.init_std, self.seed)?)
+                }
             };
             return Ok((model, tokenizer, synthetic::stream(self.seed, self.train_examples, self.eval_examples)));
         };
@@ -496,7 +496,8 @@ fn run_method(
 ) -> Result<Option<Results>> {
     let (model, tokenizer, tasks) = args.setup(gpu, dir)?;
     let examples = tasks.iter().map(|t| t.train.len()).max().unwrap_or(0);
-    let mut options = args.stream_options(method, examples, model.default_targets())?;
+    let encoder_decoder = !model.cross_attention_targets().is_empty();
+    let mut options = args.stream_options(method, examples, model.targets(args.cross_attention())?, encoder_decoder)?;
     if let Some(set) = &mut options.retention {
         set.base = retention_base.map(<[_]>::to_vec);
     }
@@ -540,7 +541,8 @@ fn run_method(
 /// The retention answers of the starting model of a --model run.
 fn starting_retention_answers(gpu: &crate::Gpu, args: &Args) -> Result<Vec<Vec<u32>>> {
     let (model, tokenizer, _) = args.setup(gpu, &args.out())?;
-    let options = args.stream_options(Method::Osft, 0, model.default_targets())?;
+    let options =
+        args.stream_options(Method::Osft, 0, model.default_targets(), !model.cross_attention_targets().is_empty())?;
     let set = options.retention.context("a retention set")?;
     set.answers(&*model, &tokenizer)
 }
@@ -630,6 +632,7 @@ fn resume(gpu: &crate::Gpu, dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::subspace::targets::T5_DEFAULT;
     use clap::Parser;
 
     #[derive(Parser)]
@@ -648,7 +651,7 @@ mod tests {
 
     fn policy(line: &str) -> RankPolicy {
         let args = parse(line);
-        args.stream_options(Method::Osft, 16, T5_DEFAULT.iter().map(|t| t.to_string()).collect()).unwrap().policy
+        args.stream_options(Method::Osft, 16, T5_DEFAULT.iter().map(|t| t.to_string()).collect(), true).unwrap().policy
     }
 
     #[test]
@@ -663,7 +666,7 @@ mod tests {
         assert_eq!(policy("--model m --train t.jsonl --recipe builtin"), RankPolicy::Fixed { ratio: 0.9 });
         let refused = |line: &str| {
             let args = parse(line);
-            args.stream_options(Method::Osft, 16, vec![]).err().map(|e| e.to_string()).unwrap_or_default()
+            args.stream_options(Method::Osft, 16, vec![], false).err().map(|e| e.to_string()).unwrap_or_default()
         };
         assert!(refused("--rank-policy official --rank-ratio 0.5").contains("belong to --rank-policy fixed"));
         assert!(refused("--mrr 0.2").contains("need --rank-policy"));
@@ -676,7 +679,8 @@ mod tests {
         let llama: Vec<String> = vec!["model.layers.*.self_attn.q_proj.weight".into()];
         let t5: Vec<String> = T5_DEFAULT.iter().map(|t| t.to_string()).collect();
         let train = |line: &str, targets: &[String]| {
-            parse(line).stream_options(Method::Osft, 16, targets.to_vec()).unwrap().train
+            let encoder_decoder = targets.iter().any(|t| T5_DEFAULT.contains(&t.as_str()));
+            parse(line).stream_options(Method::Osft, 16, targets.to_vec(), encoder_decoder).unwrap().train
         };
         let paper = train("--model m --train t.jsonl", &llama);
         assert_eq!((paper.adamw.lr, paper.adamw.weight_decay, paper.adamw.schedule), (1e-5, 0.01, Schedule::Constant));
@@ -713,7 +717,7 @@ mod tests {
         crate::data::trace::tests::fake_trace(&dir);
         let epochs = |line: &str| -> Vec<usize> {
             let args = parse(line);
-            let options = args.stream_options(Method::Osft, 2, vec![]).unwrap();
+            let options = args.stream_options(Method::Osft, 2, vec![], false).unwrap();
             let tasks = args.preset_tasks("trace", &dir).unwrap();
             tasks.iter().map(|t| task_options(&options.train, t).epochs).collect()
         };

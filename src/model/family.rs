@@ -1,5 +1,5 @@
 //! What training, evaluation, checkpoints and the continual driver need from a model
-//! family, so that they run unchanged on every family (T5 and decoder-only Llama). A family
+//! family, so that they run unchanged on every family (T5 and the decoder-only ones). A family
 //! takes tokenized (source, target) pairs and lays them out as its forward pass wants.
 
 use std::collections::BTreeMap;
@@ -66,6 +66,25 @@ pub trait Model {
     fn hf_config_json(&self) -> Result<String>;
     /// Name patterns of the matrices the method constrains by default.
     fn default_targets(&self) -> Vec<String>;
+    /// Name patterns of the cross-attention matrices (added on request); none in a
+    /// decoder-only model.
+    fn cross_attention_targets(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// The default targets, plus the cross-attention ones when `cross_attention` (refused for
+    /// a model without cross-attention).
+    fn targets(&self, cross_attention: bool) -> Result<Vec<String>> {
+        let mut targets = self.default_targets();
+        if cross_attention {
+            let cross = self.cross_attention_targets();
+            if cross.is_empty() {
+                anyhow::bail!("--cross-attention: this model has no cross-attention (it is decoder-only)");
+            }
+            targets.extend(cross);
+        }
+        Ok(targets)
+    }
 
     /// Refuses, before any GPU work, a batch whose largest buffers exceed the adapter's limit.
     fn check_batch_buffers(&self, batch_size: usize, source_len: usize, target_len: usize) -> Result<()> {

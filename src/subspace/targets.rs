@@ -13,18 +13,6 @@ pub const T5_DEFAULT: &[&str] = &[
     "*.DenseReluDense.wo.weight",
 ];
 
-/// The default targets for decoder-only (Llama-family) models: attention q, k, v, o and the
-/// SwiGLU feed-forward gate, up and down projections of every layer.
-pub const LLAMA_DEFAULT: &[&str] = &[
-    "model.layers.*.self_attn.q_proj.weight",
-    "model.layers.*.self_attn.k_proj.weight",
-    "model.layers.*.self_attn.v_proj.weight",
-    "model.layers.*.self_attn.o_proj.weight",
-    "model.layers.*.mlp.gate_proj.weight",
-    "model.layers.*.mlp.up_proj.weight",
-    "model.layers.*.mlp.down_proj.weight",
-];
-
 /// Cross-attention, added to the targets by option.
 pub const T5_CROSS_ATTENTION: &[&str] = &[
     "*.EncDecAttention.q.weight",

@@ -15,15 +15,14 @@ pub use forward::{AttentionActivations, EncoderOutput, FeedForwardActivations, F
 use super::config::{FeedForward, T5Config};
 use super::family::{f32_bytes, BlockStates, Gradients, MatrixInput, Model, Pair};
 use super::lm_head::{labelled_argmax, logits_chunk, per_pair};
-use super::weights::Weights;
+use super::params;
 use crate::gpu::Gpu;
 use crate::kernels::loss::IGNORE_INDEX;
 use crate::tensor::Tensor;
 
 /// Name of the tied embedding / output table.
 pub const SHARED: &str = "shared.weight";
-/// Name of the separate output table of untied models.
-pub const LM_HEAD: &str = "lm_head.weight";
+pub use super::params::LM_HEAD;
 
 pub struct T5Model {
     pub config: T5Config,
@@ -112,46 +111,20 @@ impl T5Model {
     pub fn load(gpu: &Gpu, dir: &Path) -> Result<T5Model> {
         let config = T5Config::load(dir)?;
         // As in transformers, the config decides: a tied model ignores a stored lm_head.
-        let untied_head = !config.tie_word_embeddings;
-        let shapes = Self::parameter_shapes(&config, untied_head)?;
-        // Refused before reading gigabytes of weights.
-        for (name, shape) in &shapes {
-            gpu.check_buffer_size(f32_bytes(shape), &format!("{}: parameter {name} {shape:?}", dir.display()))?;
-        }
-        let weights = Weights::load(dir)?;
-        let mut params = BTreeMap::new();
-        for (name, shape) in shapes {
-            let host = weights.get(&name, &shape)?;
-            params.insert(name, Tensor::from_f32(gpu, &shape, &host.data)?);
-        }
+        let shapes = Self::parameter_shapes(&config, !config.tie_word_embeddings)?;
+        let params = params::load(gpu, dir, &shapes)?;
         Self::new(gpu, config, params)
     }
 
     /// A model with normal(0, std) weights and unit norm weights (benchmarks, tests).
     pub fn random(gpu: &Gpu, config: T5Config, untied_head: bool, std: f32, seed: u64) -> Result<T5Model> {
-        let mut rng = crate::rng::Rng::new(seed);
-        let mut params = BTreeMap::new();
-        for (name, shape) in Self::parameter_shapes(&config, untied_head)? {
-            let n: usize = shape.iter().product();
-            let data: Vec<f32> = if name.ends_with("layer_norm.weight") {
-                vec![1.0; n]
-            } else {
-                (0..n).map(|_| rng.normal() * std).collect()
-            };
-            params.insert(name, Tensor::from_f32(gpu, &shape, &data)?);
-        }
+        let params = params::random(gpu, &Self::parameter_shapes(&config, untied_head)?, std, seed)?;
         Self::new(gpu, config, params)
     }
 
     fn new(gpu: &Gpu, config: T5Config, params: BTreeMap<String, Tensor>) -> Result<T5Model> {
         let feed_forward = config.feed_forward()?;
-        if params.contains_key(LM_HEAD) == config.tie_word_embeddings {
-            bail!(
-                "tie_word_embeddings is {} but the model {} a separate {LM_HEAD}",
-                config.tie_word_embeddings,
-                if config.tie_word_embeddings { "has" } else { "lacks" }
-            );
-        }
+        params::check_head(&params, config.tie_word_embeddings)?;
         if config.relative_attention_max_distance == 0 {
             bail!("relative_attention_max_distance must be positive");
         }
@@ -340,6 +313,10 @@ impl Model for T5Model {
 
     fn default_targets(&self) -> Vec<String> {
         crate::subspace::targets::T5_DEFAULT.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn cross_attention_targets(&self) -> Vec<String> {
+        crate::subspace::targets::T5_CROSS_ATTENTION.iter().map(|s| s.to_string()).collect()
     }
 }
 
