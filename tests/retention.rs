@@ -43,6 +43,8 @@ fn retention_of_the_base_answers_is_measured_after_every_task_for_both_methods()
         .arg(&stream)
         .args(["--retention"])
         .arg(&prompts)
+        .args(["--retention-base"])
+        .arg(dir.join("base.json"))
         .args(["--retention-max-tokens", "6", "--method", "both", "--rank-policy", "official"])
         .args(["--importance-samples", "4", "--batch-size", "4", "--lr", "1e-2", "--out"])
         .arg(&out)
@@ -69,6 +71,23 @@ fn retention_of_the_base_answers_is_measured_after_every_task_for_both_methods()
         assert_eq!(settings["policy"]["policy"], "official");
         assert_eq!(settings["train"]["adamw"]["lr"].as_f64().map(|lr| (lr * 1e6).round()), Some(1e4));
     }
+    // The starting answers were kept for other runs, and are refused for another answer length.
+    let base: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("base.json")).unwrap()).unwrap();
+    assert_eq!(base["answers"].as_array().map(Vec::len), Some(5));
+    let refused = Command::new(env!("CARGO_BIN_EXE_sculpt"))
+        .args(["train", "--model", model, "--stream"])
+        .arg(&stream)
+        .arg("--retention")
+        .arg(&prompts)
+        .arg("--retention-base")
+        .arg(dir.join("base.json"))
+        .args(["--retention-max-tokens", "7", "--out"])
+        .arg(dir.join("other"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("--retention-max-tokens 7"), "{stderr}");
     // Plain fine-tuning at this rate moves the model away from its own answers.
     let (base, after_seqft) = final_loss[1];
     assert!(after_seqft > base, "seqft: base answers' loss {base} -> {after_seqft}");

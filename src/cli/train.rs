@@ -118,6 +118,11 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "generated")]
     #[serde(default = "default_exact_match")]
     exact_match: ExactMatch,
+    /// A file of the starting model's retention answers: read when it exists (runs of other
+    /// policies or methods from the same model then share them), written when it does not.
+    #[arg(long, requires = "retention")]
+    #[serde(default)]
+    retention_base: Option<PathBuf>,
     /// Longest retention answer, in tokens.
     #[arg(long, default_value_t = 64)]
     #[serde(default = "default_retention_tokens")]
@@ -538,13 +543,37 @@ fn run_method(
     Ok(results)
 }
 
-/// The retention answers of the starting model of a --model run.
+/// The retention answers of the starting model of a --model run, from --retention-base when
+/// that file exists (and written there when it does not).
 fn starting_retention_answers(gpu: &crate::Gpu, args: &Args) -> Result<Vec<Vec<u32>>> {
+    let (prompts, max_new_tokens) = (args.retention.as_ref().context("--retention")?, args.retention_max_tokens);
+    if let Some(path) = args.retention_base.as_ref().filter(|p| p.exists()) {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let saved: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))?;
+        let answers: Vec<Vec<u32>> = serde_json::from_value(saved["answers"].clone())
+            .with_context(|| format!("{}: \"answers\" must be lists of token ids", path.display()))?;
+        let count = read_prompts(prompts)?.len();
+        if saved["max_new_tokens"] != max_new_tokens || answers.len() != count {
+            bail!(
+                "{}: answers to {} prompts of at most {} tokens, but this run has {count} prompts ({}) and --retention-max-tokens {max_new_tokens}; pass another --retention-base",
+                path.display(),
+                answers.len(),
+                saved["max_new_tokens"],
+                prompts.display()
+            );
+        }
+        return Ok(answers);
+    }
     let (model, tokenizer, _) = args.setup(gpu, &args.out())?;
     let options =
         args.stream_options(Method::Osft, 0, model.default_targets(), !model.cross_attention_targets().is_empty())?;
-    let set = options.retention.context("a retention set")?;
-    set.answers(&*model, &tokenizer)
+    let answers = options.retention.context("a retention set")?.answers(&*model, &tokenizer)?;
+    if let Some(path) = &args.retention_base {
+        let saved = serde_json::json!({"model": args.model, "prompts": prompts, "max_new_tokens": max_new_tokens, "answers": answers});
+        write_atomic(path, serde_json::to_string(&saved)?.as_bytes())?;
+    }
+    Ok(answers)
 }
 
 pub fn run(gpu: &crate::Gpu, args: &Args) -> Result<()> {
@@ -558,7 +587,9 @@ pub fn run(gpu: &crate::Gpu, args: &Args) -> Result<()> {
     // Every run of a --model folder starts from the same weights: its retention answers are
     // generated once for all of them.
     let retention_base = match (&args.model, &args.retention) {
-        (Some(_), Some(_)) if seeds.len() * methods.len() > 1 => Some(starting_retention_answers(gpu, args)?),
+        (Some(_), Some(_)) if seeds.len() * methods.len() > 1 || args.retention_base.is_some() => {
+            Some(starting_retention_answers(gpu, args)?)
+        }
         _ => None,
     };
     let mut all: Vec<(u64, Results)> = Vec::new();
