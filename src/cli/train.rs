@@ -10,13 +10,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{self, write_atomic, CHECKPOINTS};
+use crate::checkpoint::{self, CHECKPOINTS};
 use crate::continual::driver::{run_stream, task_options, Method, StreamOptions};
 use crate::continual::report::Results;
 use crate::data::{cl_benchmark, read_jsonl, synthetic, Stream, Task, TaskSettings};
+use crate::io::write_atomic;
+use crate::model::targets::{T5_CROSS_ATTENTION, T5_DEFAULT};
 use crate::model::{load_model, LlamaConfig, LlamaModel, Model, T5Config, T5Model, Tokenizer};
 use crate::optim::{AdamWConfig, Schedule};
-use crate::subspace::targets::{T5_CROSS_ATTENTION, T5_DEFAULT};
 use crate::subspace::{Mode, RankPolicy};
 use crate::train::TrainOptions;
 

@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::checkpoint::write_atomic;
+use crate::io::write_atomic;
 use crate::model::Model;
 use crate::subspace::targets::is_target;
 use crate::subspace::{Mode, RankPolicy};

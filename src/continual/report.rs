@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::metrics::{metrics, Metrics};
-use crate::checkpoint::write_atomic;
+use crate::io::write_atomic;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Results {

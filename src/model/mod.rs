@@ -9,6 +9,7 @@ pub mod kv_cache;
 pub mod llama;
 pub mod lm_head;
 pub mod t5;
+pub mod targets;
 pub mod tokenizer;
 pub mod weights;
 

@@ -1,37 +1,5 @@
-//! Which weight matrices carry a frozen subspace, chosen by name pattern.
-
-/// The default targets for T5: self-attention q, k, v, o and the feed-forward matrices,
-/// in encoder and decoder (`*` matches any run of characters, dots included).
-pub const T5_DEFAULT: &[&str] = &[
-    "*.SelfAttention.q.weight",
-    "*.SelfAttention.k.weight",
-    "*.SelfAttention.v.weight",
-    "*.SelfAttention.o.weight",
-    "*.DenseReluDense.wi.weight",
-    "*.DenseReluDense.wi_0.weight",
-    "*.DenseReluDense.wi_1.weight",
-    "*.DenseReluDense.wo.weight",
-];
-
-/// The default targets for decoder-only (Llama-family) models: attention q, k, v, o and the
-/// SwiGLU feed-forward gate, up and down projections of every layer.
-pub const LLAMA_DEFAULT: &[&str] = &[
-    "model.layers.*.self_attn.q_proj.weight",
-    "model.layers.*.self_attn.k_proj.weight",
-    "model.layers.*.self_attn.v_proj.weight",
-    "model.layers.*.self_attn.o_proj.weight",
-    "model.layers.*.mlp.gate_proj.weight",
-    "model.layers.*.mlp.up_proj.weight",
-    "model.layers.*.mlp.down_proj.weight",
-];
-
-/// Cross-attention, added to the targets by option.
-pub const T5_CROSS_ATTENTION: &[&str] = &[
-    "*.EncDecAttention.q.weight",
-    "*.EncDecAttention.k.weight",
-    "*.EncDecAttention.v.weight",
-    "*.EncDecAttention.o.weight",
-];
+//! Which weight matrices carry a frozen subspace, chosen by name pattern (each family's
+//! default patterns are in [`crate::model::targets`]).
 
 /// Glob match where `*` stands for any (possibly empty) substring and `?` for one character.
 pub fn glob_match(pattern: &str, name: &str) -> bool {
@@ -64,6 +32,7 @@ pub fn is_target(patterns: &[impl AsRef<str>], name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::targets::{T5_CROSS_ATTENTION, T5_DEFAULT};
 
     #[test]
     fn default_patterns_pick_self_attention_and_feed_forward_only() {

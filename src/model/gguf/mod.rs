@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
-use crate::checkpoint::PartialDir;
+use crate::io::PartialDir;
 use crate::kernels::rope::{inverse_frequencies, RopeScaling};
 use crate::model::weights;
 use crate::model::LlamaConfig;

@@ -247,7 +247,7 @@ impl Model for LlamaModel {
     }
 
     fn default_targets(&self) -> Vec<String> {
-        crate::subspace::targets::LLAMA_DEFAULT.iter().map(|s| s.to_string()).collect()
+        crate::model::targets::LLAMA_DEFAULT.iter().map(|s| s.to_string()).collect()
     }
 }
 

@@ -291,7 +291,7 @@ impl Model for T5Model {
     }
 
     fn default_targets(&self) -> Vec<String> {
-        crate::subspace::targets::T5_DEFAULT.iter().map(|s| s.to_string()).collect()
+        crate::model::targets::T5_DEFAULT.iter().map(|s| s.to_string()).collect()
     }
 }
 
