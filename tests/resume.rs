@@ -88,7 +88,8 @@ fn osft_checkpoints_carry_the_subspaces_that_keep_the_next_task_out_of_them() {
     run(&dir, Method::Osft, None).unwrap();
     let ckpt = |name: &str| dir.join(checkpoint::CHECKPOINTS).join(name);
     // task-00-end holds the subspaces frozen during task 1.
-    let v = sculpt::cli::verify::verify(&Gpu::shared().unwrap(), &ckpt("task-00-end"), &ckpt("task-01-end")).unwrap();
+    let v =
+        sculpt::subspace::verify::verify(&Gpu::shared().unwrap(), &ckpt("task-00-end"), &ckpt("task-01-end")).unwrap();
     assert!(!v.matrices.is_empty());
     assert!(v.worst() <= 1e-4, "leakage into the frozen subspaces {}", v.worst());
     assert!(!ckpt("task-01-end").join("subspace.safetensors").exists(), "no task follows the last one");

@@ -1,11 +1,12 @@
 //! The method: frozen singular subspaces of the target matrices, how many directions each
-//! keeps, and the projection of every update out of them.
+//! keeps, the projection of every update out of them, and how much an update leaked into them.
 
 pub mod project;
 pub mod rank;
 pub mod set;
 pub mod state;
 pub mod targets;
+pub mod verify;
 
 pub use project::{project, Basis, FrozenSubspace, Mode};
 pub use rank::RankPolicy;
