@@ -21,6 +21,7 @@ use anyhow::{bail, ensure, Result};
 use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::{grid_1d, Launch, Shader};
+use crate::kernels::ShaderContract;
 use crate::tensor::{DType, Tensor};
 
 pub static SHADER: Shader = crate::shader!("attention");
@@ -65,6 +66,18 @@ struct Params {
     buckets: u32,
     kv_heads: u32,
     _pad: u32,
+}
+
+pub(super) fn contract() -> ShaderContract {
+    let params = crate::uniform_layout!(
+        "Params",
+        Params { batch, heads, q_len, k_len, head_dim, causal, has_bias, has_mask, scale, buckets, kv_heads, _pad }
+    );
+    ShaderContract {
+        shader: &SHADER,
+        uniforms: vec![params],
+        constants: vec![("WG", WG), ("MAX_KEYS", MAX_KEYS as u64)],
+    }
 }
 
 impl AttentionShape {

@@ -7,6 +7,7 @@ use anyhow::{bail, Result};
 use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::{grid_1d, Launch, Shader};
+use crate::kernels::ShaderContract;
 use crate::tensor::{DType, Tensor};
 
 /// A row-wise kernel family: `shaders/<name>.wgsl` followed by the shared workgroup reduction.
@@ -92,6 +93,19 @@ struct Params {
     /// row_reduce: the op; col_sum: accumulate; sumsq_partials: offset into the partials.
     a: u32,
     _pad: u32,
+}
+
+pub(super) fn contract() -> ShaderContract {
+    let params = crate::uniform_layout!("Params", Params { rows, cols, a, _pad });
+    let constants = vec![
+        ("WG", WG),
+        ("COL_TILE", COL_TILE),
+        ("ROW_LANES", ROW_LANES),
+        ("SUMSQ_ITEMS", SUMSQ_ITEMS),
+        ("ROW_SUM", RowOp::Sum as u64),
+        ("ROW_SUMSQ", RowOp::SumSquares as u64),
+    ];
+    ShaderContract { shader: &SHADER, uniforms: vec![params], constants }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
