@@ -9,7 +9,8 @@
 //! Causal masking aligns queries to the end of the keys: query i sees key j when
 //! j <= i + (Sk - Sq), which makes incremental decoding (Sq = 1) see every key.
 //!
-//! Kernel design (WG = 64 invocations per workgroup, no atomics, fixed summation orders):
+//! Kernel design (WG = 64 invocations per workgroup, no atomics, fixed summation orders; the
+//! tree reductions are shaders/workgroup_reduce.wgsl's):
 //! - forward: one workgroup per (b, h, query row); invocations stride over keys for the scores
 //!   (kept in workgroup memory, at most [`MAX_KEYS`]), tree-reduce max and sum, write probs,
 //!   then stride over head dims for the weighted sum of values.
@@ -24,14 +25,14 @@ use crate::gpu::{grid_1d, Launch, Shader};
 use crate::kernels::ShaderContract;
 use crate::tensor::{DType, Tensor};
 
-pub static SHADER: Shader = crate::shader!("attention");
+pub static SHADER: Shader = crate::row_shader!("attention");
 
 /// Invocations per workgroup (`WG` in the shader).
 const WG: u64 = 64;
 /// Longest key sequence: one row of scores lives in workgroup memory (`MAX_KEYS` in the shader).
 pub const MAX_KEYS: usize = 2048;
 /// Bytes of workgroup memory of the row kernels: the score row and the reduction scratch
-/// (`position_bias_backward` uses only the scratch).
+/// (`wg_scratch` of workgroup_reduce.wgsl; `position_bias_backward` uses only the scratch).
 const ROW_KERNEL_BYTES: u64 = (MAX_KEYS as u64 + WG) * 4;
 /// Iterations of one tree reduction over the workgroup (log2 WG).
 const REDUCE_STEPS: u64 = WG.trailing_zeros() as u64;

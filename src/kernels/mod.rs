@@ -93,6 +93,21 @@ macro_rules! shader {
     };
 }
 
+/// A kernel family whose workgroups reduce over a row: `shaders/<name>.wgsl` followed by the
+/// shared workgroup reduction (shaders/workgroup_reduce.wgsl), which uses the family's `WG`.
+#[macro_export]
+macro_rules! row_shader {
+    ($name:literal) => {
+        $crate::gpu::Shader {
+            name: $name,
+            wgsl: concat!(
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $name, ".wgsl")),
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/workgroup_reduce.wgsl"))
+            ),
+        }
+    };
+}
+
 /// A kernel family's subgroup variant: its base file, the shared subgroup helpers
 /// (shaders/subgroup.wgsl) and the variant's kernels, as one module.
 #[macro_export]
