@@ -2,6 +2,7 @@
 //! parameter names so that checkpoints load and save unchanged.
 
 mod backward;
+pub mod bucketing;
 mod forward;
 mod generate;
 
