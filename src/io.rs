@@ -18,15 +18,19 @@ fn parent_of(path: &Path) -> &Path {
 /// Writes `bytes` to `path` through a temporary file in the same folder, synced, then renamed.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path.file_name().with_context(|| format!("{} has no file name", path.display()))?;
+    let mut builder = tempfile::Builder::new();
     // The prefix lets `remove_partials` recognise a temporary file a crash left behind.
-    let result = tempfile::Builder::new()
-        .prefix(&format!(".{}.tmp-", name.to_string_lossy()))
-        .tempfile_in(parent_of(path))
-        .and_then(|mut tmp| {
-            tmp.write_all(bytes)?;
-            tmp.as_file().sync_all()?;
-            tmp.persist(path).map_err(|e| e.error)
-        });
+    let prefix = format!(".{}.tmp-", name.to_string_lossy());
+    builder.prefix(&prefix);
+    // A temporary file is private (0600); the published file gets what `File::create` gives
+    // (0666 less the umask).
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    let result = builder.tempfile_in(parent_of(path)).and_then(|mut tmp| {
+        tmp.write_all(bytes)?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(path).map_err(|e| e.error)
+    });
     if let Err(e) = result {
         bail!("writing {} failed: {e}; the previous version (if any) is unchanged", path.display());
     }
@@ -148,6 +152,17 @@ mod tests {
         write_atomic(&p, b"two").unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"two");
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 1, "no temporary file left behind");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn an_atomic_write_gets_the_permissions_of_a_plain_one() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = scratch("permissions");
+        write_atomic(&dir.join("atomic"), b"x").unwrap();
+        fs::write(dir.join("plain"), b"x").unwrap();
+        let mode = |name: &str| fs::metadata(dir.join(name)).unwrap().permissions().mode();
+        assert_eq!(mode("atomic"), mode("plain"));
     }
 
     #[test]
