@@ -12,6 +12,7 @@
 //
 // Row kernels: one workgroup of WG invocations per (b, h, row); invocations stride over keys
 // for the scores and over head dims for the weighted sums. Linear workgroup index folds x and y.
+// workgroup_reduce.wgsl is appended (workgroup_reduce, workgroup_row, NEG_INF).
 
 struct Params {
     batch: u32,
@@ -35,37 +36,12 @@ const WG: u32 = 64u;
 // Scores of one query row live in workgroup memory: 8 KiB, with the reduction scratch
 // well inside WebGPU's 16 KiB baseline. The launcher refuses longer key sequences.
 const MAX_KEYS: u32 = 2048u;
-const LOWEST: f32 = -3.0e38;
 
 var<workgroup> row: array<f32, MAX_KEYS>;
-var<workgroup> scratch: array<f32, WG>;
-
-fn linear_group(wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return wg.x + wg.y * nwg.x;
-}
 
 // Column of the first element of query head h's key/value head in a k or v row.
 fn kv_offset(h: u32) -> u32 {
     return (h / (p.heads / p.kv_heads)) * p.head_dim;
-}
-
-// Tree reduction over the workgroup; `op` 0 = max, 1 = sum. Every invocation returns the result.
-fn workgroup_reduce(value: f32, lid: u32, op: u32) -> f32 {
-    scratch[lid] = value;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
-        if lid < stride {
-            if op == 0u {
-                scratch[lid] = max(scratch[lid], scratch[lid + stride]);
-            } else {
-                scratch[lid] = scratch[lid] + scratch[lid + stride];
-            }
-        }
-        workgroupBarrier();
-    }
-    let result = scratch[0];
-    workgroupBarrier();
-    return result;
 }
 
 // ---------------------------------------------------------------- forward
@@ -88,7 +64,7 @@ fn visible(b: u32, i: u32, j: u32) -> bool {
 @compute @workgroup_size(WG)
 fn attention_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     // r = (b * H + h) * Sq + i, uniform over the workgroup.
-    let r = linear_group(wg, nwg);
+    let r = workgroup_row(wg, nwg);
     if r >= p.batch * p.heads * p.q_len {
         return;
     }
@@ -101,9 +77,9 @@ fn attention_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
     let kv_col = kv_offset(h);
     let bias_base = (h * p.q_len + i) * p.k_len;
 
-    var local_max = LOWEST;
+    var local_max = NEG_INF;
     for (var j = lid; j < p.k_len; j = j + WG) {
-        var s = LOWEST;
+        var s = NEG_INF;
         if visible(b, i, j) {
             let k_base = (b * p.k_len + j) * kv_width + kv_col;
             var dot = 0.0;
@@ -118,7 +94,7 @@ fn attention_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
         }
         row[j] = s;
     }
-    let row_max = workgroup_reduce(local_max, lid, 0u);
+    let row_max = workgroup_reduce(local_max, lid, REDUCE_MAX);
 
     var local_sum = 0.0;
     for (var j = lid; j < p.k_len; j = j + WG) {
@@ -129,7 +105,7 @@ fn attention_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
         row[j] = e;
         local_sum = local_sum + e;
     }
-    let total = workgroup_reduce(local_sum, lid, 1u);
+    let total = workgroup_reduce(local_sum, lid, REDUCE_SUM);
     // total >= 1 when any key is visible (the maximum contributes exp(0)); 0 otherwise.
     let inv = select(0.0, 1.0 / total, total > 0.0);
     for (var j = lid; j < p.k_len; j = j + WG) {
@@ -163,7 +139,7 @@ fn attention_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
 
 @compute @workgroup_size(WG)
 fn attention_backward_queries(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let r = linear_group(wg, nwg);
+    let r = workgroup_row(wg, nwg);
     if r >= p.batch * p.heads * p.q_len {
         return;
     }
@@ -185,7 +161,7 @@ fn attention_backward_queries(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num
         row[j] = dp;
         local_dot = local_dot + dp * bq_probs[r * p.k_len + j];
     }
-    let row_dot = workgroup_reduce(local_dot, lid, 1u);
+    let row_dot = workgroup_reduce(local_dot, lid, REDUCE_SUM);
     for (var j = lid; j < p.k_len; j = j + WG) {
         let ds = bq_probs[r * p.k_len + j] * (row[j] - row_dot);
         row[j] = ds;
@@ -212,7 +188,7 @@ fn attention_backward_queries(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num
 @compute @workgroup_size(WG)
 fn attention_backward_keys(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     // r = (b * Hkv + g) * Sk + j; key/value head g serves query heads g*G..(g+1)*G, G = H / Hkv.
-    let r = linear_group(wg, nwg);
+    let r = workgroup_row(wg, nwg);
     if r >= p.batch * p.kv_heads * p.k_len {
         return;
     }
@@ -245,7 +221,7 @@ fn attention_backward_keys(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_wo
 
 @compute @workgroup_size(WG)
 fn attention_backward_bias(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let t = linear_group(wg, nwg) * WG + lid;
+    let t = workgroup_row(wg, nwg) * WG + lid;
     let per_batch = p.heads * p.q_len * p.k_len;
     if t >= per_batch {
         return;
@@ -266,7 +242,7 @@ fn attention_backward_bias(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_wo
 
 @compute @workgroup_size(WG)
 fn position_bias_gather(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let t = linear_group(wg, nwg) * WG + lid;
+    let t = workgroup_row(wg, nwg) * WG + lid;
     let positions = p.q_len * p.k_len;
     if t >= p.heads * positions {
         return;
@@ -287,7 +263,7 @@ fn position_bias_gather(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workg
 @compute @workgroup_size(WG)
 fn position_bias_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     // g = bucket * H + h, uniform over the workgroup.
-    let g = linear_group(wg, nwg);
+    let g = workgroup_row(wg, nwg);
     if g >= p.buckets * p.heads {
         return;
     }
@@ -298,7 +274,7 @@ fn position_bias_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_wor
     for (var n = pbb_offsets[bucket] + lid; n < pbb_offsets[bucket + 1u]; n = n + WG) {
         acc = acc + pbb_dbias[plane + pbb_positions[n]];
     }
-    let total = workgroup_reduce(acc, lid, 1u);
+    let total = workgroup_reduce(acc, lid, REDUCE_SUM);
     if lid == 0u {
         pbb_dtable[g] = pbb_dtable[g] + total;
     }

@@ -15,6 +15,9 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
+
+// Invocations per workgroup, and so the width of workgroup_reduce.wgsl's tree.
+const WG: u32 = 256u;
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
 @group(0) @binding(2) var<storage, read> labels: array<i32>;
 @group(0) @binding(3) var<storage, read_write> dlogits: array<f32>;

@@ -13,6 +13,9 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
+// Invocations per workgroup, and so the width of workgroup_reduce.wgsl's tree.
+const WG: u32 = 256u;
+
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 

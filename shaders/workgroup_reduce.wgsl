@@ -1,13 +1,13 @@
 
 // ---- workgroup_reduce.wgsl: appended to every row-wise kernel family (reduce, softmax,
-// norm, loss) by `row_shader!`, after the family's own code so that naga's line numbers
-// in the family file stay right.
+// norm, loss, attention) by `row_shader!`, after the family's own code so that naga's line
+// numbers in the family file stay right. The family declares `const WG: u32`, the
+// invocations of its workgroups (a power of two).
 //
 // One workgroup of WG invocations owns a row and strides over its columns; the partial
 // values of the invocations are then combined by a tree in workgroup memory. The tree
 // order is fixed, so results are deterministic.
 
-const WG: u32 = 256u;
 const REDUCE_SUM: u32 = 0u;
 const REDUCE_MAX: u32 = 1u;
 

@@ -1,17 +1,20 @@
 //! sculpt: continual full fine-tuning constrained by adaptive SVD (OSFT), on any GPU that
 //! speaks Vulkan, Metal or DX12, through wgpu and hand-written WGSL compute shaders.
 //!
-//! Layers, each using only the ones above it: [`gpu`] (device, pool, recorder) →
-//! [`tensor`] → [`kernels`] → model → optimizer → subspace → continual → data → [`cli`].
+//! Layers, each using only the ones above it: [`io`] (crash-safe files) and [`plot`] (PNG
+//! charts) → [`gpu`] (device, pool, recorder) → [`tensor`] → [`kernels`] → model → optimizer
+//! → subspace → continual → data → [`cli`].
 
 pub mod checkpoint;
 pub mod cli;
 pub mod continual;
 pub mod data;
 pub mod gpu;
+pub mod io;
 pub mod kernels;
 pub mod model;
 pub mod optim;
+pub mod plot;
 pub mod rng;
 pub mod subspace;
 pub mod tensor;

@@ -293,6 +293,10 @@ pub fn eval_loss(model: &dyn Model, pairs: &[Pair], batch_size: usize) -> Result
     Ok(sum / count.max(1) as f64)
 }
 
+/// Tokens a greedy answer may run past its target's length in [`exact_match`], so that an
+/// answer that goes on where the target ends is seen not to match.
+pub const EXTRA_ANSWER_TOKENS: usize = 2;
+
 /// Exact match of greedy outputs against the targets, in [0, 1].
 pub fn exact_match(
     model: &dyn Model,
@@ -304,7 +308,7 @@ pub fn exact_match(
     for ex in examples {
         let (source, target) = encode_example(tokenizer, ex)?;
         let source = truncate_source(tokenizer, ex, source, max_source_len, &mut 0);
-        let output = greedy_text(model, tokenizer, &source, target.len() + 2)?;
+        let output = greedy_text(model, tokenizer, &source, target.len() + EXTRA_ANSWER_TOKENS)?;
         hits += usize::from(is_exact_match(&output, ex));
     }
     Ok(hits as f64 / examples.len().max(1) as f64)

@@ -254,7 +254,7 @@ fn eval_of_chat_data_uses_the_template_and_stops_at_the_end_of_turn_token() {
     let (source, target) = encode_example(&tok, &examples[0]).unwrap();
     assert_eq!(source, prompt);
     assert_eq!(target, tok.encode_rendered(&format!("{answer}</s>")).unwrap());
-    let result = sculpt::cli::eval::evaluate(&*model, &tok, &examples, 2, 8).unwrap();
+    let result = sculpt::cli::eval::evaluate(&*model, &tok, &examples, 2).unwrap();
     assert_eq!((result.examples, result.exact_match), (2, 0.5), "greedy answer {answer:?}");
     assert!(result.loss.is_finite());
 

@@ -135,7 +135,7 @@ fn a_full_disk_during_a_checkpoint_fails_the_run_and_keeps_the_previous_checkpoi
     let stderr = String::from_utf8_lossy(&resumed.stderr);
     assert!(!resumed.status.success(), "the run fails when a checkpoint cannot be written: {stderr}");
     assert!(
-        stderr.contains("writing checkpoint file")
+        stderr.contains("writing file")
             && stderr.contains("the previous checkpoint is unchanged")
             && stderr.contains(&format!("sculpt train --resume {run_dir}")),
         "says what failed and what is kept: {stderr}"

@@ -9,10 +9,10 @@ use std::path::Path;
 
 use sculpt::continual::driver::{run_stream, ExactMatch, Method, StreamOptions};
 use sculpt::data::synthetic;
+use sculpt::model::targets::T5_DEFAULT;
 use sculpt::model::{load_model, Gradients, T5Model};
 use sculpt::optim::{AdamW, AdamWConfig, Schedule, Unconstrained, UpdateFilter};
 use sculpt::rng::Rng;
-use sculpt::subspace::targets::T5_DEFAULT;
 use sculpt::subspace::{Basis, Mode, RankPolicy, SubspaceSet};
 use sculpt::train::{encode, train, Position, TrainOptions};
 use sculpt::Gpu;

@@ -10,9 +10,9 @@ use sculpt::checkpoint;
 use sculpt::continual::driver::{run_stream, ExactMatch, Method, StreamOptions};
 use sculpt::continual::report::Results;
 use sculpt::data::synthetic;
+use sculpt::model::targets::T5_DEFAULT;
 use sculpt::model::{load_t5, T5Model};
 use sculpt::optim::{AdamWConfig, Schedule};
-use sculpt::subspace::targets::T5_DEFAULT;
 use sculpt::subspace::{Mode, RankPolicy};
 use sculpt::train::TrainOptions;
 use sculpt::Gpu;
@@ -90,7 +90,8 @@ fn osft_checkpoints_carry_the_subspaces_that_keep_the_next_task_out_of_them() {
     run(&dir, Method::Osft, None).unwrap();
     let ckpt = |name: &str| dir.join(checkpoint::CHECKPOINTS).join(name);
     // task-00-end holds the subspaces frozen during task 1.
-    let v = sculpt::cli::verify::verify(&Gpu::shared().unwrap(), &ckpt("task-00-end"), &ckpt("task-01-end")).unwrap();
+    let v =
+        sculpt::subspace::verify::verify(&Gpu::shared().unwrap(), &ckpt("task-00-end"), &ckpt("task-01-end")).unwrap();
     assert!(!v.matrices.is_empty());
     assert!(v.worst() <= 1e-4, "leakage into the frozen subspaces {}", v.worst());
     assert!(!ckpt("task-01-end").join("subspace.safetensors").exists(), "no task follows the last one");

@@ -71,6 +71,11 @@ fn retention_of_the_base_answers_is_measured_after_every_task_for_both_methods()
         assert_eq!(settings["policy"]["policy"], "official");
         assert_eq!(settings["train"]["adamw"]["lr"].as_f64().map(|lr| (lr * 1e6).round()), Some(1e4));
     }
+    // One figure of both methods' retention, beside each run's own.
+    for png in [out.join("retention.png"), out.join("osft/retention.png"), out.join("seqft/retention.png")] {
+        let bytes = std::fs::read(&png).unwrap_or_else(|e| panic!("{}: {e}", png.display()));
+        assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 1000, "{}", png.display());
+    }
     // The starting answers were kept for other runs, and are refused for another answer length.
     let base: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("base.json")).unwrap()).unwrap();

@@ -93,7 +93,7 @@ fn eval_reports_loss_and_exact_match() {
     let (model, tokenizer, r) = load("t5_v1_0");
     // The reference batch's examples give the reference loss (token-level mean over the
     // whole set, even when split into batches of 2 and 1).
-    let result = sculpt::cli::eval::evaluate(&model, &tokenizer, &r.examples(), 2, 8).unwrap();
+    let result = sculpt::cli::eval::evaluate(&model, &tokenizer, &r.examples(), 2).unwrap();
     let want = r.tensor("loss").1[0];
     assert!((result.loss - want).abs() / want < 1e-5, "{} vs {want}", result.loss);
     // A generation case as its own target: greedy output matches exactly.
@@ -103,7 +103,7 @@ fn eval_reports_loss_and_exact_match() {
         case["output_text"].as_str().unwrap().into(),
     );
     let miss = sculpt::data::jsonl::Example::new(hit.input.clone(), "not the output".into());
-    let result = sculpt::cli::eval::evaluate(&model, &tokenizer, &[hit, miss], 8, 8).unwrap();
+    let result = sculpt::cli::eval::evaluate(&model, &tokenizer, &[hit, miss], 8).unwrap();
     assert_eq!((result.examples, result.exact_match), (2, 0.5));
 }
 

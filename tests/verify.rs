@@ -6,15 +6,15 @@ mod common;
 
 use std::path::Path;
 
-use sculpt::cli::verify::verify;
 use sculpt::data::{synthetic, Example};
+use sculpt::model::targets::T5_DEFAULT;
 use sculpt::model::weights::{save, WEIGHTS_FILE};
 use sculpt::model::Gradients;
 use sculpt::model::{T5Model, Tokenizer};
 use sculpt::optim::{AdamW, AdamWConfig, Unconstrained, UpdateFilter};
 use sculpt::rng::Rng;
 use sculpt::subspace::state::SUBSPACE_FILE;
-use sculpt::subspace::targets::T5_DEFAULT;
+use sculpt::subspace::verify::verify;
 use sculpt::subspace::{Mode, RankPolicy, SubspaceSet};
 use sculpt::train::{encode, train, Position, TrainOptions};
 use sculpt::Gpu;

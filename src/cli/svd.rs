@@ -1,14 +1,16 @@
 //! `sculpt svd`: singular spectra of a model's (or a file's) matrices, and `sculpt bench svd`.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use crate::subspace::targets::glob_match;
 use anyhow::{bail, Context, Result};
 use safetensors::{Dtype, SafeTensors};
 
+use crate::io::write_atomic;
 use crate::kernels::jacobi::{max_batch, svd_batched, SvdResult};
+use crate::plot::spectra_png;
 use crate::{Gpu, Tensor};
 
 #[derive(clap::Args)]
@@ -28,7 +30,7 @@ pub struct Args {
     /// Write `<name>.U` [m, r], `<name>.S` [r], `<name>.V` [n, r] (A ≈ U diag(S) Vᵀ) here.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Write a PNG of the normalised spectra (log scale) here.
+    /// Write a PNG chart of the normalised spectra (σ_k / σ_1, log scale, against k / r) here.
     #[arg(long)]
     plot: Option<PathBuf>,
     /// One JSON object per matrix instead of a table.
@@ -133,8 +135,10 @@ pub fn run(gpu: &Gpu, args: &Args) -> Result<()> {
             .collect::<Result<Vec<_>>>()?;
         safetensors::serialize_to_file(views, None, out).with_context(|| format!("writing {}", out.display()))?;
     }
-    if let Some(plot) = &args.plot {
-        write_plot(&spectra, plot)?;
+    if let Some(path) = &args.plot {
+        let spectra: Vec<&[f32]> = spectra.iter().map(|sp| sp.s.as_slice()).collect();
+        let title = format!("singular spectra of {} matrices", spectra.len());
+        write_atomic(path, &spectra_png(&title, &spectra)?)?;
     }
     Ok(())
 }
@@ -159,32 +163,6 @@ fn collect(
             outputs.push((format!("{name}.V"), vec![n, r], v[b * n * r..(b + 1) * n * r].to_vec()));
         }
     }
-    Ok(())
-}
-
-/// log10(σ/σ_max) against k/r, one grey polyline per matrix, on a 1e-6..1 scale.
-fn write_plot(spectra: &[Spectrum], path: &Path) -> Result<()> {
-    const W: usize = 800;
-    const H: usize = 400;
-    let mut pixels = vec![255u8; W * H];
-    for decade in 0..=6 {
-        let y = decade * (H - 1) / 6;
-        pixels[y * W..(y + 1) * W].fill(220);
-    }
-    for sp in spectra.iter().filter(|sp| sp.s[0] > 0.0) {
-        let r = sp.s.len();
-        for x in 0..W {
-            let k = (x * r / W).min(r - 1);
-            let level = (sp.s[k] / sp.s[0]).max(1e-6).log10() as f64; // 0 .. -6
-            let y = ((-level / 6.0) * (H - 1) as f64).round() as usize;
-            pixels[y.min(H - 1) * W + x] = 0;
-        }
-    }
-    let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), W as u32, H as u32);
-    encoder.set_color(png::ColorType::Grayscale);
-    encoder.set_depth(png::BitDepth::Eight);
-    encoder.write_header()?.write_image_data(&pixels)?;
     Ok(())
 }
 

@@ -10,13 +10,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{self, write_atomic};
+use crate::checkpoint;
 use crate::continual::driver::{run_stream, task_options, ExactMatch, Method, StreamOptions};
 use crate::continual::recipe::{Recipe, RecipeValues};
-use crate::continual::report::Results;
+use crate::continual::report::{retention_png, Results};
 use crate::continual::retention::RetentionSet;
 use crate::continual::run_dir::{self, RUN_FILE};
 use crate::data::{cl_benchmark, read_jsonl, read_prompts, synthetic, Stream, Task, TaskSettings};
+use crate::io::write_atomic;
 use crate::model::{load_model, DecoderConfig, DecoderModel, Model, T5Config, T5Model, Tokenizer};
 use crate::optim::{AdamWConfig, Schedule};
 use crate::subspace::{Mode, RankPolicy};
@@ -611,6 +612,12 @@ pub fn run(gpu: &crate::Gpu, args: &Args) -> Result<()> {
             println!("{}", results.markdown());
             all.push((seed, results));
         }
+        // Both methods of a seed on one retention figure.
+        let of_seed: Vec<Results> = all.iter().filter(|(s, _)| *s == seed).map(|(_, r)| r.clone()).collect();
+        if let Some(png) = retention_png(&of_seed)?.filter(|_| of_seed.len() > 1) {
+            let dir = if seeds.len() > 1 { out.join(format!("seed-{seed}")) } else { out.clone() };
+            write_atomic(&dir.join("retention.png"), &png)?;
+        }
     }
     if all.len() > 1 {
         println!("| seed | method | AA | BWT |\n|---|---|---|---|");
@@ -663,7 +670,7 @@ fn resume(gpu: &crate::Gpu, dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::subspace::targets::T5_DEFAULT;
+    use crate::model::targets::T5_DEFAULT;
     use clap::Parser;
 
     #[derive(Parser)]

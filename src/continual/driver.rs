@@ -223,7 +223,7 @@ impl Log {
             })
             .map(|line| format!("{line}\n"))
             .collect();
-        checkpoint::write_atomic(&path, kept.as_bytes())?;
+        crate::io::write_atomic(&path, kept.as_bytes())?;
         let file = std::fs::OpenOptions::new()
             .append(true)
             .open(&path)
@@ -279,7 +279,7 @@ pub fn run_stream(
     let max_src = options.train.max_source_len;
     let resume = match out {
         Some(dir) => {
-            checkpoint::remove_partials(&dir.join(checkpoint::CHECKPOINTS))?;
+            crate::io::remove_partials(&dir.join(checkpoint::CHECKPOINTS))?;
             checkpoint::latest(dir)?
         }
         None => None,

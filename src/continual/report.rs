@@ -1,5 +1,5 @@
-//! Results of a stream: `results.json`, a markdown table and a PNG heatmap of the
-//! accuracy matrix.
+//! Results of a stream: `results.json`, a markdown table, a PNG heatmap of the accuracy
+//! matrix and the training loss of every task from the run's log.
 
 use std::path::Path;
 
@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use super::metrics::{metrics, Metrics};
 use super::retention::RetentionPoint;
-use crate::checkpoint::write_atomic;
+use crate::io::write_atomic;
+use crate::plot::{heatmap_png, line_chart_png, line_charts_png, LineChart};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Results {
@@ -64,53 +65,97 @@ impl Results {
         s
     }
 
-    /// Writes results.json, results.md and accuracy.png into `dir`.
+    /// Writes results.json, results.md and accuracy.png into `dir`, and loss.png when `dir`
+    /// holds the run's log.jsonl with training steps.
     pub fn write(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         write_atomic(&dir.join("results.json"), serde_json::to_string_pretty(self)?.as_bytes())?;
         write_atomic(&dir.join("results.md"), self.markdown().as_bytes())?;
-        write_atomic(&dir.join("accuracy.png"), &heatmap_png(&self.accuracy)?)
+        let trained = &self.tasks[..self.accuracy.len().min(self.tasks.len())];
+        let title = format!("{}: accuracy (%)", self.method);
+        let heatmap = heatmap_png(&title, "evaluated on", "after training", &self.tasks, trained, &self.accuracy)?;
+        write_atomic(&dir.join("accuracy.png"), &heatmap)?;
+        if let Some(png) = loss_curves_png(&dir.join("log.jsonl"))? {
+            write_atomic(&dir.join("loss.png"), &png)?;
+        }
+        if let Some(png) = retention_png(std::slice::from_ref(self))? {
+            write_atomic(&dir.join("retention.png"), &png)?;
+        }
+        Ok(())
     }
 }
 
-/// Colour of an accuracy in [0, 1]: dark blue through teal to yellow.
-fn colour(v: f64) -> [u8; 3] {
-    let stops = [[68.0, 1.0, 84.0], [33.0, 145.0, 140.0], [253.0, 231.0, 37.0]];
-    let x = v.clamp(0.0, 1.0) * 2.0;
-    let (i, t) = if x >= 2.0 { (1, 1.0) } else { (x.floor() as usize, x.fract()) };
-    std::array::from_fn(|c| (stops[i][c] + t * (stops[i + 1][c] - stops[i][c])).round() as u8)
+/// Retention over the stream, one series per run (labelled by its method): the loss of the
+/// starting model's answers above, the share of answers still identical below. None when no
+/// run measured retention.
+pub fn retention_png(runs: &[Results]) -> Result<Option<Vec<u8>>> {
+    let measured: Vec<(&Results, &Vec<RetentionPoint>)> =
+        runs.iter().filter_map(|r| r.retention.as_ref().map(|points| (r, points))).collect();
+    let Some((_, first)) = measured.first() else { return Ok(None) };
+    let ticks: Vec<String> = first.iter().map(|p| p.after.clone()).collect();
+    let series = |value: fn(&RetentionPoint) -> f64| -> Vec<(String, Vec<f64>)> {
+        measured.iter().map(|(r, points)| (r.method.clone(), points.iter().map(value).collect())).collect()
+    };
+    let (loss, identical) = (series(|p| p.loss), series(|p| 100.0 * p.identical));
+    let panels = [
+        LineChart {
+            title: "loss of the starting model's answers",
+            x_label: "after task",
+            y_label: "mean loss per token",
+            x_ticks: &ticks,
+            series: &loss,
+        },
+        LineChart {
+            title: "answers still identical",
+            x_label: "after task",
+            y_label: "% of prompts",
+            x_ticks: &ticks,
+            series: &identical,
+        },
+    ];
+    line_charts_png(&panels).map(Some)
 }
 
-/// A heatmap of the matrix, one 32-pixel square per cell.
-pub fn heatmap_png(matrix: &[Vec<f64>]) -> Result<Vec<u8>> {
-    const CELL: usize = 32;
-    let rows = matrix.len().max(1);
-    let cols = matrix.iter().map(Vec::len).max().unwrap_or(1).max(1);
-    let (w, h) = (cols * CELL, rows * CELL);
-    let mut pixels = vec![255u8; w * h * 3];
-    for (i, row) in matrix.iter().enumerate() {
-        for (j, &v) in row.iter().enumerate() {
-            let c = colour(v);
-            for y in i * CELL + 1..(i + 1) * CELL - 1 {
-                for x in j * CELL + 1..(j + 1) * CELL - 1 {
-                    pixels[(y * w + x) * 3..(y * w + x) * 3 + 3].copy_from_slice(&c);
-                }
-            }
+/// A chart of the training loss of every task over the global step, from the step records
+/// of a run's log.jsonl; None when there is no log or it holds no step.
+pub fn loss_curves_png(log: &Path) -> Result<Option<Vec<u8>>> {
+    let Ok(text) = std::fs::read_to_string(log) else { return Ok(None) };
+    // (global step, task, loss) of each step record; evaluations and accuracy rows have no "step".
+    let mut steps = Vec::new();
+    for (n, line) in text.lines().enumerate().filter(|(_, line)| !line.trim().is_empty()) {
+        let record: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("{} line {}: not JSON", log.display(), n + 1))?;
+        if let (Some(global_step), Some(task), Some(loss), Some(_)) =
+            (record["global_step"].as_u64(), record["task"].as_str(), record["loss"].as_f64(), record["step"].as_u64())
+        {
+            steps.push((global_step, task.to_string(), loss));
         }
     }
-    let mut out = Vec::new();
-    let mut encoder = png::Encoder::new(&mut out, w as u32, h as u32);
-    encoder.set_color(png::ColorType::Rgb);
-    encoder.set_depth(png::BitDepth::Eight);
-    let mut writer = encoder.write_header()?;
-    writer.write_image_data(&pixels)?;
-    writer.finish()?;
-    Ok(out)
+    if steps.is_empty() {
+        return Ok(None);
+    }
+    let mut global_steps: Vec<u64> = steps.iter().map(|s| s.0).collect();
+    global_steps.sort_unstable();
+    global_steps.dedup();
+    let mut series: Vec<(String, Vec<f64>)> = Vec::new();
+    for (global_step, task, loss) in steps {
+        let at = match series.iter().position(|(name, _)| *name == task) {
+            Some(at) => at,
+            None => {
+                series.push((task, vec![f64::NAN; global_steps.len()]));
+                series.len() - 1
+            }
+        };
+        series[at].1[global_steps.binary_search(&global_step).expect("listed above")] = loss;
+    }
+    let ticks: Vec<String> = global_steps.iter().map(u64::to_string).collect();
+    line_chart_png("training loss per task", "global step", "loss", &ticks, &series).map(Some)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plot::testing::decoded_size;
 
     #[test]
     fn results_are_written_with_required_keys_and_a_valid_png() {
@@ -126,16 +171,32 @@ mod tests {
         let md = std::fs::read_to_string(dir.join("results.md")).unwrap();
         assert!(md.contains("| sort | 75.0 | 50.0 |") && md.contains("AA 62.5  BWT -25.0"), "{md}");
         let png = std::fs::read(dir.join("accuracy.png")).unwrap();
-        let decoder = png::Decoder::new(std::io::Cursor::new(png));
-        let reader = decoder.read_info().unwrap();
-        assert_eq!((reader.info().width, reader.info().height), (64, 64));
+        assert_eq!(decoded_size(&png), crate::plot::heatmap_size(&r.tasks, &r.tasks));
+        assert!(!dir.join("loss.png").exists(), "no log, no loss chart");
     }
 
     #[test]
-    fn colours_run_from_dark_to_bright() {
-        assert_eq!(colour(0.0), [68, 1, 84]);
-        assert_eq!(colour(1.0), [253, 231, 37]);
-        let mid = colour(0.5);
-        assert_eq!(mid, [33, 145, 140]);
+    fn the_loss_of_every_task_is_drawn_from_the_log_steps() {
+        let dir = std::env::temp_dir().join(format!("sculpt-report-loss-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut log = String::new();
+        for (global_step, task) in (1..=6).zip(["copy", "copy", "copy", "sort", "sort", "sort"]) {
+            let loss = 3.0 / global_step as f64;
+            log +=
+                &format!("{{\"global_step\": {global_step}, \"task\": \"{task}\", \"step\": 1, \"loss\": {loss}}}\n");
+            log += &format!("{{\"global_step\": {global_step}, \"task\": \"{task}\", \"eval\": {{\"loss\": 1.0}}}}\n");
+        }
+        log += "{\"global_step\": 6, \"task\": \"sort\", \"accuracy\": [0.5, 1.0]}\n";
+        std::fs::write(dir.join("log.jsonl"), log).unwrap();
+        let r = Results::new("osft", vec!["copy".into(), "sort".into()], vec![vec![1.0, 0.0], vec![0.75, 0.5]], None);
+        r.write(&dir).unwrap();
+        let png = std::fs::read(dir.join("loss.png")).unwrap();
+        assert_eq!(decoded_size(&png), crate::plot::LINE_CHART_SIZE);
+
+        std::fs::write(dir.join("log.jsonl"), "{\"global_step\": 1, \"task\": \"copy\", \"eval\": {}}\n").unwrap();
+        assert!(loss_curves_png(&dir.join("log.jsonl")).unwrap().is_none(), "no step, no chart");
+        std::fs::write(dir.join("log.jsonl"), "not json\n").unwrap();
+        let err = loss_curves_png(&dir.join("log.jsonl")).unwrap_err().to_string();
+        assert!(err.contains("log.jsonl line 1"), "{err}");
     }
 }

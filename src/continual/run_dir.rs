@@ -8,7 +8,8 @@ use anyhow::{bail, Context, Result};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::checkpoint::{write_atomic, CHECKPOINTS};
+use crate::checkpoint::CHECKPOINTS;
+use crate::io::write_atomic;
 
 pub const RUN_FILE: &str = "run.json";
 

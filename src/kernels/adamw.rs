@@ -5,6 +5,7 @@ use anyhow::{bail, Result};
 use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::{grid_1d, Launch, Shader};
+use crate::kernels::ShaderContract;
 use crate::tensor::{DType, Tensor};
 
 pub static SHADER: Shader = crate::shader!("adamw");
@@ -38,6 +39,14 @@ struct Params {
     bias_correction2_sqrt: f32,
     max_grad_norm: f32,
     _pad: [u32; 3],
+}
+
+pub(super) fn contract() -> ShaderContract {
+    let params = crate::uniform_layout!(
+        "Params",
+        Params { n, lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2_sqrt, max_grad_norm, _pad }
+    );
+    ShaderContract { shader: &SHADER, uniforms: vec![params], constants: vec![("WG", WG)] }
 }
 
 impl AdamWStep {

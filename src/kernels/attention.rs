@@ -1,5 +1,6 @@
-//! Multi-head attention (forward and backward) and T5's relative position bias.
-//! Launcher for `shaders/attention.wgsl`.
+//! Multi-head attention (forward and backward) and a bias gathered from a table by bucket
+//! ids (T5's relative position bias; the model computes the ids). Launcher for
+//! `shaders/attention.wgsl`.
 //!
 //! Model-neutral: T5 uses `scale = 1.0`, an additive bias [H, Sq, Sk] and key padding / causal
 //! masks; a Llama-style model uses `scale = 1/sqrt(Dh)`, causal, no bias and possibly fewer
@@ -9,7 +10,8 @@
 //! Causal masking aligns queries to the end of the keys: query i sees key j when
 //! j <= i + (Sk - Sq), which makes incremental decoding (Sq = 1) see every key.
 //!
-//! Kernel design (WG = 64 invocations per workgroup, no atomics, fixed summation orders):
+//! Kernel design (WG = 64 invocations per workgroup, no atomics, fixed summation orders; the
+//! tree reductions are shaders/workgroup_reduce.wgsl's):
 //! - forward: one workgroup per (b, h, query row); invocations stride over keys for the scores
 //!   (kept in workgroup memory, at most [`MAX_KEYS`]), tree-reduce max and sum, write probs,
 //!   then stride over head dims for the weighted sum of values.
@@ -21,16 +23,17 @@ use anyhow::{bail, ensure, Result};
 use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::{grid_1d, Launch, Shader};
+use crate::kernels::ShaderContract;
 use crate::tensor::{DType, Tensor};
 
-pub static SHADER: Shader = crate::shader!("attention");
+pub static SHADER: Shader = crate::row_shader!("attention");
 
 /// Invocations per workgroup (`WG` in the shader).
 const WG: u64 = 64;
 /// Longest key sequence: one row of scores lives in workgroup memory (`MAX_KEYS` in the shader).
 pub const MAX_KEYS: usize = 2048;
 /// Bytes of workgroup memory of the row kernels: the score row and the reduction scratch
-/// (`position_bias_backward` uses only the scratch).
+/// (`wg_scratch` of workgroup_reduce.wgsl; `position_bias_backward` uses only the scratch).
 const ROW_KERNEL_BYTES: u64 = (MAX_KEYS as u64 + WG) * 4;
 /// Iterations of one tree reduction over the workgroup (log2 WG).
 const REDUCE_STEPS: u64 = WG.trailing_zeros() as u64;
@@ -65,6 +68,18 @@ struct Params {
     buckets: u32,
     kv_heads: u32,
     _pad: u32,
+}
+
+pub(super) fn contract() -> ShaderContract {
+    let params = crate::uniform_layout!(
+        "Params",
+        Params { batch, heads, q_len, k_len, head_dim, causal, has_bias, has_mask, scale, buckets, kv_heads, _pad }
+    );
+    ShaderContract {
+        shader: &SHADER,
+        uniforms: vec![params],
+        constants: vec![("WG", WG), ("MAX_KEYS", MAX_KEYS as u64)],
+    }
 }
 
 impl AttentionShape {
@@ -249,69 +264,6 @@ pub fn attention_backward(
         })?;
     }
     Ok((dq, dk, dv))
-}
-
-/// T5 relative position buckets (CPU, exactly transformers' `_relative_position_bucket`, in
-/// f32 like PyTorch): [q_len * k_len] bucket ids, bucket(i, j) from (j - i).
-pub fn relative_position_buckets(
-    q_len: usize,
-    k_len: usize,
-    bidirectional: bool,
-    num_buckets: usize,
-    max_distance: usize,
-) -> Vec<u32> {
-    relative_position_buckets_from(0, q_len, k_len, bidirectional, num_buckets, max_distance)
-}
-
-/// Buckets for query positions `first_query..first_query + q_len` against keys `0..k_len`:
-/// row i uses (j - (first_query + i)). Incremental decoding uses `first_query = k_len - 1, q_len = 1`.
-pub fn relative_position_buckets_from(
-    first_query: usize,
-    q_len: usize,
-    k_len: usize,
-    bidirectional: bool,
-    num_buckets: usize,
-    max_distance: usize,
-) -> Vec<u32> {
-    let mut buckets = Vec::with_capacity(q_len * k_len);
-    for i in 0..q_len {
-        let query = (first_query + i) as i64;
-        buckets.extend(
-            (0..k_len).map(|j| relative_position_bucket(j as i64 - query, bidirectional, num_buckets, max_distance)),
-        );
-    }
-    buckets
-}
-
-/// One bucket of transformers' `T5Attention._relative_position_bucket`.
-fn relative_position_bucket(
-    relative_position: i64,
-    bidirectional: bool,
-    num_buckets: usize,
-    max_distance: usize,
-) -> u32 {
-    let mut num_buckets = num_buckets as i64;
-    let mut bucket = 0;
-    let distance = if bidirectional {
-        num_buckets /= 2;
-        if relative_position > 0 {
-            bucket += num_buckets;
-        }
-        relative_position.abs()
-    } else {
-        (-relative_position).max(0)
-    };
-    let max_exact = num_buckets / 2;
-    bucket += if distance < max_exact {
-        distance
-    } else {
-        // PyTorch: float32 tensor ops with the Python-double divisor rounded to f32; .long() truncates.
-        let log_ratio = (distance as f32 / max_exact as f32).ln();
-        let log_range = (max_distance as f64 / max_exact as f64).ln() as f32;
-        let large = max_exact + (log_ratio / log_range * (num_buckets - max_exact) as f32) as i64;
-        large.min(num_buckets - 1)
-    };
-    bucket as u32
 }
 
 fn check_buckets(buckets_len: usize, q_len: usize, k_len: usize) -> Result<()> {
@@ -786,23 +738,30 @@ mod tests {
         assert!(err.contains("2 query heads cannot be grouped over 3"), "{err}");
     }
 
+    /// Bucket ids of queries `first_query..first_query + q_len` against keys `0..k_len`: the
+    /// distance |j - i|, every distance from the last bucket on sharing it. A stand-in for a
+    /// model's bucketing (the kernels take any ids).
+    fn distance_buckets(first_query: usize, q_len: usize, k_len: usize, num_buckets: usize) -> Vec<u32> {
+        (first_query..first_query + q_len)
+            .flat_map(|i| (0..k_len).map(move |j| i.abs_diff(j).min(num_buckets - 1) as u32))
+            .collect()
+    }
+
     #[test]
     fn incremental_decoding_matches_the_last_row_of_full_causal_attention() {
         let gpu = gpu();
-        let (heads, n, num_buckets, max_distance) = (3, 17, 32, 128);
+        let (heads, n, num_buckets) = (3, 17, 8);
         let s_full = shape(2, heads, n, n, 8, true, 1.0);
         let table_host = random(num_buckets * heads, 77);
         let table = Tensor::from_f32(&gpu, &[num_buckets, heads], &table_host).unwrap();
-        let full_buckets =
-            Tensor::from_u32(&gpu, &[n * n], &relative_position_buckets(n, n, false, num_buckets, max_distance))
-                .unwrap();
+        let full_buckets = Tensor::from_u32(&gpu, &[n * n], &distance_buckets(0, n, n, num_buckets)).unwrap();
         let full_bias = position_bias(&table, &full_buckets, n, n).unwrap();
         let case = Case::new(s_full, false, Mask::None, 3);
         let [q, k, v, _, _] = case.upload();
         let (q, k, v) = (q.unwrap(), k.unwrap(), v.unwrap());
         let (full_out, _) = attention(&s_full, &q, &k, &v, Some(&full_bias), None).unwrap();
 
-        let last = relative_position_buckets_from(n - 1, 1, n, false, num_buckets, max_distance);
+        let last = distance_buckets(n - 1, 1, n, num_buckets);
         let last_bias = position_bias(&table, &Tensor::from_u32(&gpu, &[n], &last).unwrap(), 1, n).unwrap();
         let width = heads * 8;
         let last_q: Vec<f32> =
@@ -831,75 +790,14 @@ mod tests {
         insta::assert_snapshot!(text.join("\n"));
     }
 
-    /// Independent f64 transcription of transformers' `_relative_position_bucket`.
-    fn bucket_f64(relative_position: i64, bidirectional: bool, num_buckets: i64, max_distance: i64) -> u32 {
-        let (n, offset, distance) = if bidirectional {
-            (num_buckets / 2, if relative_position > 0 { num_buckets / 2 } else { 0 }, relative_position.abs())
-        } else {
-            (num_buckets, 0, (-relative_position).max(0))
-        };
-        let exact = n / 2;
-        let bucket = if distance < exact {
-            distance
-        } else {
-            let log_fraction = (distance as f64 / exact as f64).ln() / (max_distance as f64 / exact as f64).ln();
-            (exact + (log_fraction * (n - exact) as f64).floor() as i64).min(n - 1)
-        };
-        (offset + bucket) as u32
-    }
-
-    #[test]
-    fn relative_position_buckets_match_the_transformers_fixture() {
-        let text =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/t5_v1_0/reference.json"))
-                .unwrap();
-        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
-        let table = &json["relative_position_bucket"];
-        let config = &json["config"];
-        let num_buckets = config["relative_attention_num_buckets"].as_u64().unwrap() as usize;
-        let max_distance = config["relative_attention_max_distance"].as_u64().unwrap() as usize;
-        let positions: Vec<i64> =
-            table["relative_positions"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
-        assert_eq!((num_buckets, max_distance, positions.len()), (8, 20, 61));
-        let first = -positions[0];
-        // One query at position `first` against keys 0..61 gives relative positions -30..30.
-        for (key, bidirectional) in [("bidirectional", true), ("unidirectional", false)] {
-            let want: Vec<u32> = table[key].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
-            let got = relative_position_buckets_from(
-                first as usize,
-                1,
-                positions.len(),
-                bidirectional,
-                num_buckets,
-                max_distance,
-            );
-            assert_eq!(got, want, "{key}");
-        }
-    }
-
-    #[test]
-    fn relative_position_buckets_match_an_f64_transcription() {
-        for bidirectional in [true, false] {
-            let (q_len, k_len) = (300, 257);
-            let got = relative_position_buckets(q_len, k_len, bidirectional, 32, 128);
-            for i in 0..q_len {
-                for j in 0..k_len {
-                    let want = bucket_f64(j as i64 - i as i64, bidirectional, 32, 128);
-                    assert_eq!(got[i * k_len + j], want, "i={i} j={j} bidirectional={bidirectional}");
-                }
-            }
-            assert_eq!(got.iter().max(), Some(&31), "far positions saturate in the last bucket");
-        }
-    }
-
     #[test]
     fn position_bias_gathers_and_its_backward_accumulates() {
         let gpu = gpu();
-        // 512 x 512 bidirectional: the largest bucket holds 88,831 positions, more than one
-        // invocation may loop over, so the strided workgroup sum is exercised.
-        for (heads, q_len, k_len, bidirectional) in [(3, 17, 65, true), (1, 512, 512, true), (2, 1, 127, false)] {
+        // 512 x 512: the last bucket holds 231,842 positions, thousands per invocation, so the
+        // strided workgroup sum is exercised.
+        for (heads, q_len, k_len) in [(3, 17, 65), (1, 512, 512), (2, 1, 127)] {
             let num_buckets = 32;
-            let buckets = relative_position_buckets(q_len, k_len, bidirectional, num_buckets, 128);
+            let buckets = distance_buckets(0, q_len, k_len, num_buckets);
             let table_host = random(num_buckets * heads, 5);
             let table = Tensor::from_f32(&gpu, &[num_buckets, heads], &table_host).unwrap();
             let bucket_t = Tensor::from_u32(&gpu, &[q_len * k_len], &buckets).unwrap();

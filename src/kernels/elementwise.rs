@@ -6,6 +6,7 @@ use anyhow::{bail, Result};
 use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::{grid_1d, Launch, Shader};
+use crate::kernels::ShaderContract;
 use crate::tensor::{DType, Tensor};
 
 pub static SHADER: Shader = crate::shader!("elementwise");
@@ -19,6 +20,11 @@ struct Params {
     op: u32,
     alpha: f32,
     beta: f32,
+}
+
+pub(super) fn contract() -> ShaderContract {
+    let params = crate::uniform_layout!("Params", Params { n, op, alpha, beta });
+    ShaderContract { shader: &SHADER, uniforms: vec![params], constants: vec![("WG", WG)] }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -5,6 +5,7 @@ use anyhow::{bail, Result};
 use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::{grid_1d, Launch, Shader, LOOP_BUDGET};
+use crate::kernels::ShaderContract;
 use crate::tensor::{DType, Tensor};
 
 pub static SHADER: Shader = crate::shader!("embedding");
@@ -18,6 +19,11 @@ struct Params {
     cols: u32,
     a: u32,
     seg: u32,
+}
+
+pub(super) fn contract() -> ShaderContract {
+    let params = crate::uniform_layout!("Params", Params { n, cols, a, seg });
+    ShaderContract { shader: &SHADER, uniforms: vec![params], constants: vec![("WG", WG)] }
 }
 
 fn table_shape(what: &str, name: &str, t: &Tensor) -> Result<(usize, usize)> {

@@ -19,6 +19,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::{grid_1d, Gpu, Launch, Shader};
 use crate::kernels::matmul::{gemm, matmul, subgroups_of_8, Gemm};
+use crate::kernels::ShaderContract;
 use crate::tensor::{DType, Tensor};
 
 pub static SHADER: Shader = crate::shader!("jacobi");
@@ -118,6 +119,27 @@ struct ShapeParams {
     transpose: u32,
     ld: u32,
     offset: u32,
+}
+
+pub(super) fn contracts() -> Vec<ShaderContract> {
+    let uniforms = || {
+        vec![
+            crate::uniform_layout!("Params", RoundParams { m, ld, np, nb, round, chunk, chunks, tol, sweeps }),
+            crate::uniform_layout!("Shape", ShapeParams { batch, len, np, cols, transpose, ld, offset }),
+        ]
+    };
+    let constants = vec![
+        ("B", BLOCK as u64),
+        ("P", PAIR as u64),
+        ("ROT_ROWS", ROTATE_ROWS as u64),
+        ("EIG_WG", EIGEN_WORKGROUP as u64),
+    ];
+    let mut subgroup_constants = constants.clone();
+    subgroup_constants.push(("SG_ROT_ROWS", SUBGROUP_ROTATE_ROWS as u64));
+    vec![
+        ShaderContract { shader: &SHADER, uniforms: uniforms(), constants },
+        ShaderContract { shader: &SUBGROUP_SHADER, uniforms: uniforms(), constants: subgroup_constants },
+    ]
 }
 
 /// A = U diag(S) Vᵀ for each matrix of the batch; r = min(m, n).

@@ -5,8 +5,9 @@
 use anyhow::{bail, Result};
 use bytemuck::{Pod, Zeroable};
 
-use super::reduce::{launch_rows, row_loop_iterations, row_sum, rows_cols};
+use super::reduce::{launch_rows, row_loop_iterations, row_sum, rows_cols, WG};
 use crate::gpu::Shader;
+use crate::kernels::ShaderContract;
 use crate::tensor::{DType, Tensor};
 
 pub static SHADER: Shader = crate::row_shader!("loss");
@@ -21,6 +22,11 @@ struct Params {
     vocab: u32,
     scale: f32,
     inv_valid: f32,
+}
+
+pub(super) fn contract() -> ShaderContract {
+    let params = crate::uniform_layout!("Params", Params { rows, vocab, scale, inv_valid });
+    ShaderContract { shader: &SHADER, uniforms: vec![params], constants: vec![("WG", WG)] }
 }
 
 /// The `num_valid` of [`cross_entropy`] for labels held on the host; errors on a label

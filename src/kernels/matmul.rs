@@ -21,6 +21,7 @@ use anyhow::{bail, Result};
 use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::{Gpu, Launch, Shader};
+use crate::kernels::ShaderContract;
 use crate::tensor::{DType, Tensor};
 
 pub static SHADER: Shader = crate::shader!("matmul");
@@ -180,6 +181,37 @@ struct Params {
     stride_c: u32,
     alpha: f32,
     beta: f32,
+}
+
+pub(super) fn contracts() -> Vec<ShaderContract> {
+    let params = || {
+        crate::uniform_layout!(
+            "Params",
+            Params {
+                m,
+                n,
+                k,
+                batch,
+                lda,
+                ldb,
+                ldc,
+                offset_a,
+                offset_b,
+                offset_c,
+                stride_a,
+                stride_b,
+                stride_c,
+                alpha,
+                beta
+            }
+        )
+    };
+    let constants =
+        vec![("RB_X", RB_X as u64), ("RB_Y", RB_Y as u64), ("TILE", TILE as u64), ("TILE_K", TILE_K as u64)];
+    vec![
+        ShaderContract { shader: &SHADER, uniforms: vec![params()], constants: constants.clone() },
+        ShaderContract { shader: &SUBGROUP_SHADER, uniforms: vec![params()], constants },
+    ]
 }
 
 fn to_u32(v: usize, what: &str) -> Result<u32> {

@@ -35,6 +35,43 @@ pub const ALL_SHADERS: &[&Shader] = &[
     &softmax::SHADER,
 ];
 
+/// What a launcher assumes of its shader, checked against naga's reading of the WGSL by
+/// tests/shader_layout.rs: the layout of each uniform struct and the values of the constants
+/// (`const`, or an `override`'s default) that both sides use.
+pub struct ShaderContract {
+    pub shader: &'static Shader,
+    pub uniforms: Vec<UniformLayout>,
+    /// (name in the WGSL, the launcher's value)
+    pub constants: Vec<(&'static str, u64)>,
+}
+
+/// A launcher's `#[repr(C)]` uniform struct: the name of its WGSL struct, its size and each
+/// field's byte offset.
+#[derive(Debug)]
+pub struct UniformLayout {
+    pub wgsl_struct: &'static str,
+    pub size: usize,
+    pub fields: Vec<(&'static str, usize)>,
+}
+
+/// The contracts of every launcher, one per shader of [`ALL_SHADERS`].
+pub fn shader_contracts() -> Vec<ShaderContract> {
+    let mut contracts = vec![
+        adamw::contract(),
+        attention::contract(),
+        elementwise::contract(),
+        embedding::contract(),
+        loss::contract(),
+        norm::contract(),
+        reduce::contract(),
+        rope::contract(),
+        softmax::contract(),
+    ];
+    contracts.extend(jacobi::contracts());
+    contracts.extend(matmul::contracts());
+    contracts
+}
+
 /// Parses and validates a shader with naga, so that an error names the file and line.
 pub fn validate_wgsl(shader: &Shader) -> Result<(naga::Module, naga::valid::ModuleInfo)> {
     let module = naga::front::wgsl::parse_str(shader.wgsl)
@@ -56,6 +93,21 @@ macro_rules! shader {
     };
 }
 
+/// A kernel family whose workgroups reduce over a row: `shaders/<name>.wgsl` followed by the
+/// shared workgroup reduction (shaders/workgroup_reduce.wgsl), which uses the family's `WG`.
+#[macro_export]
+macro_rules! row_shader {
+    ($name:literal) => {
+        $crate::gpu::Shader {
+            name: $name,
+            wgsl: concat!(
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $name, ".wgsl")),
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/workgroup_reduce.wgsl"))
+            ),
+        }
+    };
+}
+
 /// A kernel family's subgroup variant: its base file, the shared subgroup helpers
 /// (shaders/subgroup.wgsl) and the variant's kernels, as one module.
 #[macro_export]
@@ -70,6 +122,22 @@ macro_rules! subgroup_shader {
             ),
         }
     };
+}
+
+/// The [`UniformLayout`] of the struct `$ty`, laid out as the WGSL struct `$wgsl`. Every field
+/// must be listed: a field added to the struct and not here does not compile.
+#[macro_export]
+macro_rules! uniform_layout {
+    ($wgsl:literal, $ty:ident { $($field:ident),* $(,)? }) => {{
+        let _every_field_listed = |params: $ty| {
+            let $ty { $($field: _),* } = params;
+        };
+        $crate::kernels::UniformLayout {
+            wgsl_struct: $wgsl,
+            size: std::mem::size_of::<$ty>(),
+            fields: vec![$((stringify!($field), std::mem::offset_of!($ty, $field))),*],
+        }
+    }};
 }
 
 /// Shared helpers for kernel tests: one device per test process, deterministic data and

@@ -4,8 +4,9 @@
 use anyhow::{bail, Result};
 use bytemuck::{Pod, Zeroable};
 
-use super::reduce::{col_sum_into, launch_rows, row_loop_iterations, rows_cols};
+use super::reduce::{col_sum_into, launch_rows, row_loop_iterations, rows_cols, WG};
 use crate::gpu::Shader;
+use crate::kernels::ShaderContract;
 use crate::tensor::{DType, Tensor};
 
 pub static SHADER: Shader = crate::row_shader!("norm");
@@ -17,6 +18,11 @@ struct Params {
     cols: u32,
     eps: f32,
     _pad: u32,
+}
+
+pub(super) fn contract() -> ShaderContract {
+    let params = crate::uniform_layout!("Params", Params { rows, cols, eps, _pad });
+    ShaderContract { shader: &SHADER, uniforms: vec![params], constants: vec![("WG", WG)] }
 }
 
 fn check_weight(what: &str, name: &str, t: &Tensor, cols: usize) -> Result<()> {

@@ -7,25 +7,13 @@ use anyhow::{bail, Result};
 use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::{grid_1d, Launch, Shader};
+use crate::kernels::ShaderContract;
 use crate::tensor::{DType, Tensor};
-
-/// A row-wise kernel family: `shaders/<name>.wgsl` followed by the shared workgroup reduction.
-#[macro_export]
-macro_rules! row_shader {
-    ($name:literal) => {
-        $crate::gpu::Shader {
-            name: $name,
-            wgsl: concat!(
-                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $name, ".wgsl")),
-                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/workgroup_reduce.wgsl"))
-            ),
-        }
-    };
-}
 
 pub static SHADER: Shader = crate::row_shader!("reduce");
 
-/// Invocations per workgroup of every row-wise kernel (`WG` in workgroup_reduce.wgsl).
+/// Invocations per workgroup of the row-wise kernels of reduce, softmax, norm and loss (`WG` in
+/// each of their shaders).
 pub(crate) const WG: u64 = 256;
 /// Steps of the tree reduction over WG values.
 const REDUCTION_STEPS: u64 = WG.ilog2() as u64;
@@ -92,6 +80,19 @@ struct Params {
     /// row_reduce: the op; col_sum: accumulate; sumsq_partials: offset into the partials.
     a: u32,
     _pad: u32,
+}
+
+pub(super) fn contract() -> ShaderContract {
+    let params = crate::uniform_layout!("Params", Params { rows, cols, a, _pad });
+    let constants = vec![
+        ("WG", WG),
+        ("COL_TILE", COL_TILE),
+        ("ROW_LANES", ROW_LANES),
+        ("SUMSQ_ITEMS", SUMSQ_ITEMS),
+        ("ROW_SUM", RowOp::Sum as u64),
+        ("ROW_SUMSQ", RowOp::SumSquares as u64),
+    ];
+    ShaderContract { shader: &SHADER, uniforms: vec![params], constants }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -9,6 +9,7 @@ use anyhow::{ensure, Result};
 use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::{grid_1d, Gpu, Launch, Shader};
+use crate::kernels::ShaderContract;
 use crate::tensor::{DType, Tensor};
 
 pub static SHADER: Shader = crate::shader!("rope");
@@ -87,6 +88,12 @@ struct Params {
     first_position: u32,
     sign: f32,
     _pad: [u32; 2],
+}
+
+pub(super) fn contract() -> ShaderContract {
+    let params =
+        crate::uniform_layout!("Params", Params { rows, seq_len, heads, half_dim, first_position, sign, _pad });
+    ShaderContract { shader: &SHADER, uniforms: vec![params], constants: vec![("WG", WG)] }
 }
 
 /// Which way to rotate: the forward embedding, or its transpose for the gradient.

@@ -4,8 +4,9 @@
 use anyhow::{bail, Result};
 use bytemuck::{Pod, Zeroable};
 
-use super::reduce::{launch_rows, row_loop_iterations, rows_cols};
+use super::reduce::{launch_rows, row_loop_iterations, rows_cols, WG};
 use crate::gpu::Shader;
+use crate::kernels::ShaderContract;
 use crate::tensor::{DType, Tensor};
 
 pub static SHADER: Shader = crate::row_shader!("softmax");
@@ -16,6 +17,11 @@ struct Params {
     rows: u32,
     cols: u32,
     _pad: [u32; 2],
+}
+
+pub(super) fn contract() -> ShaderContract {
+    let params = crate::uniform_layout!("Params", Params { rows, cols, _pad });
+    ShaderContract { shader: &SHADER, uniforms: vec![params], constants: vec![("WG", WG)] }
 }
 
 pub fn softmax(x: &Tensor) -> Result<Tensor> {

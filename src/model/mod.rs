@@ -12,6 +12,7 @@ pub mod kv_cache;
 pub mod lm_head;
 pub mod params;
 pub mod t5;
+pub mod targets;
 pub mod tokenizer;
 pub mod weights;
 

@@ -124,7 +124,7 @@ pub(crate) fn to_f32(dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>> {
 /// Writes f32 GPU tensors to a safetensors file under the given names. The file appears
 /// whole or not at all (temporary file, then rename).
 pub fn save(path: &Path, tensors: &[(String, &Tensor)]) -> Result<()> {
-    crate::checkpoint::write_atomic(path, &serialize(tensors, None)?)
+    crate::io::write_atomic(path, &serialize(tensors, None)?)
 }
 
 /// Safetensors bytes of f32 GPU tensors under the given names, with optional `__metadata__`;

@@ -1,5 +1,5 @@
 //! The method: frozen singular subspaces of the target matrices, how many directions each
-//! keeps, and the projection of every update out of them.
+//! keeps, the projection of every update out of them, and how much an update leaked into them.
 
 pub mod importance;
 pub mod project;
@@ -7,6 +7,7 @@ pub mod rank;
 pub mod set;
 pub mod state;
 pub mod targets;
+pub mod verify;
 
 pub use project::{project, Basis, FrozenSubspace, Mode};
 pub use rank::RankPolicy;

@@ -54,7 +54,7 @@ impl SubspaceSet {
 
     /// Writes the set to `path` atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
-        crate::checkpoint::write_atomic(path, &self.to_safetensors()?)
+        crate::io::write_atomic(path, &self.to_safetensors()?)
     }
 
     /// Reads a set saved by [`SubspaceSet::save`] back onto the GPU.

@@ -1,47 +1,33 @@
-//! Which weight matrices carry a frozen subspace, chosen by name pattern.
+//! Which weight matrices carry a frozen subspace, chosen by name pattern (each family's
+//! default patterns are in [`crate::model::targets`]).
 
-/// The default targets for T5: self-attention q, k, v, o and the feed-forward matrices,
-/// in encoder and decoder (`*` matches any run of characters, dots included).
-pub const T5_DEFAULT: &[&str] = &[
-    "*.SelfAttention.q.weight",
-    "*.SelfAttention.k.weight",
-    "*.SelfAttention.v.weight",
-    "*.SelfAttention.o.weight",
-    "*.DenseReluDense.wi.weight",
-    "*.DenseReluDense.wi_0.weight",
-    "*.DenseReluDense.wi_1.weight",
-    "*.DenseReluDense.wo.weight",
-];
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
 
-/// Cross-attention, added to the targets by option.
-pub const T5_CROSS_ATTENTION: &[&str] = &[
-    "*.EncDecAttention.q.weight",
-    "*.EncDecAttention.k.weight",
-    "*.EncDecAttention.v.weight",
-    "*.EncDecAttention.o.weight",
-];
+use globset::{GlobBuilder, GlobMatcher};
 
-/// Glob match where `*` stands for any (possibly empty) substring and `?` for one character.
-pub fn glob_match(pattern: &str, name: &str) -> bool {
-    let (p, s): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
-    let (mut pi, mut si) = (0, 0);
-    let mut backtrack: Option<(usize, usize)> = None;
-    while si < s.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == s[si]) {
-            pi += 1;
-            si += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            backtrack = Some((pi, si));
-            pi += 1;
-        } else if let Some((bp, bs)) = backtrack {
-            pi = bp + 1;
-            si = bs + 1;
-            backtrack = Some((bp, bs + 1));
-        } else {
-            return false;
+/// The compiled matcher of `pattern` (None for a pattern globset refuses, warned about once),
+/// built once per pattern: the optimizer asks about every parameter at every step.
+fn matcher(pattern: &str) -> Option<GlobMatcher> {
+    static MATCHERS: OnceLock<Mutex<HashMap<String, Option<GlobMatcher>>>> = OnceLock::new();
+    let mut matchers = MATCHERS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    let compiled = matchers.entry(pattern.to_string()).or_insert_with(|| {
+        // `*` crosses the dots of parameter names: no path separators here.
+        match GlobBuilder::new(pattern).literal_separator(false).build() {
+            Ok(glob) => Some(glob.compile_matcher()),
+            Err(e) => {
+                log::warn!("target pattern {pattern:?} matches nothing: {e}");
+                None
+            }
         }
-    }
-    p[pi..].iter().all(|&c| c == '*')
+    });
+    compiled.clone()
+}
+
+/// Glob match where `*` stands for any (possibly empty) substring, dots included, and `?` for
+/// one character (globset's syntax: `[...]` and `{a,b}` too).
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    matcher(pattern).is_some_and(|m| m.is_match(name))
 }
 
 /// True when `name` matches any of `patterns`.
@@ -52,6 +38,7 @@ pub fn is_target(patterns: &[impl AsRef<str>], name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::targets::{T5_CROSS_ATTENTION, T5_DEFAULT};
 
     #[test]
     fn default_patterns_pick_self_attention_and_feed_forward_only() {
@@ -86,5 +73,8 @@ mod tests {
         assert!(!glob_match("wi_?", "wi"));
         assert!(glob_match("*.q.weight", "x.q.weight"));
         assert!(!glob_match("*.q.weight", "x.qq.weight"));
+        assert!(glob_match("model.layers.*.mlp.up_proj.weight", "model.layers.11.mlp.up_proj.weight"));
+        assert!(glob_match("*", "encoder.block.0.layer.0.SelfAttention.q.weight"), "`*` crosses dots");
+        assert!(!glob_match("[", "["), "a pattern globset refuses matches nothing");
     }
 }

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
-use crate::checkpoint::PartialDir;
+use crate::io::PartialDir;
 use crate::kernels::rope::{inverse_frequencies, RopeScaling};
 use crate::model::decoder::{self, DecoderFamily};
 use crate::model::weights;

@@ -5,8 +5,9 @@
 
 use anyhow::Result;
 
+use super::bucketing::relative_position_buckets;
 use super::{block_param, Batch, Stack, T5Model, SHARED};
-use crate::kernels::attention::{attention, position_bias, relative_position_buckets, AttentionShape};
+use crate::kernels::attention::{attention, position_bias, AttentionShape};
 use crate::kernels::elementwise::{add, gelu_new, mul, relu, scale};
 use crate::kernels::embedding::{check_ids, embedding};
 use crate::kernels::matmul::linear;
@@ -185,6 +186,7 @@ impl T5Model {
 
         // Computed once by block 0's bias table, reused by every block (transformers does the same).
         let buckets = relative_position_buckets(
+            0,
             len,
             len,
             !decoder,

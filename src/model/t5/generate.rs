@@ -4,9 +4,10 @@
 
 use anyhow::{bail, Result};
 
+use super::bucketing::relative_position_buckets;
 use super::forward::KeyValues;
 use super::{block_param, Stack, T5Model, SHARED};
-use crate::kernels::attention::{position_bias, relative_position_buckets_from, AttentionShape};
+use crate::kernels::attention::{position_bias, AttentionShape};
 use crate::kernels::embedding::embedding;
 use crate::kernels::matmul::linear;
 use crate::kernels::norm::rms_norm;
@@ -42,7 +43,7 @@ impl T5Model {
         greedy(&[c.decoder_start_token_id], max_new_tokens, &[c.eos_token_id], |token| {
             let position_count = step + 1;
             // Bias row of the newest query against every position so far.
-            let buckets = relative_position_buckets_from(
+            let buckets = relative_position_buckets(
                 step,
                 1,
                 position_count,

@@ -2,6 +2,7 @@
 //! parameter names so that checkpoints load and save unchanged.
 
 mod backward;
+pub mod bucketing;
 mod forward;
 mod generate;
 
@@ -312,11 +313,11 @@ impl Model for T5Model {
     }
 
     fn default_targets(&self) -> Vec<String> {
-        crate::subspace::targets::T5_DEFAULT.iter().map(|s| s.to_string()).collect()
+        crate::model::targets::T5_DEFAULT.iter().map(|s| s.to_string()).collect()
     }
 
     fn cross_attention_targets(&self) -> Vec<String> {
-        crate::subspace::targets::T5_CROSS_ATTENTION.iter().map(|s| s.to_string()).collect()
+        crate::model::targets::T5_CROSS_ATTENTION.iter().map(|s| s.to_string()).collect()
     }
 }
 
