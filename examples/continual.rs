@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use sculpt::continual::driver::{run_stream, Method, StreamOptions};
+use sculpt::continual::driver::{run_stream, ExactMatch, Method, StreamOptions};
 use sculpt::data::{Example, Task, TaskSettings};
 use sculpt::model::load_t5;
 use sculpt::model::targets::T5_DEFAULT;
@@ -51,7 +51,7 @@ fn main() -> Result<()> {
     ];
     let options = StreamOptions {
         method: Method::Osft,
-        policy: RankPolicy::default(), // adaptive: mrr 0.1, trr 0.8
+        policy: RankPolicy::OFFICIAL, // the official per-matrix rule
         mode: Mode::Strict,
         targets: T5_DEFAULT.iter().map(|s| s.to_string()).collect(),
         train: TrainOptions {
@@ -68,6 +68,8 @@ fn main() -> Result<()> {
         seed: 0,
         eval_every: 0,
         save_every: 0,
+        retention: None,
+        exact_match: ExactMatch::Generated,
     };
     // No run folder: nothing is written (give one to get checkpoints, a log and resuming).
     let results = run_stream(&model, &tokenizer, &tasks, &options, None, |task, log| {

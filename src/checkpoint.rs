@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::continual::retention::RetentionPoint;
 use crate::io::PartialDir;
 use crate::model::{weights, Model, Tokenizer};
 use crate::optim::AdamW;
@@ -43,6 +44,12 @@ pub struct TrainingState {
     /// Accuracy on every task before training, and after each finished task.
     pub before: Option<Vec<f64>>,
     pub accuracy: Vec<Vec<f64>>,
+    /// The base model's answers to the retention prompts, when the run measures retention.
+    #[serde(default)]
+    pub retention_base: Option<Vec<Vec<u32>>>,
+    /// Retention of the base model, then after every finished task.
+    #[serde(default)]
+    pub retention: Vec<RetentionPoint>,
 }
 
 impl TrainingState {

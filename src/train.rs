@@ -151,11 +151,17 @@ pub fn greedy_text(model: &dyn Model, tokenizer: &Tokenizer, source: &[u32], max
     tokenizer.decode(&out)
 }
 
+/// The source ids of `example` (the prompt a model answers), cut to `max_source_len` as
+/// training cuts them.
+pub fn encode_source(tokenizer: &Tokenizer, example: &Example, max_source_len: usize) -> Result<Vec<u32>> {
+    let (source, _) = encode_example(tokenizer, example)?;
+    Ok(truncate_source(tokenizer, example, source, max_source_len, &mut 0))
+}
+
 /// Whether a greedy output answers `example`: equal to its target, or for a chat example its
 /// assistant message, surrounding whitespace aside.
 pub fn is_exact_match(output: &str, example: &Example) -> bool {
-    let want = example.chat.as_ref().map_or(example.target.as_str(), |c| c.answer());
-    output.trim() == want.trim()
+    output.trim() == example.answer().trim()
 }
 
 pub fn encode(
@@ -300,13 +306,26 @@ pub fn exact_match(
 ) -> Result<f64> {
     let mut hits = 0;
     for ex in examples {
-        let mut n = 0;
         let (source, target) = encode_example(tokenizer, ex)?;
-        let source = truncate_source(tokenizer, ex, source, max_source_len, &mut n);
+        let source = truncate_source(tokenizer, ex, source, max_source_len, &mut 0);
         let output = greedy_text(model, tokenizer, &source, target.len() + EXTRA_ANSWER_TOKENS)?;
         hits += usize::from(is_exact_match(&output, ex));
     }
     Ok(hits as f64 / examples.len().max(1) as f64)
+}
+
+/// Exact match decided under teacher forcing, in batches of `batch_size`: an example counts
+/// when the model's argmax at every position of its target ids (the answer and its end token)
+/// is the target's token, which is when greedy decoding would give exactly those tokens and
+/// stop. One batched pass per batch instead of a decoding loop per example; stricter than
+/// [`exact_match`] only where another tokenization of the same text would also match.
+pub fn forced_exact_match(model: &dyn Model, pairs: &[Pair], batch_size: usize) -> Result<f64> {
+    let mut hits = 0;
+    for batch in pairs.chunks(batch_size.max(1)) {
+        let argmax = model.target_argmax(batch)?;
+        hits += argmax.iter().zip(batch).filter(|(choice, (_, target))| choice == &target).count();
+    }
+    Ok(hits as f64 / pairs.len().max(1) as f64)
 }
 
 #[cfg(test)]

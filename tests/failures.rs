@@ -5,7 +5,7 @@
 mod common;
 
 use sculpt::checkpoint;
-use sculpt::continual::driver::{run_stream, Method, StreamOptions};
+use sculpt::continual::driver::{run_stream, ExactMatch, Method, StreamOptions};
 use sculpt::data::synthetic;
 use sculpt::model::{load_t5, T5Model, Tokenizer};
 use sculpt::optim::{AdamWConfig, Schedule};
@@ -23,7 +23,7 @@ fn tiny_model(gpu: &Gpu, out: &Path) -> (Tokenizer, T5Model) {
 fn every_step_saved(lr: f32, epochs: usize) -> StreamOptions {
     StreamOptions {
         method: Method::Seqft,
-        policy: RankPolicy::default(),
+        policy: RankPolicy::BLOCK_MINMAX,
         mode: Mode::Strict,
         targets: Vec::new(),
         train: TrainOptions {
@@ -40,6 +40,8 @@ fn every_step_saved(lr: f32, epochs: usize) -> StreamOptions {
         seed: 5,
         eval_every: 0,
         save_every: 1,
+        retention: None,
+        exact_match: ExactMatch::Generated,
     }
 }
 

@@ -97,6 +97,14 @@ fn the_tiny_sentencepiece_model_imports_with_transformers_token_ids_and_llama3_r
 }
 
 #[test]
+fn the_tiny_qwen2_model_imports_with_its_attention_biases() {
+    let out = import_and_compare("tiny_qwen2");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!((&config["model_type"], &config["architectures"][0]), (&"qwen2".into(), &"Qwen2ForCausalLM".into()));
+}
+
+#[test]
 fn an_existing_folder_is_replaced_only_with_overwrite() {
     let dir = common::scratch("gguf", "overwrite");
     let out = dir.join("model");
@@ -164,13 +172,15 @@ fn broken_and_unsupported_files_are_refused_naming_the_file_and_the_key_or_tenso
     let err = import_error(&path, &out);
     assert!(err.contains("cut_data.gguf") && err.contains("tensor \"blk.1.") && err.contains("truncated"), "{err}");
 
-    let mut qwen = GgufBytes::header(0, 1);
-    qwen.kv_string("general.architecture", "qwen2");
-    let path = write(&dir, "qwen.gguf", &qwen.0);
+    let mut gemma = GgufBytes::header(0, 1);
+    gemma.kv_string("general.architecture", "gemma2");
+    let path = write(&dir, "gemma.gguf", &gemma.0);
     let err = import_error(&path, &out);
     assert!(
-        err.contains("qwen.gguf")
-            && err.contains("general.architecture \"qwen2\" is not supported by sculpt import; supported: llama"),
+        err.contains("gemma.gguf")
+            && err.contains(
+                "general.architecture \"gemma2\" is not supported by sculpt import; supported: llama, qwen2, qwen3"
+            ),
         "{err}"
     );
 

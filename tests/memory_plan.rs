@@ -3,7 +3,7 @@
 //! families, on models large enough that the pool's 256-byte rounding does not matter.
 
 use sculpt::continual::memory::MemoryPlan;
-use sculpt::model::{Gradients, LlamaConfig, LlamaModel, Model, Pair, T5Config, T5Model};
+use sculpt::model::{DecoderConfig, DecoderModel, Gradients, Model, Pair, T5Config, T5Model};
 use sculpt::optim::{AdamW, AdamWConfig};
 use sculpt::rng::Rng;
 use sculpt::subspace::{Mode, RankPolicy, SubspaceSet};
@@ -21,7 +21,7 @@ fn check_plan(gpu: &Gpu, model: &dyn Model, pairs: &[Pair]) {
     let targets = model.default_targets();
     let (policy, mode) = (RankPolicy::Fixed { ratio: 0.5 }, Mode::Strict);
     let plan = MemoryPlan::new(model, pairs.len(), source, target, Some((&targets, policy, mode)));
-    let subspaces = SubspaceSet::build(model.params(), &targets, policy, mode, |_| 0.5).unwrap();
+    let subspaces = SubspaceSet::build(model.params(), &targets, policy, mode, |_| 0.5, 1).unwrap();
     let grads = Gradients::zeros_like(model).unwrap();
     let mut optimizer = AdamW::new(AdamWConfig::default(), model.params()).unwrap();
     // The SVD pass has its own, transient scratch: the plan is of the training steps.
@@ -39,12 +39,12 @@ fn check_plan(gpu: &Gpu, model: &dyn Model, pairs: &[Pair]) {
 #[test]
 fn the_llama_plan_is_within_a_fifth_of_the_pool_peak() {
     let gpu = Gpu::new(&Default::default()).unwrap(); // own device: its pool holds only this test's buffers
-    let config = LlamaConfig::from_json(
+    let config = DecoderConfig::from_json(
         r#"{"hidden_size": 128, "intermediate_size": 344, "num_hidden_layers": 3, "num_attention_heads": 4,
             "num_key_value_heads": 2, "vocab_size": 4000, "tie_word_embeddings": true, "eos_token_id": 1}"#,
     )
     .unwrap();
-    let model = LlamaModel::random(&gpu, config, 0.02, 1).unwrap();
+    let model = DecoderModel::random(&gpu, config, 0.02, 1).unwrap();
     check_plan(&gpu, &model, &random_pairs(4, 40, 24, 4000));
 }
 

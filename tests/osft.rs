@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use sculpt::continual::driver::{run_stream, Method, StreamOptions};
+use sculpt::continual::driver::{run_stream, ExactMatch, Method, StreamOptions};
 use sculpt::data::synthetic;
 use sculpt::model::targets::T5_DEFAULT;
 use sculpt::model::{load_model, Gradients, T5Model};
@@ -56,7 +56,7 @@ fn run(fixture: &str, filter: Option<Mode>) -> Vec<(String, (f64, f64, f64))> {
         model.params().iter().map(|(n, p)| (n.clone(), p.to_f32().unwrap())).collect();
     let policy = RankPolicy::Fixed { ratio: 0.5 };
     let mode = filter.unwrap_or(Mode::Strict);
-    let set = SubspaceSet::build(model.params(), &model.default_targets(), policy, mode, |_| 0.5).unwrap();
+    let set = SubspaceSet::build(model.params(), &model.default_targets(), policy, mode, |_| 0.5, 1).unwrap();
     let examples: Vec<sculpt::data::Example> = ["copy: a b c", "reverse: d e f g", "sort: c a b"]
         .iter()
         .map(|s| sculpt::data::Example::new(s.to_string(), s.split_once(": ").unwrap().1.to_string()))
@@ -152,6 +152,8 @@ fn freezing_non_targets_leaves_them_bit_identical_while_targets_move() {
         seed: 1,
         eval_every: 0,
         save_every: 0,
+        retention: None,
+        exact_match: ExactMatch::Generated,
     };
     let tasks: Vec<_> = synthetic::stream(2, 8, 2).into_iter().take(1).collect();
     run_stream(&model, &tokenizer, &tasks, &options, None, |_, _| true).unwrap().unwrap();

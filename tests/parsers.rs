@@ -305,6 +305,8 @@ proptest! {
             run_rng: Rng::new(5),
             before: Some(vec![0.0, 0.25]),
             accuracy: vec![vec![0.5, 0.0]],
+        retention_base: None,
+        retention: Vec::new(),
         };
         let path = dir.join(checkpoint::STATE_FILE);
         std::fs::write(&path, mutate_json(&serde_json::to_vec_pretty(&state).unwrap(), &m)).unwrap();

@@ -8,12 +8,12 @@ mod common;
 use std::path::Path;
 use std::sync::OnceLock;
 
-use sculpt::model::{load_llama, CausalBatch, Gradients, LlamaModel, Model, Tokenizer};
+use sculpt::model::{load_decoder, CausalBatch, DecoderModel, Gradients, Model, Tokenizer};
 use sculpt::Gpu;
 use serde_json::Value;
 
 struct Smol {
-    model: LlamaModel,
+    model: DecoderModel,
     tokenizer: Tokenizer,
     reference: Value,
 }
@@ -22,7 +22,7 @@ struct Smol {
 fn smol() -> &'static Smol {
     static SMOL: OnceLock<Smol> = OnceLock::new();
     SMOL.get_or_init(|| {
-        let (model, tokenizer) = load_llama(&Gpu::shared().unwrap(), &common::smollm2_dir()).unwrap();
+        let (model, tokenizer) = load_decoder(&Gpu::shared().unwrap(), &common::smollm2_dir()).unwrap();
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2/reference.json");
         let reference = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         Smol { model, tokenizer, reference }

@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 
 use sculpt::checkpoint;
-use sculpt::continual::driver::{run_stream, Method, StreamOptions};
+use sculpt::continual::driver::{run_stream, ExactMatch, Method, StreamOptions};
 use sculpt::continual::report::Results;
 use sculpt::data::synthetic;
 use sculpt::model::targets::T5_DEFAULT;
@@ -20,7 +20,7 @@ use sculpt::Gpu;
 fn options(method: Method) -> StreamOptions {
     StreamOptions {
         method,
-        policy: RankPolicy::default(),
+        policy: RankPolicy::BLOCK_MINMAX,
         mode: Mode::Strict,
         targets: T5_DEFAULT.iter().map(|s| s.to_string()).collect(),
         train: TrainOptions {
@@ -37,6 +37,8 @@ fn options(method: Method) -> StreamOptions {
         seed: 5,
         eval_every: 3,
         save_every: 3,
+        retention: None,
+        exact_match: ExactMatch::Generated,
     }
 }
 
@@ -135,6 +137,8 @@ fn a_saved_fixture_model_gives_the_same_logits() {
         run_rng: sculpt::rng::Rng::new(0),
         before: None,
         accuracy: Vec::new(),
+        retention_base: None,
+        retention: Vec::new(),
     };
     let saved = checkpoint::save(&run_dir, "t5_v1_1", &model, &tokenizer, &state, None, &[]).unwrap();
     assert_eq!(checkpoint::read_state(&saved).unwrap(), state);

@@ -10,7 +10,7 @@ use sculpt::model::Gradients;
 use sculpt::model::{load_t5, T5Config, T5Model, Tokenizer};
 use sculpt::optim::{AdamW, AdamWConfig, Schedule, Unconstrained};
 use sculpt::rng::Rng;
-use sculpt::train::{encode, exact_match, train, Position, TrainOptions};
+use sculpt::train::{encode, exact_match, forced_exact_match, train, Position, TrainOptions};
 use sculpt::Gpu;
 
 #[test]
@@ -106,4 +106,17 @@ fn a_tiny_model_learns_to_copy_held_out_inputs() {
     assert_eq!(losses.len() as u64, steps);
     let accuracy = exact_match(&model, &tokenizer, &eval_set, 16).unwrap();
     assert_eq!(accuracy, 1.0, "held-out copy accuracy {accuracy}; losses {:?}", &losses[losses.len() - 5..]);
+    // Exact match under teacher forcing gives the same verdicts: every other target is
+    // replaced by the next example's, which the model does not answer.
+    let mixed: Vec<Example> = eval_set
+        .iter()
+        .enumerate()
+        .map(|(i, e)| match i % 2 {
+            0 => e.clone(),
+            _ => Example::new(e.input.clone(), eval_set[(i + 1) % eval_set.len()].target.clone()),
+        })
+        .collect();
+    let generated = exact_match(&model, &tokenizer, &mixed, 16).unwrap();
+    let forced = forced_exact_match(&model, &encode(&tokenizer, &mixed, 16, 16).unwrap().pairs, 8).unwrap();
+    assert_eq!((generated, forced), (0.5, 0.5));
 }

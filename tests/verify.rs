@@ -51,8 +51,8 @@ fn osft_checkpoints_verify_clean_and_unconstrained_ones_do_not() {
     let targets: Vec<String> = T5_DEFAULT.iter().map(|s| s.to_string()).collect();
 
     let model = fresh();
-    let set =
-        SubspaceSet::build(&model.params, &targets, RankPolicy::Fixed { ratio: 0.5 }, Mode::Strict, |_| 0.5).unwrap();
+    let set = SubspaceSet::build(&model.params, &targets, RankPolicy::Fixed { ratio: 0.5 }, Mode::Strict, |_| 0.5, 1)
+        .unwrap();
     save_weights(&model, &dir.join("before"));
     set.save(&dir.join("before").join(SUBSPACE_FILE)).unwrap();
     train_steps(&gpu, &tokenizer, &model, &set);

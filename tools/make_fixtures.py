@@ -11,6 +11,8 @@ Writes, under ``tests/fixtures/`` (or ``--out DIR``):
 * ``llama_gqa/``, ``llama_tied/``    -- tiny random Hugging Face LlamaForCausalLM folders (config.json,
   model.safetensors, tokenizer.json) plus ``reference.safetensors`` / ``reference.json`` (float64
   reference logits, loss, hidden states, every gradient, rotary frequencies, greedy generations)
+* ``qwen2/``, ``qwen3/``, ``mistral/`` -- the same for Qwen2ForCausalLM, Qwen3ForCausalLM and
+  MistralForCausalLM
 * ``svd.safetensors``                -- matrices and their float64 SVDs
 * ``projection.safetensors``         -- SVD-constrained update projections
 
@@ -649,10 +651,26 @@ def make_model_fixture(name, spec, tok, tokenizer_path, out_dir, device):
 
 
 # --------------------------------------------------------------------------------------------
-# Llama (decoder-only) fixtures
+# Decoder-only fixtures (Llama, Qwen2, Qwen3, Mistral)
 # --------------------------------------------------------------------------------------------
 
-LLAMA_COMMON = dict(
+# transformers' module and classes of each family: (module, config class, model class)
+DECODER_FAMILIES = {
+    "llama": ("llama", "LlamaConfig", "LlamaForCausalLM"),
+    "qwen2": ("qwen2", "Qwen2Config", "Qwen2ForCausalLM"),
+    "qwen3": ("qwen3", "Qwen3Config", "Qwen3ForCausalLM"),
+    "mistral": ("mistral", "MistralConfig", "MistralForCausalLM"),
+}
+
+
+def decoder_classes(spec):
+    import transformers
+
+    _, config_class, model_class = DECODER_FAMILIES[spec.get("family", "llama")]
+    return getattr(transformers, config_class), getattr(transformers, model_class)
+
+
+DECODER_COMMON = dict(
     hidden_size=32,
     intermediate_size=64,
     num_hidden_layers=2,
@@ -663,8 +681,8 @@ LLAMA_COMMON = dict(
     mlp_bias=False,
     hidden_act="silu",
 )
-LLAMA_EOS_BOOST = 1.5
-LLAMA_SPECS = {
+DECODER_EOS_BOOST = 1.5
+DECODER_SPECS = {
     # grouped-query attention, separate lm_head, llama3 rope scaling whose wavelength bands
     # (16 and 64 positions) put the head's four frequencies in all three branches;
     # eos_token_id as a list; written in transformers 5's `rope_parameters` layout.
@@ -683,17 +701,43 @@ LLAMA_SPECS = {
         rope_theta=100.0, rope_scaling={"type": "linear", "factor": 2.0},
         legacy_rope_layout=True, seed=SEED + 42,
     ),
+    # q, k and v projections with biases; tied embeddings; grouped-query attention.
+    "qwen2": dict(
+        family="qwen2", num_key_value_heads=2, tie_word_embeddings=True, pad_token_id=PAD_ID, eos_token_id=EOS_ID,
+        rope_theta=1000.0, rope_scaling={"rope_type": "default"}, legacy_rope_layout=False, seed=SEED + 50,
+    ),
+    # per-head RMS norms on q and k before rope; head_dim 16 (not hidden_size / heads = 8):
+    # the attention width (64) differs from the hidden size; separate lm_head.
+    "qwen3": dict(
+        family="qwen3", num_key_value_heads=2, head_dim=16, tie_word_embeddings=False, pad_token_id=PAD_ID,
+        eos_token_id=EOS_ID, rope_theta=1000.0, rope_scaling={"rope_type": "default"},
+        legacy_rope_layout=False, seed=SEED + 63,
+    ),
+    # a sliding window longer than any fixture sequence (sculpt refuses longer ones);
+    # grouped-query attention, separate lm_head.
+    "mistral": dict(
+        family="mistral", num_key_value_heads=2, sliding_window=48, tie_word_embeddings=False,
+        pad_token_id=PAD_ID, eos_token_id=EOS_ID, rope_theta=1000.0, rope_scaling={"rope_type": "default"},
+        legacy_rope_layout=False, seed=SEED + 82,
+    ),
 }
 
 
-def patch_llama_for_float64():
-    """transformers' LlamaRMSNorm computes in float32 and LlamaRotaryEmbedding makes cos/sin in
-    float32 even for a float64 model, which would cap the reference at float32 accuracy.  For
-    float64 inputs compute both in float64 (the inverse frequencies themselves stay the float32
-    values transformers derives from the config); float32/16 behaviour is unchanged."""
-    from transformers.models.llama import modeling_llama
+def patch_decoders_for_float64():
+    """transformers' RMSNorm of each decoder family computes in float32 and its RotaryEmbedding
+    makes cos/sin in float32 even for a float64 model, which would cap the reference at float32
+    accuracy.  For float64 inputs compute both in float64 (the inverse frequencies themselves
+    stay the float32 values transformers derives from the config); float32/16 behaviour is
+    unchanged."""
+    import importlib
 
-    norm = modeling_llama.LlamaRMSNorm
+    for module, config_class, _ in DECODER_FAMILIES.values():
+        modeling = importlib.import_module(f"transformers.models.{module}.modeling_{module}")
+        prefix = config_class[: -len("Config")]
+        patch_norm_and_rotary(getattr(modeling, prefix + "RMSNorm"), getattr(modeling, prefix + "RotaryEmbedding"))
+
+
+def patch_norm_and_rotary(norm, rotary):
     if not getattr(norm, "_sculpt_patched", False):
         original_norm = norm.forward
 
@@ -706,7 +750,6 @@ def patch_llama_for_float64():
         norm.forward = norm_forward
         norm._sculpt_patched = True
 
-    rotary = modeling_llama.LlamaRotaryEmbedding
     if not getattr(rotary, "_sculpt_patched", False):
         original_rotary = rotary.forward
 
@@ -721,10 +764,22 @@ def patch_llama_for_float64():
         rotary._sculpt_patched = True
 
 
-def llama_config(spec, vocab_size):
-    from transformers import LlamaConfig
+def decoder_common(spec):
+    """DECODER_COMMON as the family's config takes it, with the spec's optional fields."""
+    kw = dict(DECODER_COMMON)
+    if spec.get("family", "llama") != "llama":
+        # Qwen2's biases are fixed on q, k, v; Qwen3 and Mistral have none
+        for key in ("attention_bias", "mlp_bias"):
+            kw.pop(key)
+    for key in ("head_dim", "sliding_window"):
+        if key in spec:
+            kw[key] = spec[key]
+    return kw
 
-    kw = dict(LLAMA_COMMON)
+
+def decoder_config(spec, vocab_size):
+    config_class, _ = decoder_classes(spec)
+    kw = decoder_common(spec)
     kw.update(
         vocab_size=vocab_size,
         num_key_value_heads=spec["num_key_value_heads"],
@@ -736,17 +791,16 @@ def llama_config(spec, vocab_size):
         rope_scaling=dict(spec["rope_scaling"]),
         attn_implementation="eager",
     )
-    return LlamaConfig(**kw)
+    return config_class(**kw)
 
 
-def build_llama(spec, vocab_size, tokenizer_vocab_size):
-    from transformers import LlamaForCausalLM
-
-    model = LlamaForCausalLM(llama_config(spec, vocab_size))
+def build_decoder(spec, vocab_size, tokenizer_vocab_size):
+    _, model_class = decoder_classes(spec)
+    model = model_class(decoder_config(spec, vocab_size))
     tied = model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
     assert tied == spec["tie_word_embeddings"], (tied, spec)
     g = torch.Generator().manual_seed(spec["seed"])
-    d = LLAMA_COMMON["hidden_size"]
+    d = DECODER_COMMON["hidden_size"]
     with torch.no_grad():
         for name, p in model.named_parameters():  # registration order, deterministic
             if name == "model.embed_tokens.weight":
@@ -758,19 +812,21 @@ def build_llama(spec, vocab_size, tokenizer_vocab_size):
             elif p.dim() == 2:
                 scale = 0.5 if name.endswith("q_proj.weight") else 1.0
                 w = torch.randn(p.shape, generator=g) * (scale / math.sqrt(p.shape[1]))
+            elif name.endswith("proj.bias"):
+                w = torch.randn(p.shape, generator=g) * 0.2
             else:
                 raise RuntimeError(f"unexpected parameter {name} {tuple(p.shape)}")
             if name in ("model.embed_tokens.weight", "lm_head.weight"):
                 # as for T5, a larger </s> row makes some generations stop early (less so than
                 # for T5: every prompt here ends with </s>); unused padded ids stay small
-                w[EOS_ID] *= LLAMA_EOS_BOOST
+                w[EOS_ID] *= DECODER_EOS_BOOST
                 w[tokenizer_vocab_size:] *= 0.5
             p.copy_(w)
     model.eval()
     return model
 
 
-def write_llama_dir(model, spec, model_dir, tokenizer_path):
+def write_decoder_dir(model, spec, model_dir, tokenizer_path):
     os.makedirs(model_dir, exist_ok=True)
     model.save_pretrained(model_dir)
     cfg_path = os.path.join(model_dir, "config.json")
@@ -810,7 +866,7 @@ def make_causal_batch(tok, pad_id):
     return dict(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
 
 
-def llama_forward(model, batch, device):
+def decoder_forward(model, batch, device):
     """Forward with hidden states; also captures each decoder layer's raw output via hooks."""
     layer_out = []
     hooks = [layer.register_forward_hook(lambda m, a, o: layer_out.append(o[0] if isinstance(o, tuple) else o))
@@ -823,7 +879,7 @@ def llama_forward(model, batch, device):
     return out, layer_out
 
 
-def llama_generate(model, tok, text, eos_ids, device):
+def decoder_generate(model, tok, text, eos_ids, device):
     ids = torch.tensor([tok.encode(text).ids], dtype=torch.int64, device=device)
     settings = dict(attention_mask=torch.ones_like(ids), do_sample=False, num_beams=1,
                     max_new_tokens=GENERATE_MAX_NEW_TOKENS, eos_token_id=eos_ids, pad_token_id=eos_ids[0])
@@ -837,18 +893,17 @@ def llama_generate(model, tok, text, eos_ids, device):
     return ids[0].tolist(), seq[ids.shape[1]:], margins
 
 
-def make_llama_fixture(name, spec, tok, tokenizer_path, out_dir, device):
-    from transformers import LlamaForCausalLM
-
+def make_decoder_fixture(name, spec, tok, tokenizer_path, out_dir, device):
+    _, model_class = decoder_classes(spec)
     vocab_size = tok.get_vocab_size()
     padded_vocab = ((vocab_size + 7) // 8) * 8 + 8
     model_dir = os.path.join(out_dir, name)
-    model = build_llama(spec, padded_vocab, vocab_size)
-    write_llama_dir(model, spec, model_dir, tokenizer_path)
+    model = build_decoder(spec, padded_vocab, vocab_size)
+    write_decoder_dir(model, spec, model_dir, tokenizer_path)
 
     # ---- reload: the references are computed from exactly the saved float32 weights ----
     saved = load_file(os.path.join(model_dir, "model.safetensors"))
-    loaded, info = LlamaForCausalLM.from_pretrained(model_dir, output_loading_info=True, attn_implementation="eager")
+    loaded, info = model_class.from_pretrained(model_dir, output_loading_info=True, attn_implementation="eager")
     loaded.eval()
     assert not info["missing_keys"] and not info["unexpected_keys"], info
     param_names = [n for n, _ in loaded.named_parameters()]
@@ -865,7 +920,7 @@ def make_llama_fixture(name, spec, tok, tokenizer_path, out_dir, device):
     # ---- float64 reference forward / backward ----
     ref = copy.deepcopy(loaded).double().to(device)
     ref.zero_grad(set_to_none=True)
-    out, layer_out = llama_forward(ref, batch, device)
+    out, layer_out = decoder_forward(ref, batch, device)
     out.loss.backward()
     hs = out.hidden_states
     L = loaded.config.num_hidden_layers
@@ -891,15 +946,15 @@ def make_llama_fixture(name, spec, tok, tokenizer_path, out_dir, device):
 
     m32 = copy.deepcopy(loaded).to(device)
     m32.zero_grad(set_to_none=True)
-    out32, _ = llama_forward(m32, batch, device)
+    out32, _ = decoder_forward(m32, batch, device)
     out32.loss.backward()
     grad_dev = max(max_rel(p.grad, grads64[n]) for n, p in m32.named_parameters())
 
     # ---- greedy generation (float64 model, cross-checked against float32 and the cache) ----
     gens = []
     for text in GENERATE_INPUTS:
-        ids, out_ids, margins = llama_generate(ref, tok, text, eos_ids, device)
-        _, out_ids32, _ = llama_generate(loaded.to(device), tok, text, eos_ids, device)
+        ids, out_ids, margins = decoder_generate(ref, tok, text, eos_ids, device)
+        _, out_ids32, _ = decoder_generate(loaded.to(device), tok, text, eos_ids, device)
         assert out_ids == out_ids32, (text, out_ids, out_ids32)
         assert min(margins) >= MIN_GENERATE_MARGIN, (name, text, margins)
         assert all(i < vocab_size for i in out_ids), (name, text, out_ids)
@@ -918,7 +973,7 @@ def make_llama_fixture(name, spec, tok, tokenizer_path, out_dir, device):
         "model": name,
         "description": "float64 reference computed from the float32 weights in model.safetensors; stored as float32",
         "config": {k: v for k, v in spec.items() if k != "seed"} | {
-            "vocab_size": padded_vocab, "tokenizer_vocab_size": vocab_size, **LLAMA_COMMON},
+            "vocab_size": padded_vocab, "tokenizer_vocab_size": vocab_size, **decoder_common(spec)},
         "batch": {
             "examples": [{"source": s, "target": t} for s, t in BATCH_EXAMPLES],
             "batch_size": int(batch["input_ids"].shape[0]),
@@ -926,7 +981,7 @@ def make_llama_fixture(name, spec, tok, tokenizer_path, out_dir, device):
             "pad_token_id": pad_id,
             "layout": "each row is source ids ++ target ids (tokenizer output, each ending with </s>), "
                       "right-padded; labels are transformers' unshifted labels (-100 on source and padding); "
-                      "LlamaForCausalLM shifts them, so position t predicts labels[t + 1]",
+                      f"{model_class.__name__} shifts them, so position t predicts labels[t + 1]",
             "loss": "CrossEntropy mean over all shifted label tokens != -100 in the whole batch",
         },
         "num_hidden_states": len(hs),
@@ -1169,10 +1224,15 @@ Regenerate with `pip install -r tools/requirements.txt && python tools/make_fixt
   separate `lm_head.weight`, llama3 rope scaling, eos_token_id a list; transformers 5 config layout.
 - `llama_tied/` - random LlamaForCausalLM: tied embeddings, 4 key/value heads, linear rope scaling,
   no pad_token_id (batches pad with eos); legacy `rope_theta` + `rope_scaling` config layout.
-  Each holds config.json, model.safetensors, tokenizer.json plus `reference.safetensors` /
+- `qwen2/` - random Qwen2ForCausalLM: q, k, v biases, tied embeddings, grouped-query attention.
+- `qwen3/` - random Qwen3ForCausalLM: per-head q and k RMS norms, head_dim 16 (attention wider
+  than the hidden size), separate `lm_head.weight`.
+- `mistral/` - random MistralForCausalLM: a sliding window (48) longer than every sequence,
+  grouped-query attention, separate `lm_head.weight`.
+  Each decoder-only folder holds config.json, model.safetensors, tokenizer.json plus `reference.safetensors` /
   `reference.json`: float64 reference logits, loss, hidden states, every gradient, the rotary
   inverse frequencies and greedy generations. Regenerate only these with
-  `python tools/make_fixtures.py --only llama_gqa,llama_tied`.
+  `python tools/make_fixtures.py --only llama_gqa,llama_tied,qwen2,qwen3,mistral`.
 - `svd.safetensors` - `CASE.a/.s/.u/.v` matrices and their float64 SVD (A = U diag(S) V^T).
 - `projection.safetensors` - `CASE.w/.s/.u_k/.v_k/.delta/.strict/.paper` projected updates.
 
@@ -1192,7 +1252,7 @@ def generate(argv):
                    help="comma-separated fixtures to regenerate (e.g. llama_gqa,llama_tied); others are left as they are")
     args = p.parse_args(argv)
     only = set(filter(None, args.only.split(",")))
-    known = set(MODEL_SPECS) | set(LLAMA_SPECS) | {"tokenizer", "svd", "projection"}
+    known = set(MODEL_SPECS) | set(DECODER_SPECS) | {"tokenizer", "svd", "projection"}
     if only - known:
         p.error(f"--only: unknown fixtures {sorted(only - known)} (known: {sorted(known)})")
 
@@ -1201,7 +1261,7 @@ def generate(argv):
 
     torch.set_num_threads(args.threads)
     patch_t5_layernorm_for_float64()
-    patch_llama_for_float64()
+    patch_decoders_for_float64()
     # on CUDA some kernels lack a deterministic variant: warn instead of failing there
     torch.use_deterministic_algorithms(True, warn_only=args.device != "cpu")
     seed_everything(SEED)
@@ -1215,15 +1275,15 @@ def generate(argv):
     for text in [s for s, _ in BATCH_EXAMPLES] + GENERATE_INPUTS:
         assert hf_tok(text).input_ids == tok.encode(text).ids, text
 
-    metas, llama_metas = {}, {}
+    metas, decoder_metas = {}, {}
     for name, spec in MODEL_SPECS.items():
         if wanted(name):
             seed_everything(spec["seed"])
             metas[name] = make_model_fixture(name, spec, tok, tok_path, args.out, args.device)
-    for name, spec in LLAMA_SPECS.items():
+    for name, spec in DECODER_SPECS.items():
         if wanted(name):
             seed_everything(spec["seed"])
-            llama_metas[name] = make_llama_fixture(name, spec, tok, tok_path, args.out, args.device)
+            decoder_metas[name] = make_decoder_fixture(name, spec, tok, tok_path, args.out, args.device)
     svd_info = make_svd_fixture(args.out) if wanted("svd") else "kept"
     proj_info = make_projection_fixture(args.out) if wanted("projection") else "kept"
     with open(os.path.join(args.out, "README.md"), "w") as f:
@@ -1241,7 +1301,7 @@ def generate(argv):
             for gen in meta["generate"]:
                 print(f"  generate {gen['input']!r} -> {gen['output_ids']} {gen['output_text']!r} "
                       f"(min margin {gen['min_top1_top2_logit_margin']})")
-        for name, meta in llama_metas.items():
+        for name, meta in decoder_metas.items():
             print(f"{name}: loss={meta['stats']['loss']:.5f} logits_std={meta['stats']['logits_std']:.3f}")
             print(f"  float32 deviation: {meta['float32_deviation']}")
             for gen in meta["generate"]:

@@ -134,10 +134,12 @@ def llama3_rope_divisors(head_dim, theta, factor, low_freq_factor=1.0, high_freq
     return np.array(divisors, dtype=np.float32)
 
 
-def tiny_gguf(rng, path, vocabulary, layers, rope_theta=10000.0, llama3_rope_factor=None):
+def tiny_gguf(rng, path, vocabulary, layers, rope_theta=10000.0, llama3_rope_factor=None, arch="llama"):
+    """arch "qwen2" adds the q, k, v biases (and llama.cpp's qwen2 converter keeps transformers'
+    rotary row order, so the same matrices mean a different model there)."""
     hidden, ff, heads, kv_heads = 32, 64, 4, 2
     head_dim = hidden // heads
-    w = GGUFWriter(path, "llama")
+    w = GGUFWriter(path, arch)
     vocab = vocabulary(w)
     w.add_context_length(64)
     w.add_embedding_length(hidden)
@@ -172,6 +174,9 @@ def tiny_gguf(rng, path, vocabulary, layers, rope_theta=10000.0, llama3_rope_fac
         quantized(p + "ffn_down.weight", matrix(hidden, ff), Q.Q4_0)
         w.add_tensor(p + "attn_norm.weight", (1 + 0.1 * rng.standard_normal(hidden)).astype(np.float32))
         w.add_tensor(p + "ffn_norm.weight", (1 + 0.1 * rng.standard_normal(hidden)).astype(np.float32))
+        if arch == "qwen2":
+            for name, rows in [("attn_q", hidden), ("attn_k", kv_heads * head_dim), ("attn_v", kv_heads * head_dim)]:
+                w.add_tensor(p + name + ".bias", (0.2 * rng.standard_normal(rows)).astype(np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -215,6 +220,9 @@ def main():
     tiny_gguf(np.random.default_rng(1), path, sentencepiece_vocabulary, layers=1, rope_theta=500000.0,
               llama3_rope_factor=8.0)
     tiny_reference(path, "tiny_sp", whole_tensors=False)
+    path = os.path.join(OUT, "tiny_qwen2.gguf")
+    tiny_gguf(np.random.default_rng(2), path, byte_level_vocabulary, layers=2, arch="qwen2")
+    tiny_reference(path, "tiny_qwen2", whole_tensors=False)
     for name in sorted(os.listdir(OUT)):
         print(f"{name}: {os.path.getsize(os.path.join(OUT, name))} bytes")
 

@@ -212,14 +212,14 @@ fn random_subspaces(model: &T5Model, targets: &[String], policy: RankPolicy, mod
         (0..dim).flat_map(|i| (0..r).map(move |j| (i, j))).map(|(i, j)| q[(i, j)] as f32).collect()
     };
     let mut bases: BTreeMap<(usize, usize), (Vec<f32>, Vec<f32>)> = BTreeMap::new();
-    let mut set = SubspaceSet { mode, policy, frozen: BTreeMap::new(), choices: Vec::new() };
+    let mut set = SubspaceSet::new(mode, policy);
     for (name, p) in &model.params {
         let (&[m, n], true) = (p.shape(), is_target(targets, name)) else { continue };
         let r = m.min(n);
         let (u, v) = bases.entry((m, n)).or_insert_with(|| (orthonormal(m, r), orthonormal(n, r)));
-        let k = policy.frozen_rank(0.5, m, n);
-        set.frozen.insert(name.clone(), FrozenSubspace::from_svd(model.gpu(), (m, n), u, v, k, mode)?);
-        set.choices.push(RankChoice { name: name.clone(), rows: m, cols: n, importance: 0.5, k });
+        let k = policy.frozen_rank(0.5, m, n, 1);
+        let subspace = FrozenSubspace::from_svd(model.gpu(), (m, n), u, v, k, mode)?;
+        set.insert(subspace, RankChoice { name: name.clone(), rows: m, cols: n, importance: 0.5, k });
     }
     Ok(set)
 }
@@ -254,9 +254,9 @@ pub fn step(gpu: &crate::Gpu, args: &ModelArgs) -> Result<()> {
     let start = Instant::now();
     let targets = model.default_targets();
     let (set, svd_pass_ms) = if args.random_subspaces {
-        (random_subspaces(&model, &targets, RankPolicy::default(), Mode::Strict)?, None)
+        (random_subspaces(&model, &targets, RankPolicy::BLOCK_MINMAX, Mode::Strict)?, None)
     } else {
-        let set = SubspaceSet::build(&model.params, &targets, RankPolicy::default(), Mode::Strict, |_| 0.5)?;
+        let set = SubspaceSet::build(&model.params, &targets, RankPolicy::BLOCK_MINMAX, Mode::Strict, |_| 0.5, 1)?;
         gpu.flush()?;
         (set, Some(start.elapsed().as_secs_f64() * 1e3))
     };

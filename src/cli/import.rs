@@ -4,7 +4,7 @@ use anyhow::Result;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The GGUF file to convert (llama architecture; F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
+    /// The GGUF file to convert (architecture llama, qwen2 or qwen3; F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
     /// Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K tensors; byte-level BPE or SentencePiece vocabulary).
     #[arg(long)]
     gguf: PathBuf,

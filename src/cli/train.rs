@@ -10,13 +10,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{self, CHECKPOINTS};
-use crate::continual::driver::{run_stream, task_options, Method, StreamOptions};
+use crate::checkpoint;
+use crate::continual::driver::{run_stream, task_options, ExactMatch, Method, StreamOptions};
+use crate::continual::recipe::{Recipe, RecipeValues};
 use crate::continual::report::Results;
-use crate::data::{cl_benchmark, read_jsonl, synthetic, Stream, Task, TaskSettings};
+use crate::continual::retention::RetentionSet;
+use crate::continual::run_dir::{self, RUN_FILE};
+use crate::data::{cl_benchmark, read_jsonl, read_prompts, synthetic, Stream, Task, TaskSettings};
 use crate::io::write_atomic;
-use crate::model::targets::{T5_CROSS_ATTENTION, T5_DEFAULT};
-use crate::model::{load_model, LlamaConfig, LlamaModel, Model, T5Config, T5Model, Tokenizer};
+use crate::model::{load_model, DecoderConfig, DecoderModel, Model, T5Config, T5Model, Tokenizer};
 use crate::optim::{AdamWConfig, Schedule};
 use crate::subspace::{Mode, RankPolicy};
 use crate::train::TrainOptions;
@@ -59,24 +61,68 @@ pub struct Args {
     #[arg(long)]
     #[serde(skip)]
     overwrite: bool,
-    /// Method to run (default: both on the built-in stream, osft on user data).
+    /// Method to run: osft, seqft or both (default: both on the built-in stream, osft on user data).
     #[arg(long, value_enum)]
-    method: Option<Method>,
+    method: Option<MethodChoice>,
     /// The run folder (default: runs/default for the built-in job, runs/default-llama with
     /// --arch llama, runs/train otherwise).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Fraction of min(m, n) frozen in every target matrix (fixed policy; default: adaptive,
-    /// but 0.9 for the built-in job).
-    #[arg(long, conflicts_with_all = ["unfreeze_rank_ratio", "adaptive"])]
+    /// Training recipe: optimiser, rate, schedule, batch, epochs, length limits and rank policy
+    /// (default: builtin for the built-in job; paper-t5 or paper-llama, by the model's family,
+    /// for --model). Every flag below overrides its part.
+    #[arg(long, value_enum)]
+    #[serde(default)]
+    recipe: Option<Recipe>,
+    /// How many singular directions of each target are frozen: official (the official code's
+    /// per-matrix input/output cosine importance on samples of the previous task, divided by
+    /// its mean; k = round(d·mrr + I·d·(trr − mrr)) in [1, d]), official-schedule (the released
+    /// T5 scripts: the n-th decomposition freezes ⌊n·step·max(m, n)⌋), fixed (--rank-ratio),
+    /// block-minmax (sculpt's earlier variant: per-block importance min-max normalised across
+    /// blocks; a target outside every block, such as lm_head, counts as most important)
+    /// (default: the recipe's).
+    #[arg(long, value_enum)]
+    #[serde(default)]
+    rank_policy: Option<PolicyName>,
+    /// Fraction of min(m, n) frozen in every target matrix (implies --rank-policy fixed).
+    #[arg(long, conflicts_with = "unfreeze_rank_ratio")]
     rank_ratio: Option<f64>,
     /// The trained fraction instead (mini_trainer's spelling): rank ratio = 1 − this.
-    #[arg(long, conflicts_with = "adaptive")]
+    #[arg(long)]
     unfreeze_rank_ratio: Option<f64>,
-    /// The paper's adaptive rank policy, for the built-in job too.
+    /// Minimum and target rank ratios of official (default 0.5, 1) and block-minmax
+    /// (default 0.1, 0.8).
     #[arg(long)]
     #[serde(default)]
-    adaptive: bool,
+    mrr: Option<f64>,
+    #[arg(long)]
+    #[serde(default)]
+    trr: Option<f64>,
+    /// Share of max(m, n) added per decomposition by official-schedule (default 0.07).
+    #[arg(long)]
+    #[serde(default)]
+    schedule_step: Option<f64>,
+    /// Examples of the previous task on which importance is measured (official and
+    /// block-minmax; the official code uses 128).
+    #[arg(long, default_value_t = 128)]
+    #[serde(default = "default_importance_samples")]
+    importance_samples: usize,
+    /// General prompts (JSON Lines of {"messages": [.., {"role": "user", ..}]} or {"input": ..})
+    /// whose greedy answers by the starting model are recorded; after every task the mean loss
+    /// of those answers and the share still answered identically are measured and reported.
+    #[arg(long)]
+    #[serde(default)]
+    retention: Option<PathBuf>,
+    /// How task accuracy is measured: generated (greedy decoding per example, the text
+    /// compared) or forced (the answer's tokens under teacher forcing, batched: the same verdict
+    /// unless another tokenization of the answer would also match, and much faster).
+    #[arg(long, value_enum, default_value = "generated")]
+    #[serde(default = "default_exact_match")]
+    exact_match: ExactMatch,
+    /// Longest retention answer, in tokens.
+    #[arg(long, default_value_t = 64)]
+    #[serde(default = "default_retention_tokens")]
+    retention_max_tokens: usize,
     /// strict: (I − UUᵀ) ΔW (I − VVᵀ); paper: ΔW − UUᵀ ΔW VVᵀ.
     #[arg(long, value_enum, default_value = "strict")]
     projection: ProjectionMode,
@@ -112,32 +158,37 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', conflicts_with_all = ["seed", "resume"])]
     #[serde(skip)]
     seeds: Vec<u64>,
-    /// Epochs per task (default 8; the trace preset: TRACE's own per-dataset epochs,
-    /// 5,3,7,5,3,5,5,7, which this flag replaces). A stream file's per-task epochs win.
+    /// Epochs per task (default: the recipe's; the trace preset: TRACE's own per-dataset
+    /// epochs, 5,3,7,5,3,5,5,7, which this flag replaces). A stream file's per-task epochs win.
     #[arg(long)]
     epochs: Option<usize>,
-    #[arg(long, default_value_t = 3e-3)]
-    lr: f32,
-    #[arg(long, default_value_t = 0.0)]
-    weight_decay: f32,
-    /// AdamW's second-moment decay (default: 0.99 on the built-in stream, whose tasks are
-    /// only ~130 steps long; 0.999, torch's default, otherwise).
+    /// AdamW's learning rate (default: the recipe's).
+    #[arg(long)]
+    lr: Option<f32>,
+    #[arg(long)]
+    weight_decay: Option<f32>,
+    /// AdamW's second-moment decay.
     #[arg(long)]
     beta2: Option<f32>,
-    /// Fraction of the steps of a task spent warming the learning rate up (then linear decay).
-    #[arg(long, default_value_t = 0.1)]
-    warmup_ratio: f64,
+    /// Global gradient-norm clip (0: none).
+    #[arg(long)]
+    #[serde(default)]
+    max_grad_norm: Option<f32>,
+    /// Fraction of the steps of a task spent warming the learning rate up, then linear decay
+    /// (the paper recipes: none, a constant rate).
+    #[arg(long)]
+    warmup_ratio: Option<f64>,
     /// Examples per micro-batch.
-    #[arg(long, default_value_t = 16)]
-    batch_size: usize,
+    #[arg(long)]
+    batch_size: Option<usize>,
     /// Micro-batches accumulated into one optimizer step.
     #[arg(long, default_value_t = 1)]
     grad_accum: usize,
     /// Longer sources and targets are cut (and counted).
-    #[arg(long, default_value_t = 512)]
-    max_source_len: usize,
-    #[arg(long, default_value_t = 128)]
-    max_target_len: usize,
+    #[arg(long)]
+    max_source_len: Option<usize>,
+    #[arg(long)]
+    max_target_len: Option<usize>,
     /// Evaluate the current task every N steps (0: at task ends only).
     #[arg(long, default_value_t = 0)]
     eval_every: u64,
@@ -162,8 +213,26 @@ enum Arch {
     /// Encoder-decoder T5 (T5Config::tiny).
     #[default]
     T5,
-    /// Decoder-only Llama with grouped-query attention (LlamaConfig::tiny).
+    /// Decoder-only Llama with grouped-query attention (DecoderConfig::tiny).
     Llama,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+enum MethodChoice {
+    Osft,
+    Seqft,
+    /// Both from the same start, with the same data order.
+    Both,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+enum PolicyName {
+    Official,
+    OfficialSchedule,
+    Fixed,
+    BlockMinmax,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, clap::ValueEnum)]
@@ -173,26 +242,72 @@ enum ProjectionMode {
     Paper,
 }
 
-const RUN_FILE: &str = "run.json";
-
 /// The scale of run.json files written before --init-std existed.
 fn default_init_std() -> f32 {
     0.02
 }
 
-/// Epochs per task when neither --epochs nor the data says.
-const DEFAULT_EPOCHS: usize = 8;
-/// The built-in job's frozen fraction of every target, chosen by measurement (README,
-/// Status): 0.85 lost the tiny T5's BWT margin once the SVD's rounding changed.
-const BUILTIN_RANK_RATIO: f64 = 0.9;
+fn default_importance_samples() -> usize {
+    128
+}
+
+fn default_exact_match() -> ExactMatch {
+    ExactMatch::Generated
+}
+
+fn default_retention_tokens() -> usize {
+    64
+}
 
 impl Args {
     fn is_builtin(&self) -> bool {
         self.model.is_none()
     }
 
-    fn epochs(&self) -> usize {
-        self.epochs.unwrap_or(DEFAULT_EPOCHS)
+    /// The recipe of a run on a model with these default targets.
+    fn recipe(&self, encoder_decoder: bool) -> Recipe {
+        match (self.recipe, self.is_builtin(), encoder_decoder) {
+            (Some(recipe), _, _) => recipe,
+            (None, true, _) => Recipe::Builtin,
+            (None, false, true) => Recipe::PaperT5,
+            (None, false, false) => Recipe::PaperLlama,
+        }
+    }
+
+    /// The rank policy: the flags over the recipe's.
+    fn policy(&self, recipe: &RecipeValues) -> Result<RankPolicy> {
+        let name = match (self.rank_policy, self.rank_ratio.or(self.unfreeze_rank_ratio)) {
+            (Some(name), _) => name,
+            (None, Some(_)) => PolicyName::Fixed,
+            (None, None) if self.mrr.is_some() || self.trr.is_some() || self.schedule_step.is_some() => {
+                bail!(
+                    "--mrr, --trr and --schedule-step need --rank-policy (official, block-minmax or official-schedule)"
+                )
+            }
+            (None, None) => return Ok(recipe.policy),
+        };
+        let pick = |(mrr, trr): (f64, f64)| (self.mrr.unwrap_or(mrr), self.trr.unwrap_or(trr));
+        let policy = match name {
+            PolicyName::Fixed => match (self.rank_ratio, self.unfreeze_rank_ratio, recipe.policy) {
+                (Some(ratio), _, _) => RankPolicy::Fixed { ratio },
+                (None, Some(u), _) => RankPolicy::from_unfreeze_ratio(u)?,
+                (None, None, RankPolicy::Fixed { ratio }) => RankPolicy::Fixed { ratio },
+                (None, None, _) => bail!("--rank-policy fixed needs --rank-ratio R (or --unfreeze-rank-ratio U)"),
+            },
+            PolicyName::Official => {
+                let (mrr, trr) = pick((0.5, 1.0));
+                RankPolicy::Official { mrr, trr }
+            }
+            PolicyName::BlockMinmax => {
+                let (mrr, trr) = pick((0.1, 0.8));
+                RankPolicy::BlockMinmax { mrr, trr }
+            }
+            PolicyName::OfficialSchedule => RankPolicy::OfficialSchedule { step: self.schedule_step.unwrap_or(0.07) },
+        };
+        if name != PolicyName::Fixed && (self.rank_ratio.is_some() || self.unfreeze_rank_ratio.is_some()) {
+            bail!("--rank-ratio and --unfreeze-rank-ratio belong to --rank-policy fixed");
+        }
+        Ok(policy)
     }
 
     /// The tasks of --preset; an explicit --epochs replaces a preset's own per-task epochs.
@@ -206,9 +321,9 @@ impl Args {
 
     fn methods(&self) -> Vec<Method> {
         match (self.method, self.is_builtin()) {
-            (Some(m), _) => vec![m],
-            (None, true) => vec![Method::Osft, Method::Seqft],
-            (None, false) => vec![Method::Osft],
+            (Some(MethodChoice::Osft), _) | (None, false) => vec![Method::Osft],
+            (Some(MethodChoice::Seqft), _) => vec![Method::Seqft],
+            (Some(MethodChoice::Both), _) | (None, true) => vec![Method::Osft, Method::Seqft],
         }
     }
 
@@ -244,44 +359,54 @@ impl Args {
         }
     }
 
-    /// `targets`: the model family's default target patterns.
-    fn stream_options(&self, method: Method, examples: usize, mut targets: Vec<String>) -> Result<StreamOptions> {
-        let policy = match (self.rank_ratio, self.unfreeze_rank_ratio) {
-            (Some(r), _) => RankPolicy::Fixed { ratio: r },
-            (None, Some(u)) => RankPolicy::from_unfreeze_ratio(u)?,
-            // On the built-in stream the adaptive policy leaves a layer of every model as
-            // little as 10% (min-max normalised importance), and that layer forgets.
-            (None, None) if self.is_builtin() && !self.adaptive => RankPolicy::Fixed { ratio: BUILTIN_RANK_RATIO },
-            (None, None) => RankPolicy::default(),
-        };
+    /// `targets`: the model's target patterns ([`Model::targets`]).
+    fn stream_options(
+        &self,
+        method: Method,
+        examples: usize,
+        mut targets: Vec<String>,
+        encoder_decoder: bool,
+    ) -> Result<StreamOptions> {
+        let recipe = self.recipe(encoder_decoder).values();
+        let policy = self.policy(&recipe)?;
         policy.validate()?;
-        if self.epochs() == 0 || self.batch_size == 0 || self.grad_accum == 0 {
+        let epochs = self.epochs.unwrap_or(recipe.epochs);
+        let batch_size = self.batch_size.unwrap_or(recipe.batch_size);
+        if epochs == 0 || batch_size == 0 || self.grad_accum == 0 {
             bail!("--epochs, --batch-size and --grad-accum must be positive");
         }
-        if !(0.0..1.0).contains(&self.warmup_ratio) {
-            bail!("--warmup-ratio must be in [0, 1), got {}", self.warmup_ratio);
+        let warmup_ratio = self.warmup_ratio.or(recipe.warmup_ratio);
+        if let Some(w) = warmup_ratio.filter(|w| !(0.0..1.0).contains(w)) {
+            bail!("--warmup-ratio must be in [0, 1), got {w}");
         }
         let mut train = TrainOptions {
-            epochs: self.epochs(),
-            batch_size: self.batch_size,
+            epochs,
+            batch_size,
             grad_accum: self.grad_accum,
-            max_source_len: self.max_source_len,
-            max_target_len: self.max_target_len,
+            max_source_len: self.max_source_len.unwrap_or(recipe.max_source_len),
+            max_target_len: self.max_target_len.unwrap_or(recipe.max_target_len),
             adamw: AdamWConfig {
-                lr: self.lr,
-                weight_decay: self.weight_decay,
-                beta2: self.beta2.unwrap_or(if self.is_builtin() { 0.99 } else { 0.999 }),
-                ..Default::default()
+                lr: self.lr.unwrap_or(recipe.adamw.lr),
+                weight_decay: self.weight_decay.unwrap_or(recipe.adamw.weight_decay),
+                beta2: self.beta2.unwrap_or(recipe.adamw.beta2),
+                max_grad_norm: self.max_grad_norm.unwrap_or(recipe.adamw.max_grad_norm),
+                ..recipe.adamw
             },
         };
-        let steps = (self.epochs() * train.steps_per_epoch(examples)) as u64;
-        train.adamw.schedule = Schedule::Linear { warmup: (steps as f64 * self.warmup_ratio) as u64, total: steps };
-        if self.cross_attention() {
-            if !targets.iter().any(|t| T5_DEFAULT.contains(&t.as_str())) {
-                bail!("--cross-attention: this model has no cross-attention (it is decoder-only)");
-            }
-            targets.extend(T5_CROSS_ATTENTION.iter().map(|s| s.to_string()));
+        if let Some(warmup_ratio) = warmup_ratio {
+            let steps = (epochs * train.steps_per_epoch(examples)) as u64;
+            train.adamw.schedule = Schedule::Linear { warmup: (steps as f64 * warmup_ratio) as u64, total: steps };
         }
+        let retention = match &self.retention {
+            Some(path) => Some(RetentionSet {
+                prompts: read_prompts(path)?,
+                max_new_tokens: self.retention_max_tokens,
+                max_source_len: train.max_source_len,
+                batch_size,
+                base: None,
+            }),
+            None => None,
+        };
         targets.extend(self.extra_targets());
         Ok(StreamOptions {
             method,
@@ -292,12 +417,14 @@ impl Args {
             },
             targets,
             train,
-            importance_samples: 32,
+            importance_samples: self.importance_samples,
             free_first_task: self.free_first_task(),
             freeze_non_targets: self.freeze_non_targets(),
             seed: self.seed,
             eval_every: self.eval_every,
             save_every: self.save_every,
+            retention,
+            exact_match: self.exact_match,
         })
     }
 
@@ -315,7 +442,9 @@ impl Args {
             // singular directions (the ones OSFT freezes) rather than the random start.
             let model: Box<dyn Model> = match self.arch {
                 Arch::T5 => Box::new(T5Model::random(gpu, T5Config::tiny(vocab), true, self.init_std, self.seed)?),
-                Arch::Llama => Box::new(LlamaModel::random(gpu, LlamaConfig::tiny(vocab), self.init_std, self.seed)?),
+                Arch::Llama => {
+                    Box::new(DecoderModel::random(gpu, DecoderConfig::tiny(vocab), self.init_std, self.seed)?)
+                }
             };
             return Ok((model, tokenizer, synthetic::stream(self.seed, self.train_examples, self.eval_examples)));
         };
@@ -343,37 +472,6 @@ impl Args {
     }
 }
 
-/// Makes `dir` the folder of a run with `args`: a new folder gets `run.json`; a folder of
-/// the same run is continued; another run's folder is refused unless `overwrite`.
-fn claim_run_dir(dir: &Path, args: &Args, overwrite: bool) -> Result<()> {
-    let run_file = dir.join(RUN_FILE);
-    if run_file.exists() {
-        let previous: Args = read_run(dir)?;
-        if overwrite {
-            std::fs::remove_dir_all(dir).with_context(|| format!("cannot remove {}", dir.display()))?;
-        } else if previous != *args {
-            bail!(
-                "{} holds a run with other arguments; continue it with --resume {}, or pass another --out (or --overwrite to delete it)",
-                dir.display(),
-                dir.display()
-            );
-        } else {
-            log::info!("{} holds this run already: continuing it", dir.display());
-        }
-    } else if dir.join(CHECKPOINTS).exists() && !overwrite {
-        bail!("{} has checkpoints but no {RUN_FILE}; pass another --out", dir.display());
-    }
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create the run folder {}", dir.display()))?;
-    write_atomic(&run_file, serde_json::to_string_pretty(args)?.as_bytes())
-}
-
-fn read_run(dir: &Path) -> Result<Args> {
-    let path = dir.join(RUN_FILE);
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("{}: cannot read; is {} a sculpt run folder?", path.display(), dir.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{}: damaged run description", path.display()))
-}
-
 /// Set by the first Ctrl-C: the run stops at the next step boundary with a checkpoint.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -388,11 +486,22 @@ fn catch_ctrl_c() -> Result<()> {
     .context("cannot install the Ctrl-C handler")
 }
 
-/// One method's run in `dir`; None when Ctrl-C stopped it.
-fn run_method(gpu: &crate::Gpu, args: &Args, method: Method, dir: &Path) -> Result<Option<Results>> {
+/// One method's run in `dir`; None when Ctrl-C stopped it. `retention_base`: the starting
+/// model's retention answers, when already known.
+fn run_method(
+    gpu: &crate::Gpu,
+    args: &Args,
+    method: Method,
+    dir: &Path,
+    retention_base: Option<&[Vec<u32>]>,
+) -> Result<Option<Results>> {
     let (model, tokenizer, tasks) = args.setup(gpu, dir)?;
     let examples = tasks.iter().map(|t| t.train.len()).max().unwrap_or(0);
-    let options = args.stream_options(method, examples, model.default_targets())?;
+    let encoder_decoder = !model.cross_attention_targets().is_empty();
+    let mut options = args.stream_options(method, examples, model.targets(args.cross_attention())?, encoder_decoder)?;
+    if let Some(set) = &mut options.retention {
+        set.base = retention_base.map(<[_]>::to_vec);
+    }
     let steps: usize = tasks
         .iter()
         .map(|t| {
@@ -430,6 +539,15 @@ fn run_method(gpu: &crate::Gpu, args: &Args, method: Method, dir: &Path) -> Resu
     Ok(results)
 }
 
+/// The retention answers of the starting model of a --model run.
+fn starting_retention_answers(gpu: &crate::Gpu, args: &Args) -> Result<Vec<Vec<u32>>> {
+    let (model, tokenizer, _) = args.setup(gpu, &args.out())?;
+    let options =
+        args.stream_options(Method::Osft, 0, model.default_targets(), !model.cross_attention_targets().is_empty())?;
+    let set = options.retention.context("a retention set")?;
+    set.answers(&*model, &tokenizer)
+}
+
 pub fn run(gpu: &crate::Gpu, args: &Args) -> Result<()> {
     catch_ctrl_c()?;
     if let Some(dir) = &args.resume {
@@ -438,6 +556,12 @@ pub fn run(gpu: &crate::Gpu, args: &Args) -> Result<()> {
     let out = args.out();
     let methods = args.methods();
     let seeds = if args.seeds.is_empty() { vec![args.seed] } else { args.seeds.clone() };
+    // Every run of a --model folder starts from the same weights: its retention answers are
+    // generated once for all of them.
+    let retention_base = match (&args.model, &args.retention) {
+        (Some(_), Some(_)) if seeds.len() * methods.len() > 1 => Some(starting_retention_answers(gpu, args)?),
+        _ => None,
+    };
     let mut all: Vec<(u64, Results)> = Vec::new();
     for &seed in &seeds {
         for &method in &methods {
@@ -447,9 +571,13 @@ pub fn run(gpu: &crate::Gpu, args: &Args) -> Result<()> {
                 dir = dir.join(format!("{method:?}").to_lowercase());
             }
             let mut own = args.clone();
-            (own.method, own.seed, own.seeds, own.out) = (Some(method), seed, Vec::new(), Some(dir.clone()));
-            claim_run_dir(&dir, &own, args.overwrite)?;
-            let Some(results) = run_method(gpu, &own, method, &dir)? else { return Ok(()) };
+            let choice = match method {
+                Method::Osft => MethodChoice::Osft,
+                Method::Seqft => MethodChoice::Seqft,
+            };
+            (own.method, own.seed, own.seeds, own.out) = (Some(choice), seed, Vec::new(), Some(dir.clone()));
+            run_dir::claim(&dir, &own, args.overwrite)?;
+            let Some(results) = run_method(gpu, &own, method, &dir, retention_base.as_deref())? else { return Ok(()) };
             println!("{}", results.markdown());
             all.push((seed, results));
         }
@@ -493,9 +621,10 @@ fn resume(gpu: &crate::Gpu, dir: &Path) -> Result<()> {
         bail!("{} holds no {RUN_FILE}: not a sculpt run folder (give the --out of the run to continue)", dir.display());
     }
     for run_dir in runs {
-        let args = read_run(&run_dir)?;
-        let method = args.method.context("run.json names no method")?;
-        let Some(results) = run_method(gpu, &args, method, &run_dir)? else { return Ok(()) };
+        let args: Args = run_dir::read(&run_dir)?;
+        // A run folder's run.json names its one method.
+        let method = args.methods()[0];
+        let Some(results) = run_method(gpu, &args, method, &run_dir, None)? else { return Ok(()) };
         println!("{}", results.markdown());
     }
     Ok(())
@@ -504,6 +633,7 @@ fn resume(gpu: &crate::Gpu, dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::targets::T5_DEFAULT;
     use clap::Parser;
 
     #[derive(Parser)]
@@ -522,17 +652,46 @@ mod tests {
 
     fn policy(line: &str) -> RankPolicy {
         let args = parse(line);
-        args.stream_options(Method::Osft, 16, T5_DEFAULT.iter().map(|t| t.to_string()).collect()).unwrap().policy
+        args.stream_options(Method::Osft, 16, T5_DEFAULT.iter().map(|t| t.to_string()).collect(), true).unwrap().policy
     }
 
     #[test]
-    fn builtin_job_freezes_nine_tenths_unless_told_otherwise() {
+    fn builtin_job_freezes_nine_tenths_and_model_runs_take_the_official_rule() {
         assert_eq!(policy(""), RankPolicy::Fixed { ratio: 0.9 });
         assert_eq!(policy("--arch llama"), RankPolicy::Fixed { ratio: 0.9 });
-        assert_eq!(policy("--adaptive"), RankPolicy::default());
+        assert_eq!(policy("--rank-policy block-minmax"), RankPolicy::BLOCK_MINMAX);
+        assert_eq!(policy("--rank-policy official --mrr 0.3"), RankPolicy::Official { mrr: 0.3, trr: 1.0 });
+        assert_eq!(policy("--rank-policy official-schedule"), RankPolicy::OFFICIAL_SCHEDULE);
         assert_eq!(policy("--rank-ratio 0.5"), RankPolicy::Fixed { ratio: 0.5 });
-        assert_eq!(policy("--model m --train t.jsonl"), RankPolicy::default());
-        assert!(Cli::try_parse_from(["train", "--adaptive", "--rank-ratio", "0.5"]).is_err());
+        assert_eq!(policy("--model m --train t.jsonl"), RankPolicy::OFFICIAL);
+        assert_eq!(policy("--model m --train t.jsonl --recipe builtin"), RankPolicy::Fixed { ratio: 0.9 });
+        let refused = |line: &str| {
+            let args = parse(line);
+            args.stream_options(Method::Osft, 16, vec![], false).err().map(|e| e.to_string()).unwrap_or_default()
+        };
+        assert!(refused("--rank-policy official --rank-ratio 0.5").contains("belong to --rank-policy fixed"));
+        assert!(refused("--mrr 0.2").contains("need --rank-policy"));
+        assert!(refused("--model m --train t.jsonl --rank-policy fixed").contains("needs --rank-ratio"));
+        assert!(refused("--rank-policy official --mrr 0.9 --trr 0.5").contains("0 <= mrr <= trr <= 1"));
+    }
+
+    #[test]
+    fn model_runs_default_to_the_papers_recipe_of_their_family() {
+        let llama: Vec<String> = vec!["model.layers.*.self_attn.q_proj.weight".into()];
+        let t5: Vec<String> = T5_DEFAULT.iter().map(|t| t.to_string()).collect();
+        let train = |line: &str, targets: &[String]| {
+            let encoder_decoder = targets.iter().any(|t| T5_DEFAULT.contains(&t.as_str()));
+            parse(line).stream_options(Method::Osft, 16, targets.to_vec(), encoder_decoder).unwrap().train
+        };
+        let paper = train("--model m --train t.jsonl", &llama);
+        assert_eq!((paper.adamw.lr, paper.adamw.weight_decay, paper.adamw.schedule), (1e-5, 0.01, Schedule::Constant));
+        assert_eq!((paper.batch_size, paper.epochs, paper.max_source_len, paper.max_target_len), (8, 1, 256, 16));
+        assert_eq!(train("--model m --train t.jsonl", &t5).max_source_len, 512);
+        let builtin = train("", &t5);
+        assert_eq!((builtin.adamw.lr, builtin.batch_size, builtin.epochs), (3e-3, 16, 8));
+        assert_eq!(builtin.adamw.schedule, Schedule::Linear { warmup: 0, total: 8 });
+        let own = train("--model m --train t.jsonl --lr 2e-5 --warmup-ratio 0.5 --batch-size 4 --epochs 2", &llama);
+        assert_eq!((own.adamw.lr, own.adamw.schedule), (2e-5, Schedule::Linear { warmup: 4, total: 8 }));
     }
 
     #[test]
@@ -559,7 +718,7 @@ mod tests {
         crate::data::trace::tests::fake_trace(&dir);
         let epochs = |line: &str| -> Vec<usize> {
             let args = parse(line);
-            let options = args.stream_options(Method::Osft, 2, vec![]).unwrap();
+            let options = args.stream_options(Method::Osft, 2, vec![], false).unwrap();
             let tasks = args.preset_tasks("trace", &dir).unwrap();
             tasks.iter().map(|t| task_options(&options.train, t).epochs).collect()
         };

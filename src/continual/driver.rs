@@ -13,18 +13,23 @@ use serde::{Deserialize, Serialize};
 
 use super::memory::{self, MemoryPlan};
 use super::report::Results;
+use super::retention::RetentionSet;
+use super::run_dir;
 use crate::checkpoint::{self, TrainingState};
-use crate::data::{Example, Task};
+use crate::data::Task;
 use crate::model::weights::Weights;
 use crate::model::{Gradients, Model, Pair, Tokenizer};
 use crate::optim::{AdamW, Schedule, UpdateFilter};
 use crate::rng::Rng;
-use crate::subspace::rank::normalise_importance;
+use crate::subspace::importance::{block_importance, matrix_importance};
+use crate::subspace::rank::{normalise_by_mean, normalise_min_max, ImportanceKind};
 use crate::subspace::state::SUBSPACE_FILE;
 use crate::subspace::targets::is_target;
 use crate::subspace::{Mode, RankPolicy, SubspaceSet};
 use crate::tensor::Tensor;
-use crate::train::{encode, eval_loss, exact_match, train, Encoded, Position, StepLog, TrainOptions};
+use crate::train::{
+    encode, eval_loss, exact_match, forced_exact_match, train, Encoded, Position, StepLog, TrainOptions,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -35,7 +40,8 @@ pub enum Method {
     Seqft,
 }
 
-#[derive(Clone, Debug)]
+/// Every setting of a run (recorded whole in run.json under "settings").
+#[derive(Clone, Debug, Serialize)]
 pub struct StreamOptions {
     pub method: Method,
     pub policy: RankPolicy,
@@ -54,45 +60,34 @@ pub struct StreamOptions {
     pub eval_every: u64,
     /// Write a mid-task checkpoint every this many steps; 0: at task ends only.
     pub save_every: u64,
+    /// General prompts whose base-model answers are scored after every task.
+    pub retention: Option<RetentionSet>,
+    /// How every task's accuracy is measured after each task.
+    pub exact_match: ExactMatch,
 }
 
-/// Mean cosine similarity between the input and output hidden states of every block
-/// (real tokens only) over `samples`, keyed by the block's name prefix
-/// ("encoder.block.3."), min-max normalised across all blocks. The samples are encoded with
-/// the task's length limits and run in batches of its batch size, through the blocks only
-/// (no LM head, no logits).
-pub fn layer_importance(
-    model: &dyn Model,
-    tokenizer: &Tokenizer,
-    samples: &[Example],
-    options: &TrainOptions,
-) -> Result<BTreeMap<String, f64>> {
-    let pairs = encode(tokenizer, samples, options.max_source_len, options.max_target_len)?.pairs;
-    // (prefix, sum of cosines, tokens) per block, in the model's block order
-    let mut sums: Vec<(String, f64, usize)> = Vec::new();
-    for batch in pairs.chunks(options.batch_size.max(1)) {
-        for (i, block) in model.block_states(batch)?.into_iter().enumerate() {
-            let (x, y) = (block.input.to_f32()?, block.output.to_f32()?);
-            let d = x.len() / block.real.len().max(1);
-            if sums.len() <= i {
-                sums.push((block.prefix.clone(), 0.0, 0));
-            }
-            for (t, _) in block.real.iter().enumerate().filter(|(_, &real)| real) {
-                let (a, b) = (&x[t * d..(t + 1) * d], &y[t * d..(t + 1) * d]);
-                let dot: f64 = a.iter().zip(b).map(|(&p, &q)| p as f64 * q as f64).sum();
-                let na = a.iter().map(|&p| (p as f64).powi(2)).sum::<f64>().sqrt();
-                let nb = b.iter().map(|&p| (p as f64).powi(2)).sum::<f64>().sqrt();
-                sums[i].1 += dot / (na * nb).max(1e-30);
-                sums[i].2 += 1;
-            }
-        }
-    }
-    let raw: Vec<f64> = sums.iter().map(|(_, sum, count)| sum / (*count).max(1) as f64).collect();
-    Ok(sums.into_iter().map(|s| s.0).zip(normalise_importance(&raw)).collect())
+/// How a task's accuracy is measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ExactMatch {
+    /// Greedy decoding per example, the answer's text compared.
+    Generated,
+    /// The answer's tokens under teacher forcing, batched (see [`forced_exact_match`]).
+    Forced,
 }
 
-fn evaluate_all(model: &dyn Model, tokenizer: &Tokenizer, tasks: &[Task], max_source_len: usize) -> Result<Vec<f64>> {
-    tasks.iter().map(|t| exact_match(model, tokenizer, &t.eval, max_source_len)).collect()
+fn evaluate_all(model: &dyn Model, tokenizer: &Tokenizer, tasks: &[Task], options: &StreamOptions) -> Result<Vec<f64>> {
+    let t = &options.train;
+    tasks
+        .iter()
+        .map(|task| match options.exact_match {
+            ExactMatch::Generated => exact_match(model, tokenizer, &task.eval, t.max_source_len),
+            ExactMatch::Forced => {
+                let pairs = encode(tokenizer, &task.eval, t.max_source_len, t.max_target_len)?.pairs;
+                forced_exact_match(model, &pairs, t.batch_size)
+            }
+        })
+        .collect()
 }
 
 /// The memory plan of the stream's largest training batch; refuses, before any GPU work, a
@@ -152,18 +147,36 @@ fn subspaces_for(
     if options.method != Method::Osft || (i == 0 && options.free_first_task) {
         return Ok(None);
     }
-    // Only the adaptive policy reads importance: from samples of the previous task (the first
-    // task: its own data), with that task's batch size and length limits.
-    let importance = match options.policy {
-        RankPolicy::Adaptive { .. } => {
-            let previous = &tasks[i.saturating_sub(1)];
-            let samples = &previous.train[..options.importance_samples.min(previous.train.len())];
-            layer_importance(model, tokenizer, samples, &task_options(&options.train, previous))?
+    // Importance is read on samples of the previous task (the first task: its own), with that
+    // task's batch size and length limits.
+    let previous = &tasks[i.saturating_sub(1)];
+    let t = task_options(&options.train, previous);
+    let samples = &previous.train[..options.importance_samples.min(previous.train.len())];
+    let pairs = || Ok::<_, anyhow::Error>(encode(tokenizer, samples, t.max_source_len, t.max_target_len)?.pairs);
+    let kind = options.policy.importance();
+    let importance: BTreeMap<String, f64> = match kind {
+        ImportanceKind::None => BTreeMap::new(),
+        ImportanceKind::PerMatrix => {
+            normalise_by_mean(&matrix_importance(model, &pairs()?, t.batch_size, &options.targets)?)
         }
-        RankPolicy::Fixed { .. } => BTreeMap::new(),
+        ImportanceKind::PerBlock => {
+            let (prefixes, raw): (Vec<String>, Vec<f64>) =
+                block_importance(model, &pairs()?, t.batch_size)?.into_iter().unzip();
+            prefixes.into_iter().zip(normalise_min_max(&raw)).collect()
+        }
     };
-    let of = |name: &str| importance.iter().find(|(p, _)| name.starts_with(p.as_str())).map_or(0.5, |(_, v)| *v);
-    Ok(Some(SubspaceSet::build(model.params(), &options.targets, options.policy, options.mode, of)?))
+    let of = |name: &str| match kind {
+        ImportanceKind::None => 0.0,
+        // Every target has its own.
+        ImportanceKind::PerMatrix => importance.get(name).copied().unwrap_or(1.0),
+        // A target outside every block (an LM head) is treated as the most important.
+        ImportanceKind::PerBlock => {
+            importance.iter().find(|(p, _)| name.starts_with(p.as_str())).map_or(1.0, |(_, v)| *v)
+        }
+    };
+    // The n-th decomposition of the run (a free first task has none).
+    let decomposition = i + 1 - usize::from(options.free_first_task);
+    Ok(Some(SubspaceSet::build(model.params(), &options.targets, options.policy, options.mode, of, decomposition)?))
 }
 
 /// A task's update filter: the frozen subspaces (OSFT), and no update at all for the
@@ -275,6 +288,7 @@ pub fn run_stream(
     // run.json is the CLI's; a library caller's folder may lack it.
     let run_file = out.filter(|dir| dir.join("run.json").exists());
     if let Some(dir) = run_file {
+        run_dir::record(dir, "settings", serde_json::to_value(options)?)?;
         memory::record(dir, &plan, None)?;
     }
     let mut training_peak = 0;
@@ -291,11 +305,23 @@ pub fn run_stream(
             global_step: 0,
             position: Position { epoch: 0, batch: 0, rng: Rng::new(0) },
             run_rng: Rng::new(options.seed),
-            before: Some(evaluate_all(model, tokenizer, tasks, max_src)?),
+            before: Some(evaluate_all(model, tokenizer, tasks, options)?),
             accuracy: Vec::new(),
+            retention_base: None,
+            retention: Vec::new(),
         },
     };
     let mut log = Log::open(out, state.global_step)?;
+    if let (Some(set), None) = (&options.retention, &state.retention_base) {
+        let base = match &set.base {
+            Some(base) => base.clone(),
+            None => set.answers(model, tokenizer)?,
+        };
+        let point = set.measure(model, tokenizer, &base, "base")?;
+        log.write(serde_json::json!({"global_step": state.global_step, "retention": point}))?;
+        state.retention.push(point);
+        state.retention_base = Some(base);
+    }
     let grads = Gradients::zeros_like(model)?;
     let first = if state.task_done { state.task + 1 } else { state.task };
     // A checkpoint holds the frozen subspaces of the task that follows it (mid-task: of its
@@ -373,9 +399,14 @@ pub fn run_stream(
         if stopped {
             return Ok(None);
         }
-        let row = evaluate_all(model, tokenizer, tasks, max_src)?;
+        let row = evaluate_all(model, tokenizer, tasks, options)?;
         log.write(serde_json::json!({"global_step": state.global_step, "task": task.name, "accuracy": row}))?;
         state.accuracy.push(row);
+        if let (Some(set), Some(base)) = (&options.retention, &state.retention_base) {
+            let point = set.measure(model, tokenizer, base, &task.name)?;
+            log.write(serde_json::json!({"global_step": state.global_step, "task": task.name, "retention": point}))?;
+            state.retention.push(point);
+        }
         state.task_done = true;
         if i + 1 < tasks.len() {
             saved_subspaces = subspaces_for(model, tokenizer, tasks, i + 1, options)?;
@@ -390,7 +421,12 @@ pub fn run_stream(
         Method::Osft => "osft",
         Method::Seqft => "seqft",
     };
-    Ok(Some(Results::new(method, tasks.iter().map(|t| t.name.clone()).collect(), state.accuracy, state.before)))
+    let mut results =
+        Results::new(method, tasks.iter().map(|t| t.name.clone()).collect(), state.accuracy, state.before);
+    if options.retention.is_some() {
+        results.retention = Some(state.retention);
+    }
+    Ok(Some(results))
 }
 
 /// The checkpoint files of a task's frozen subspaces (none without).
@@ -438,7 +474,7 @@ fn evaluate_task(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::TaskSettings;
+    use crate::data::{Example, TaskSettings};
 
     #[test]
     fn task_overrides_replace_the_run_options_and_stretch_the_schedule() {

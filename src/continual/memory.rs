@@ -5,10 +5,9 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::Serialize;
 
-use crate::io::write_atomic;
 use crate::model::Model;
 use crate::subspace::targets::is_target;
 use crate::subspace::{Mode, RankPolicy};
@@ -57,11 +56,11 @@ impl MemoryPlan {
         let weights: u64 = model.params().values().map(|p| p.byte_size()).sum();
         let (mut subspaces, mut optimizer_scratch) = (0, 0);
         if let Some((targets, policy, mode)) = subspaces_of {
-            // The adaptive policy freezes the most at the highest importance.
-            let top_importance = 1.0;
+            // The most any matrix may have frozen under the policy.
+            let ratio = policy.max_ratio();
             for (name, p) in model.params() {
                 if let (&[m, n], true) = (p.shape(), is_target(targets, name)) {
-                    let k = policy.frozen_rank(top_importance, m, n);
+                    let k = ((ratio * m.min(n) as f64 + 1e-9).floor() as usize).min(m.min(n));
                     let basis = subspace_elements(m, n, k, mode);
                     subspaces += 4 * basis;
                     // Projected gradient and update, and per projection a product as large
@@ -104,17 +103,11 @@ impl MemoryPlan {
     }
 }
 
-/// Records the plan and the pool's measured peak under "memory" in `dir/run.json` (the rest of
-/// the file, the run's arguments, stays as it is).
+/// Records the plan and the pool's measured peak under "memory" in `dir/run.json`.
 pub fn record(dir: &Path, plan: &MemoryPlan, peak_bytes_in_use: Option<u64>) -> Result<()> {
-    let path = dir.join("run.json");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let mut run: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{}: damaged run description", path.display()))?;
     let mut memory = serde_json::to_value(plan)?;
     memory["peak_bytes_in_use"] = serde_json::json!(peak_bytes_in_use);
-    run["memory"] = memory;
-    write_atomic(&path, serde_json::to_string_pretty(&run)?.as_bytes())
+    super::run_dir::record(dir, "memory", memory)
 }
 
 #[cfg(test)]

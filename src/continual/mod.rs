@@ -3,6 +3,9 @@
 pub mod driver;
 pub mod memory;
 pub mod metrics;
+pub mod recipe;
 pub mod report;
+pub mod retention;
+pub mod run_dir;
 
 pub use metrics::{metrics, Metrics};

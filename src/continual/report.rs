@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::metrics::{metrics, Metrics};
+use super::retention::RetentionPoint;
 use crate::io::write_atomic;
 use crate::plot::{heatmap_png, line_chart_png};
 
@@ -22,12 +23,15 @@ pub struct Results {
     pub bwt: f64,
     pub fwt: Option<f64>,
     pub forgetting: Vec<f64>,
+    /// Retention of the base model's answers: before the first task, then after each.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<Vec<RetentionPoint>>,
 }
 
 impl Results {
     pub fn new(method: &str, tasks: Vec<String>, accuracy: Vec<Vec<f64>>, before: Option<Vec<f64>>) -> Results {
         let Metrics { aa, bwt, fwt, forgetting } = metrics(&accuracy, before.as_deref());
-        Results { method: method.to_string(), tasks, accuracy, before, aa, bwt, fwt, forgetting }
+        Results { method: method.to_string(), tasks, accuracy, before, aa, bwt, fwt, forgetting, retention: None }
     }
 
     /// The accuracy matrix as a markdown table (percent), with AA and BWT.
@@ -51,7 +55,14 @@ impl Results {
         if let Some(f) = self.fwt {
             s += &format!("  FWT {:+.1}", 100.0 * f);
         }
-        s + "\n"
+        s += "\n";
+        if let Some(points) = &self.retention {
+            s += "\n| retention after | base answers' loss | identical answers |\n|---|---|---|\n";
+            for p in points {
+                s += &format!("| {} | {:.4} | {:.1}% |\n", p.after, p.loss, 100.0 * p.identical);
+            }
+        }
+        s
     }
 
     /// Writes results.json, results.md and accuracy.png into `dir`, and loss.png when `dir`

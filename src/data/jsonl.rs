@@ -25,6 +25,11 @@ impl Example {
     pub fn new(input: String, target: String) -> Example {
         Example { input, target, chat: None }
     }
+
+    /// The answer the example teaches: its target, or a chat example's assistant message.
+    pub fn answer(&self) -> &str {
+        self.chat.as_ref().map_or(self.target.as_str(), |c| c.answer())
+    }
 }
 
 /// A chat conversation through the assistant message one example learns.

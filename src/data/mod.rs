@@ -4,9 +4,11 @@
 pub mod chat;
 pub mod cl_benchmark;
 pub mod jsonl;
+pub mod prompts;
 pub mod stream;
 pub mod synthetic;
 pub mod trace;
 
 pub use jsonl::{read_jsonl, Conversation, Example};
+pub use prompts::read_prompts;
 pub use stream::{Stream, Task, TaskSettings};

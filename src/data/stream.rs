@@ -221,12 +221,13 @@ impl TaskSpec {
         };
         if let Some(labels) = &labels {
             for (examples, path) in [(&train, &train_path), (&eval, &eval_path)] {
-                if let Some((i, e)) = examples.iter().enumerate().find(|(_, e)| !labels.contains(&e.target)) {
+                if let Some((i, e)) = examples.iter().enumerate().find(|(_, e)| !labels.iter().any(|l| l == e.answer()))
+                {
                     bail!(
                         "{}: example {}: target {:?} is not in the label set [{}]; fix the data or the \"labels\" field",
                         path.display(),
                         i + 1,
-                        e.target,
+                        e.answer(),
                         labels.join(", ")
                     );
                 }

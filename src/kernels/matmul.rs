@@ -396,6 +396,18 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     Ok(y)
 }
 
+/// Records y[r, :] += bias for every row r of y [.., out] (an nn.Linear bias): a rank-one
+/// GEMM of a column of ones and the bias row, so no kernel of its own is needed.
+pub fn add_bias(y: &Tensor, bias: &Tensor) -> Result<()> {
+    let (&d_out, _) = y.shape().split_last().ok_or_else(|| anyhow::anyhow!("add_bias: y is a scalar"))?;
+    if bias.shape() != [d_out] {
+        bail!("add_bias: bias {:?} does not fit the {d_out} features of y {:?}", bias.shape(), y.shape());
+    }
+    let rows = y.len() / d_out.max(1);
+    let ones = Tensor::from_f32(y.gpu(), &[rows, 1], &vec![1.0; rows])?;
+    gemm(&Gemm { beta: 1.0, ..Gemm::new(rows, d_out, 1, false, false) }, &ones, bias, y)
+}
+
 /// Backward of `y = linear(x, w)`: returns dx = dy·W and accumulates dW += dyᵀ·x.
 pub fn linear_backward(dy: &Tensor, x: &Tensor, w: &Tensor, dw: &Tensor) -> Result<Tensor> {
     let &[d_out, d_in] = w.shape() else {

@@ -1,5 +1,5 @@
 //! What training, evaluation, checkpoints and the continual driver need from a model
-//! family, so that they run unchanged on every family (T5 and decoder-only Llama). A family
+//! family, so that they run unchanged on every family (T5 and the decoder-only ones). A family
 //! takes tokenized (source, target) pairs and lays them out as its forward pass wants.
 
 use std::collections::BTreeMap;
@@ -23,6 +23,17 @@ pub struct BlockStates {
     pub real: Vec<bool>,
 }
 
+/// The input of one or more target matrices (those that multiply the same activation), for
+/// per-matrix importance: y = W x for every named W.
+pub struct MatrixInput {
+    /// Hugging Face names of the matrices that take this input.
+    pub names: Vec<String>,
+    /// [tokens, in_features].
+    pub input: Tensor,
+    /// Which of the tokens are real (not padding, not ignored).
+    pub real: Vec<bool>,
+}
+
 pub trait Model {
     fn gpu(&self) -> &Gpu;
     /// Every trainable tensor under its Hugging Face name.
@@ -33,10 +44,17 @@ pub trait Model {
     fn loss_and_gradients(&self, pairs: &[Pair], grad_scale: f32, grads: &Gradients) -> Result<Tensor>;
     /// Records the forward pass and the mean loss per target token of one batch.
     fn loss(&self, pairs: &[Pair]) -> Result<Tensor>;
+    /// Under teacher forcing on each pair's target, the model's greedy (argmax) choice at every
+    /// target position: equal to the target throughout exactly when greedy decoding from the
+    /// source would reproduce the target.
+    fn target_argmax(&self, pairs: &[Pair]) -> Result<Vec<Vec<u32>>>;
     /// Greedy continuation of `source`: the new tokens, up to the end token or `max_new_tokens`.
     fn generate(&self, source: &[u32], max_new_tokens: usize) -> Result<Vec<u32>>;
     /// The input and output hidden states of every block over one batch of `pairs`.
     fn block_states(&self, pairs: &[Pair]) -> Result<Vec<BlockStates>>;
+    /// The input activation of every 2-D weight matrix applied to the batch's tokens (the LM
+    /// head's too), over one batch of `pairs`.
+    fn matrix_inputs(&self, pairs: &[Pair]) -> Result<Vec<MatrixInput>>;
     /// The largest buffers of a step on a batch of `batch_size` pairs of these lengths:
     /// (bytes, what they hold and the flags that shrink them).
     fn step_buffers(&self, batch_size: usize, source_len: usize, target_len: usize) -> Vec<(u64, String)>;
@@ -48,6 +66,25 @@ pub trait Model {
     fn hf_config_json(&self) -> Result<String>;
     /// Name patterns of the matrices the method constrains by default.
     fn default_targets(&self) -> Vec<String>;
+    /// Name patterns of the cross-attention matrices (added on request); none in a
+    /// decoder-only model.
+    fn cross_attention_targets(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// The default targets, plus the cross-attention ones when `cross_attention` (refused for
+    /// a model without cross-attention).
+    fn targets(&self, cross_attention: bool) -> Result<Vec<String>> {
+        let mut targets = self.default_targets();
+        if cross_attention {
+            let cross = self.cross_attention_targets();
+            if cross.is_empty() {
+                anyhow::bail!("--cross-attention: this model has no cross-attention (it is decoder-only)");
+            }
+            targets.extend(cross);
+        }
+        Ok(targets)
+    }
 
     /// Refuses, before any GPU work, a batch whose largest buffers exceed the adapter's limit.
     fn check_batch_buffers(&self, batch_size: usize, source_len: usize, target_len: usize) -> Result<()> {

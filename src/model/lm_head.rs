@@ -121,6 +121,31 @@ pub fn head_logits(input: &Tensor, weight: &Tensor, rows: &[u32]) -> Result<Tens
     linear(&picked, weight)
 }
 
+/// The argmax of the logits at every row whose label is not ignored, in row order:
+/// `logits_at(rows)` gives a chunk's logits; chunks stay within the head's buffer budget.
+pub fn labelled_argmax(labels: &[i32], vocab: usize, logits_at: impl Fn(&[u32]) -> Result<Tensor>) -> Result<Vec<u32>> {
+    let rows: Vec<u32> = (0..labels.len() as u32).filter(|&r| labels[r as usize] != IGNORE_INDEX).collect();
+    let mut out = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(chunk_rows(vocab)) {
+        let logits = logits_at(chunk)?.to_f32()?;
+        out.extend(logits.chunks(vocab).map(argmax));
+    }
+    Ok(out)
+}
+
+/// Splits per-target-token values of a batch back into one list per pair.
+pub fn per_pair<T: Clone>(values: &[T], pairs: &[crate::model::Pair]) -> Vec<Vec<T>> {
+    let mut start = 0;
+    pairs
+        .iter()
+        .map(|(_, target)| {
+            let part = values[start..start + target.len()].to_vec();
+            start += target.len();
+            part
+        })
+        .collect()
+}
+
 /// Index of the largest value; the first one on ties, as torch.argmax.
 pub fn argmax(values: &[f32]) -> u32 {
     let mut best = 0;

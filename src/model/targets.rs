@@ -1,5 +1,6 @@
-//! The weight matrices each family constrains by default, as glob patterns over parameter
-//! names (`*` matches any run of characters, dots included).
+//! The weight matrices T5 constrains by default, as glob patterns over parameter names (`*`
+//! matches any run of characters, dots included); the decoder-only families' are
+//! [`crate::model::decoder::TARGETS`].
 
 /// The default targets for T5: self-attention q, k, v, o and the feed-forward matrices,
 /// in encoder and decoder (`*` matches any run of characters, dots included).
@@ -12,18 +13,6 @@ pub const T5_DEFAULT: &[&str] = &[
     "*.DenseReluDense.wi_0.weight",
     "*.DenseReluDense.wi_1.weight",
     "*.DenseReluDense.wo.weight",
-];
-
-/// The default targets for decoder-only (Llama-family) models: attention q, k, v, o and the
-/// SwiGLU feed-forward gate, up and down projections of every layer.
-pub const LLAMA_DEFAULT: &[&str] = &[
-    "model.layers.*.self_attn.q_proj.weight",
-    "model.layers.*.self_attn.k_proj.weight",
-    "model.layers.*.self_attn.v_proj.weight",
-    "model.layers.*.self_attn.o_proj.weight",
-    "model.layers.*.mlp.gate_proj.weight",
-    "model.layers.*.mlp.up_proj.weight",
-    "model.layers.*.mlp.down_proj.weight",
 ];
 
 /// Cross-attention, added to the targets by option.

@@ -111,6 +111,10 @@ pub fn project(update: &Tensor, s: &FrozenSubspace, mode: Mode) -> Result<()> {
     let gpu = update.gpu();
     match mode {
         Mode::Strict => {
+            // A side frozen whole (its complement has no column) leaves nothing to train.
+            if [&s.left, &s.right].iter().any(|b| matches!(b, Basis::Complement(_)) && b.cols() == 0) {
+                return update.fill_zero();
+            }
             project_left(update, &s.left)?;
             project_right(update, &s.right)
         }
@@ -251,5 +255,27 @@ mod tests {
         assert!(project(&bad, &s, Mode::Strict).unwrap_err().to_string().contains("4x4"));
         let ok = Tensor::zeros(&gpu, &[4, 4], DType::F32).unwrap();
         assert!(project(&ok, &s, Mode::Paper).unwrap_err().to_string().contains("paper-mode"));
+    }
+
+    #[test]
+    fn a_matrix_frozen_whole_on_one_side_takes_no_update() {
+        // 3x5 at k = 3: every left direction is frozen, so strict mode keeps none of ΔW;
+        // paper mode removes only U Uᵀ ΔW V Vᵀ.
+        let gpu = gpu();
+        let (m, n, r) = (3, 5, 3);
+        let eye = |dim: usize| (0..dim * r).map(|i| if i / r == i % r { 1.0 } else { 0.0 }).collect::<Vec<f32>>();
+        let data: Vec<f32> = (0..m * n).map(|i| i as f32 + 1.0).collect();
+        for mode in [Mode::Strict, Mode::Paper] {
+            let s = FrozenSubspace::from_svd(&gpu, (m, n), &eye(m), &eye(n), r, mode).unwrap();
+            let update = Tensor::from_f32(&gpu, &[m, n], &data).unwrap();
+            project(&update, &s, mode).unwrap();
+            let got = update.to_f32().unwrap();
+            // Paper mode: columns 0..3 (the frozen V_k span) go, columns 3..5 stay.
+            let want: Vec<f32> = match mode {
+                Mode::Strict => vec![0.0; m * n],
+                Mode::Paper => data.iter().enumerate().map(|(i, &v)| if i % n < r { 0.0 } else { v }).collect(),
+            };
+            assert_close(&got, &want, 1e-6);
+        }
     }
 }

@@ -31,14 +31,34 @@ pub struct SubspaceSet {
 }
 
 impl SubspaceSet {
+    /// An empty set (subspaces are added with [`SubspaceSet::insert`]).
+    pub fn new(mode: Mode, policy: RankPolicy) -> SubspaceSet {
+        SubspaceSet { mode, policy, frozen: BTreeMap::new(), choices: Vec::new() }
+    }
+
+    pub fn insert(&mut self, subspace: FrozenSubspace, choice: RankChoice) {
+        log::info!(
+            "subspace {} {}x{}: importance {:.3}, k = {}",
+            choice.name,
+            choice.rows,
+            choice.cols,
+            choice.importance,
+            choice.k
+        );
+        self.frozen.insert(choice.name.clone(), subspace);
+        self.choices.push(choice);
+    }
+
     /// Decomposes every 2-D parameter whose name matches `targets`; `importance(name)` gives
-    /// the normalised importance of the matrix's layer for the adaptive policy.
+    /// the matrix's normalised importance for the policies that read one, and `decomposition`
+    /// counts the run's decompositions (1 at the first) for the growing schedule.
     pub fn build(
         params: &BTreeMap<String, Tensor>,
         targets: &[String],
         policy: RankPolicy,
         mode: Mode,
         importance: impl Fn(&str) -> f64,
+        decomposition: usize,
     ) -> Result<SubspaceSet> {
         policy.validate()?;
         let mut by_shape: BTreeMap<(usize, usize), Vec<&String>> = BTreeMap::new();
@@ -52,7 +72,7 @@ impl SubspaceSet {
         if by_shape.is_empty() {
             bail!("no parameter matches the target patterns {targets:?}");
         }
-        let mut set = SubspaceSet { mode, policy, frozen: BTreeMap::new(), choices: Vec::new() };
+        let mut set = SubspaceSet::new(mode, policy);
         for ((m, n), all) in by_shape {
             let gpu = params[all[0]].gpu();
             // As many matrices per decomposition as the adapter's buffers hold.
@@ -66,11 +86,10 @@ impl SubspaceSet {
                 let r = m.min(n);
                 for (i, name) in names.iter().enumerate() {
                     let imp = importance(name);
-                    let k = policy.frozen_rank(imp, m, n);
+                    let k = policy.frozen_rank(imp, m, n, decomposition);
                     let (ui, vi) = (&u[i * m * r..(i + 1) * m * r], &v[i * n * r..(i + 1) * n * r]);
-                    set.frozen.insert(name.to_string(), FrozenSubspace::from_svd(gpu, (m, n), ui, vi, k, mode)?);
-                    set.choices.push(RankChoice { name: name.to_string(), rows: m, cols: n, importance: imp, k });
-                    log::info!("subspace {name} {m}x{n}: importance {imp:.3}, k = {k}");
+                    let subspace = FrozenSubspace::from_svd(gpu, (m, n), ui, vi, k, mode)?;
+                    set.insert(subspace, RankChoice { name: name.to_string(), rows: m, cols: n, importance: imp, k });
                 }
             }
         }

@@ -155,16 +155,16 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sculpt-subspace-state-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         // strict at 0.75 keeps complements on the full sides; paper keeps U_k and V_k everywhere
-        for (mode, policy) in [
-            (Mode::Strict, RankPolicy::Fixed { ratio: 0.75 }),
-            (Mode::Paper, RankPolicy::Adaptive { mrr: 0.1, trr: 0.8 }),
-        ] {
+        for (mode, policy) in
+            [(Mode::Strict, RankPolicy::Fixed { ratio: 0.75 }), (Mode::Paper, RankPolicy::BLOCK_MINMAX)]
+        {
             let set = SubspaceSet::build(
                 &params,
                 &targets,
                 policy,
                 mode,
                 |n: &str| if n.starts_with('a') { 0.9 } else { 0.6 },
+                1,
             )
             .unwrap();
             let path = dir.join(SUBSPACE_FILE);
@@ -193,9 +193,15 @@ mod tests {
     fn damaged_files_are_refused_with_the_tensor_named() {
         let gpu = gpu();
         let params = params(&gpu);
-        let set =
-            SubspaceSet::build(&params, &["a.*".to_string()], RankPolicy::Fixed { ratio: 0.5 }, Mode::Strict, |_| 0.5)
-                .unwrap();
+        let set = SubspaceSet::build(
+            &params,
+            &["a.*".to_string()],
+            RankPolicy::Fixed { ratio: 0.5 },
+            Mode::Strict,
+            |_| 0.5,
+            1,
+        )
+        .unwrap();
         let bytes = set.to_safetensors().unwrap();
         let mut meta: HashMap<String, String> =
             SafeTensors::read_metadata(&bytes).unwrap().1.metadata().clone().unwrap();

@@ -64,6 +64,8 @@ fn frozen_part(x: &Tensor, basis: &Basis, left: bool) -> Result<Tensor> {
     match (basis, left) {
         (Basis::Frozen(u), true) => matmul(u, x, true, false),
         (Basis::Frozen(v), false) => matmul(x, v, false, false),
+        // A side frozen whole: all of x is in its span.
+        (Basis::Complement(q), _) if q.shape()[1] == 0 => Ok(x.clone()),
         (Basis::Complement(q), _) => {
             let kept = if left { matmul(q, x, true, false)? } else { matmul(x, q, false, false)? };
             let rest = Tensor::uninit(x.gpu(), &[r, c], crate::DType::F32)?;

@@ -1,9 +1,11 @@
-//! `sculpt import --gguf`: a llama.cpp GGUF file (what llama.cpp and Ollama users have) →
-//! a Hugging Face `LlamaForCausalLM` folder in f32 that sculpt and transformers load: config.json,
-//! model.safetensors, tokenizer.json, tokenizer_config.json, generation_config.json.
+//! `sculpt import --gguf`: a llama.cpp GGUF file (what llama.cpp and Ollama users have) of
+//! architecture llama (also Mistral's), qwen2 or qwen3 → a Hugging Face `LlamaForCausalLM`
+//! (`Qwen2ForCausalLM`, `Qwen3ForCausalLM`) folder in f32 that sculpt and transformers load:
+//! config.json, model.safetensors, tokenizer.json, tokenizer_config.json, generation_config.json.
 //!
-//! The weights are dequantised and renamed; the query and key rows are put back in the
-//! rotary layout transformers uses, undoing the permutation of llama.cpp's converter.
+//! The weights are dequantised and renamed; for llama the query and key rows are put back in
+//! the rotary layout transformers uses, undoing the permutation of llama.cpp's converter (Qwen's
+//! converter keeps transformers' layout).
 
 pub mod container;
 pub mod dequant;
@@ -17,9 +19,13 @@ use serde_json::json;
 
 use crate::io::PartialDir;
 use crate::kernels::rope::{inverse_frequencies, RopeScaling};
+use crate::model::decoder::{self, DecoderFamily};
 use crate::model::weights;
-use crate::model::LlamaConfig;
+use crate::model::DecoderConfig;
 use container::{GgufFile, TensorInfo};
+
+/// The GGUF architectures sculpt imports, each the `model_type` of its decoder family.
+const ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3"];
 
 /// llama.cpp's Llama 3 rope scaling: read into config.json, not a weight.
 const ROPE_FREQS: &str = "rope_freqs.weight";
@@ -44,21 +50,22 @@ pub fn import(gguf: &Path, out: &Path, overwrite: bool) -> Result<ImportSummary>
     check_destination(out, overwrite)?;
     let file = GgufFile::open(gguf)?;
     let architecture = file.require("general.architecture")?;
-    if architecture.as_str() != Some("llama") {
+    let Some(arch) = architecture.as_str().and_then(|a| ARCHITECTURES.iter().copied().find(|&k| k == a)) else {
         bail!(
-            "{}: general.architecture {} is not supported by sculpt import; supported: llama",
+            "{}: general.architecture {} is not supported by sculpt import; supported: {}",
             gguf.display(),
             match architecture.as_str() {
                 Some(name) => format!("{name:?}"),
                 None => format!("(a {})", architecture.type_name()),
-            }
+            },
+            ARCHITECTURES.join(", ")
         );
-    }
-    let shape = Shape::read(&file)?;
+    };
+    let shape = Shape::read(&file, arch)?;
     let tokenizer = tokenizer::build(&file, shape.vocab_size, shape.context_length)?;
     let config = config_json(&file, &shape)?;
     // The model loads this config itself; parse it here so a bad one fails before any writing.
-    LlamaConfig::from_json(&config.to_string())
+    DecoderConfig::from_json(&config.to_string())
         .with_context(|| format!("{}: the config built from it", gguf.display()))?;
 
     for required in shape.required_tensors() {
@@ -120,8 +127,11 @@ fn check_destination(out: &Path, overwrite: bool) -> Result<()> {
     Ok(())
 }
 
-/// The model's dimensions, from the `llama.*` metadata and the tensors present.
+/// The model's dimensions, from the `ARCH.*` metadata and the tensors present.
 struct Shape {
+    /// `general.architecture`: the prefix of the metadata keys.
+    arch: &'static str,
+    family: &'static DecoderFamily,
     hidden: usize,
     intermediate: usize,
     layers: usize,
@@ -135,22 +145,23 @@ struct Shape {
 }
 
 impl Shape {
-    fn read(file: &GgufFile) -> Result<Shape> {
+    fn read(file: &GgufFile, arch: &'static str) -> Result<Shape> {
         let count = |key: &str| -> Result<usize> {
+            let key = &format!("{arch}.{key}");
             let v = file.require(key)?;
             v.as_u64().map(|n| n as usize).filter(|&n| n > 0).with_context(|| {
                 format!("{}: metadata key {key:?} is {v:?}, not a positive integer", file.path.display())
             })
         };
-        let optional = |key: &str| file.metadata.get(key).map(|_| count(key)).transpose();
-        let hidden = count("llama.embedding_length")?;
-        let heads = count("llama.attention.head_count")?;
-        let kv_heads = optional("llama.attention.head_count_kv")?.unwrap_or(heads);
-        let head_dim = optional("llama.attention.key_length")?.unwrap_or(hidden / heads);
-        if let Some(rotary) = optional("llama.rope.dimension_count")? {
+        let optional = |key: &str| file.metadata.get(&format!("{arch}.{key}")).map(|_| count(key)).transpose();
+        let hidden = count("embedding_length")?;
+        let heads = count("attention.head_count")?;
+        let kv_heads = optional("attention.head_count_kv")?.unwrap_or(heads);
+        let head_dim = optional("attention.key_length")?.unwrap_or(hidden / heads);
+        if let Some(rotary) = optional("rope.dimension_count")? {
             if rotary != head_dim {
                 bail!(
-                    "{}: metadata key \"llama.rope.dimension_count\" is {rotary} but heads have {head_dim} dimensions; partial rotary embeddings are not supported",
+                    "{}: metadata key \"{arch}.rope.dimension_count\" is {rotary} but heads have {head_dim} dimensions; partial rotary embeddings are not supported",
                     file.path.display()
                 );
             }
@@ -171,23 +182,25 @@ impl Shape {
                 file.path.display()
             ),
         };
-        if let Some(stated) = optional("llama.vocab_size")? {
+        if let Some(stated) = optional("vocab_size")? {
             if stated != vocab_size {
                 bail!(
-                    "{}: metadata key \"llama.vocab_size\" is {stated} but tensor \"token_embd.weight\" has {vocab_size} rows",
+                    "{}: metadata key \"{arch}.vocab_size\" is {stated} but tensor \"token_embd.weight\" has {vocab_size} rows",
                     file.path.display()
                 );
             }
         }
         Ok(Shape {
+            arch,
+            family: decoder::family(arch)?,
             hidden,
-            intermediate: count("llama.feed_forward_length")?,
-            layers: count("llama.block_count")?,
+            intermediate: count("feed_forward_length")?,
+            layers: count("block_count")?,
             heads,
             kv_heads,
             head_dim,
             vocab_size,
-            context_length: count("llama.context_length")? as u64,
+            context_length: count("context_length")? as u64,
             tied: file.tensor("output.weight").is_none(),
         })
     }
@@ -207,14 +220,16 @@ impl Shape {
         }
         let unknown = || {
             anyhow::anyhow!(
-                "tensor {name:?} has no counterpart in a Hugging Face LlamaForCausalLM (sculpt import maps token_embd, output_norm, output and blk.N.{{attn_q, attn_k, attn_v, attn_output, attn_norm, ffn_gate, ffn_up, ffn_down, ffn_norm}}.weight)"
+                "tensor {name:?} has no counterpart in a Hugging Face {} (sculpt import maps token_embd, output_norm, output and blk.N.{{{}}})",
+                self.family.architecture,
+                self.layer_leaves().join(", ")
             )
         };
         let rest = name.strip_prefix("blk.").ok_or_else(unknown)?;
         let (layer, leaf) = rest.split_once('.').ok_or_else(unknown)?;
         let layer: usize = layer.parse().map_err(|_| unknown())?;
         if layer >= self.layers {
-            bail!("tensor {name:?} belongs to layer {layer} but llama.block_count is {}", self.layers);
+            bail!("tensor {name:?} belongs to layer {layer} but {}.block_count is {}", self.arch, self.layers);
         }
         let (hf, shape) = match leaf {
             "attn_q.weight" => ("self_attn.q_proj.weight", vec![q, h]),
@@ -226,20 +241,43 @@ impl Shape {
             "ffn_up.weight" => ("mlp.up_proj.weight", vec![ff, h]),
             "ffn_down.weight" => ("mlp.down_proj.weight", vec![h, ff]),
             "ffn_norm.weight" => ("post_attention_layernorm.weight", vec![h]),
+            "attn_q.bias" if self.family.qkv_bias => ("self_attn.q_proj.bias", vec![q]),
+            "attn_k.bias" if self.family.qkv_bias => ("self_attn.k_proj.bias", vec![kv]),
+            "attn_v.bias" if self.family.qkv_bias => ("self_attn.v_proj.bias", vec![kv]),
+            "attn_q_norm.weight" if self.family.qk_norm => ("self_attn.q_norm.weight", vec![self.head_dim]),
+            "attn_k_norm.weight" if self.family.qk_norm => ("self_attn.k_norm.weight", vec![self.head_dim]),
             _ => return Err(unknown()),
         };
         Ok((format!("model.layers.{layer}.{hf}"), shape))
+    }
+
+    /// The tensors of each layer `blk.N.*` (with the family's biases and q/k norms).
+    fn layer_leaves(&self) -> Vec<&'static str> {
+        let mut leaves = vec![
+            "attn_q.weight",
+            "attn_k.weight",
+            "attn_v.weight",
+            "attn_output.weight",
+            "attn_norm.weight",
+            "ffn_gate.weight",
+            "ffn_up.weight",
+            "ffn_down.weight",
+            "ffn_norm.weight",
+        ];
+        if self.family.qkv_bias {
+            leaves.extend(["attn_q.bias", "attn_k.bias", "attn_v.bias"]);
+        }
+        if self.family.qk_norm {
+            leaves.extend(["attn_q_norm.weight", "attn_k_norm.weight"]);
+        }
+        leaves
     }
 
     /// Every GGUF tensor the model needs (`output.weight` is optional: tied embeddings).
     fn required_tensors(&self) -> Vec<String> {
         let mut names = vec!["token_embd.weight".to_string(), "output_norm.weight".to_string()];
         for layer in 0..self.layers {
-            for leaf in
-                ["attn_q", "attn_k", "attn_v", "attn_output", "attn_norm", "ffn_gate", "ffn_up", "ffn_down", "ffn_norm"]
-            {
-                names.push(format!("blk.{layer}.{leaf}.weight"));
-            }
+            names.extend(self.layer_leaves().iter().map(|leaf| format!("blk.{layer}.{leaf}")));
         }
         names
     }
@@ -252,7 +290,10 @@ fn dequantize(file: &GgufFile, info: &TensorInfo, shape: &Shape) -> Result<Vec<f
         .kind
         .dequantize(&bytes)
         .with_context(|| format!("{}: tensor {:?} ({})", file.path.display(), info.name, info.kind.name()))?;
-    let heads = if info.name.ends_with(".attn_q.weight") {
+    // Only llama.cpp's llama converter permutes the rotary rows.
+    let heads = if shape.arch != "llama" {
+        return Ok(values);
+    } else if info.name.ends_with(".attn_q.weight") {
         shape.heads
     } else if info.name.ends_with(".attn_k.weight") {
         shape.kv_heads
@@ -289,13 +330,15 @@ fn config_json(file: &GgufFile, shape: &Shape) -> Result<serde_json::Value> {
             .map(|v| v.as_f64().with_context(|| format!("{path}: metadata key {key:?} is {v:?}, not a float")))
             .transpose()
     };
-    let rms_norm_eps = float("llama.attention.layer_norm_rms_epsilon")?
-        .with_context(|| format!("{path}: metadata key \"llama.attention.layer_norm_rms_epsilon\" is missing"))?;
-    let rope_theta = float("llama.rope.freq_base")?.unwrap_or(10000.0);
+    let arch = shape.arch;
+    let key = |k: &str| format!("{arch}.{k}");
+    let rms_norm_eps = float(&key("attention.layer_norm_rms_epsilon"))?
+        .with_context(|| format!("{path}: metadata key \"{arch}.attention.layer_norm_rms_epsilon\" is missing"))?;
+    let rope_theta = float(&key("rope.freq_base"))?.unwrap_or(10000.0);
     let ids = tokenizer::SpecialIds::read(file)?;
     let mut config = json!({
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+        "architectures": [shape.family.architecture],
+        "model_type": shape.family.model_type,
         "hidden_size": shape.hidden,
         "intermediate_size": shape.intermediate,
         "num_hidden_layers": shape.layers,
@@ -315,22 +358,22 @@ fn config_json(file: &GgufFile, shape: &Shape) -> Result<serde_json::Value> {
         "pad_token_id": ids.pad,
         "torch_dtype": "float32",
     });
-    match file.metadata.get("llama.rope.scaling.type").map(|v| v.as_str()) {
+    match file.metadata.get(&key("rope.scaling.type")).map(|v| v.as_str()) {
         None | Some(Some("none")) => {}
         Some(Some("linear")) => {
-            let factor = float("llama.rope.scaling.factor")?
-                .with_context(|| format!("{path}: metadata key \"llama.rope.scaling.factor\" is missing"))?;
+            let factor = float(&key("rope.scaling.factor"))?
+                .with_context(|| format!("{path}: metadata key \"{arch}.rope.scaling.factor\" is missing"))?;
             config["rope_scaling"] = json!({"rope_type": "linear", "factor": factor});
         }
         Some(other) => bail!(
-            "{path}: metadata key \"llama.rope.scaling.type\" is {}; sculpt import supports \"none\" and \"linear\"",
+            "{path}: metadata key \"{arch}.rope.scaling.type\" is {}; sculpt import supports \"none\" and \"linear\"",
             other.map_or("not a string".to_string(), |s| format!("{s:?}"))
         ),
     }
     if let Some(info) = file.tensor(ROPE_FREQS) {
         if config.get("rope_scaling").is_some() {
             bail!(
-                "{path}: both metadata key \"llama.rope.scaling.type\" and tensor {ROPE_FREQS:?} set the rope scaling"
+                "{path}: both metadata key \"{arch}.rope.scaling.type\" and tensor {ROPE_FREQS:?} set the rope scaling"
             );
         }
         config["rope_scaling"] = llama3_rope_scaling(file, info, shape, rope_theta)?;

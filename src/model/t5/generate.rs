@@ -11,8 +11,9 @@ use crate::kernels::attention::{position_bias, AttentionShape};
 use crate::kernels::embedding::embedding;
 use crate::kernels::matmul::linear;
 use crate::kernels::norm::rms_norm;
+use crate::model::generate::greedy;
 use crate::model::kv_cache::KvCache;
-use crate::model::{argmax, Model};
+use crate::model::Model;
 use crate::tensor::Tensor;
 
 impl T5Model {
@@ -38,9 +39,8 @@ impl T5Model {
         }
         let mut caches: Vec<KvCache> = (0..num_layers).map(|_| KvCache::default()).collect();
         let table = self.param(&block_param(Stack::Decoder, 0, "layer.0.SelfAttention.relative_attention_bias"));
-        let mut token = c.decoder_start_token_id;
-        let mut output = Vec::new();
-        for step in 0..max_new_tokens {
+        let mut step = 0;
+        greedy(&[c.decoder_start_token_id], max_new_tokens, &[c.eos_token_id], |token| {
             let position_count = step + 1;
             // Bias row of the newest query against every position so far.
             let buckets = relative_position_buckets(
@@ -64,7 +64,7 @@ impl T5Model {
                 scale: 1.0,
             };
             let cross_shape = AttentionShape { k_len: src_len, ..self_shape };
-            let mut h = embedding(self.param(SHARED), &Tensor::from_u32(gpu, &[1], &[token])?)?;
+            let mut h = embedding(self.param(SHARED), &Tensor::from_u32(gpu, &[1], token)?)?;
             for (layer, cache) in caches.iter_mut().enumerate() {
                 let (_, out) = self.attention_sublayer(
                     Stack::Decoder,
@@ -92,13 +92,8 @@ impl T5Model {
                 h = self.feed_forward_sublayer(Stack::Decoder, layer, 2, &out)?.1;
             }
             let (normed, _) = rms_norm(&h, self.param("decoder.final_layer_norm.weight"), c.layer_norm_epsilon as f32)?;
-            let logits = linear(&self.lm_head_input(&normed)?, self.lm_head())?.to_f32()?;
-            token = argmax(&logits);
-            output.push(token);
-            if token == c.eos_token_id {
-                break;
-            }
-        }
-        Ok(output)
+            step += 1;
+            linear(&self.lm_head_input(&normed)?, self.lm_head())?.to_f32()
+        })
     }
 }

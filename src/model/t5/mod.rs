@@ -14,17 +14,16 @@ use anyhow::{bail, Context, Result};
 pub use forward::{AttentionActivations, EncoderOutput, FeedForwardActivations, ForwardOutput, LayerActivations};
 
 use super::config::{FeedForward, T5Config};
-use super::family::{f32_bytes, BlockStates, Gradients, Model, Pair};
-use super::lm_head::logits_chunk;
-use super::weights::Weights;
+use super::family::{f32_bytes, BlockStates, Gradients, MatrixInput, Model, Pair};
+use super::lm_head::{labelled_argmax, logits_chunk, per_pair};
+use super::params;
 use crate::gpu::Gpu;
 use crate::kernels::loss::IGNORE_INDEX;
 use crate::tensor::Tensor;
 
 /// Name of the tied embedding / output table.
 pub const SHARED: &str = "shared.weight";
-/// Name of the separate output table of untied models.
-pub const LM_HEAD: &str = "lm_head.weight";
+pub use super::params::LM_HEAD;
 
 pub struct T5Model {
     pub config: T5Config,
@@ -113,46 +112,20 @@ impl T5Model {
     pub fn load(gpu: &Gpu, dir: &Path) -> Result<T5Model> {
         let config = T5Config::load(dir)?;
         // As in transformers, the config decides: a tied model ignores a stored lm_head.
-        let untied_head = !config.tie_word_embeddings;
-        let shapes = Self::parameter_shapes(&config, untied_head)?;
-        // Refused before reading gigabytes of weights.
-        for (name, shape) in &shapes {
-            gpu.check_buffer_size(f32_bytes(shape), &format!("{}: parameter {name} {shape:?}", dir.display()))?;
-        }
-        let weights = Weights::load(dir)?;
-        let mut params = BTreeMap::new();
-        for (name, shape) in shapes {
-            let host = weights.get(&name, &shape)?;
-            params.insert(name, Tensor::from_f32(gpu, &shape, &host.data)?);
-        }
+        let shapes = Self::parameter_shapes(&config, !config.tie_word_embeddings)?;
+        let params = params::load(gpu, dir, &shapes)?;
         Self::new(gpu, config, params)
     }
 
     /// A model with normal(0, std) weights and unit norm weights (benchmarks, tests).
     pub fn random(gpu: &Gpu, config: T5Config, untied_head: bool, std: f32, seed: u64) -> Result<T5Model> {
-        let mut rng = crate::rng::Rng::new(seed);
-        let mut params = BTreeMap::new();
-        for (name, shape) in Self::parameter_shapes(&config, untied_head)? {
-            let n: usize = shape.iter().product();
-            let data: Vec<f32> = if name.ends_with("layer_norm.weight") {
-                vec![1.0; n]
-            } else {
-                (0..n).map(|_| rng.normal() * std).collect()
-            };
-            params.insert(name, Tensor::from_f32(gpu, &shape, &data)?);
-        }
+        let params = params::random(gpu, &Self::parameter_shapes(&config, untied_head)?, std, seed)?;
         Self::new(gpu, config, params)
     }
 
     fn new(gpu: &Gpu, config: T5Config, params: BTreeMap<String, Tensor>) -> Result<T5Model> {
         let feed_forward = config.feed_forward()?;
-        if params.contains_key(LM_HEAD) == config.tie_word_embeddings {
-            bail!(
-                "tie_word_embeddings is {} but the model {} a separate {LM_HEAD}",
-                config.tie_word_embeddings,
-                if config.tie_word_embeddings { "has" } else { "lacks" }
-            );
-        }
+        params::check_head(&params, config.tie_word_embeddings)?;
         if config.relative_attention_max_distance == 0 {
             bail!("relative_attention_max_distance must be positive");
         }
@@ -218,6 +191,13 @@ impl Model for T5Model {
         self.forward(&self.batch(pairs)?, None)?.loss.context("an evaluation batch has labels")
     }
 
+    fn target_argmax(&self, pairs: &[Pair]) -> Result<Vec<Vec<u32>>> {
+        let batch = self.batch(pairs)?;
+        let out = self.forward(&batch, None)?;
+        let argmax = labelled_argmax(&batch.labels, self.config.vocab_size, |rows| self.logits_at(&out, rows))?;
+        Ok(per_pair(&argmax, pairs))
+    }
+
     fn generate(&self, source: &[u32], max_new_tokens: usize) -> Result<Vec<u32>> {
         T5Model::generate(self, source, max_new_tokens)
     }
@@ -243,6 +223,47 @@ impl Model for T5Model {
             }
         }
         Ok(states)
+    }
+
+    fn matrix_inputs(&self, pairs: &[Pair]) -> Result<Vec<MatrixInput>> {
+        let batch = self.batch(pairs)?;
+        let out = self.forward(&batch, None)?;
+        let source_real: Vec<bool> = batch.attention_mask.iter().map(|&m| m == 1).collect();
+        let target_real: Vec<bool> = batch.labels.iter().map(|&l| l != IGNORE_INDEX).collect();
+        // Names of the feed-forward variant the model lacks (wi or wi_0/wi_1) drop out here.
+        let input = |names: Vec<String>, input: &Tensor, real: &Vec<bool>| MatrixInput {
+            names: names.into_iter().filter(|n| self.params.contains_key(n)).collect(),
+            input: input.clone(),
+            real: real.clone(),
+        };
+        let mut inputs = Vec::new();
+        for (stack, output, real) in
+            [(Stack::Encoder, &out.encoder.stack, &source_real), (Stack::Decoder, &out.decoder, &target_real)]
+        {
+            for (l, layer) in output.layers.iter().enumerate() {
+                let names = |sub: &str, projections: &[&str]| {
+                    projections.iter().map(|p| block_param(stack, l, &format!("{sub}.{p}"))).collect::<Vec<_>>()
+                };
+                let attention = &layer.self_attention;
+                inputs.push(input(names("layer.0.SelfAttention", &["q", "k", "v"]), &attention.normed, real));
+                inputs.push(input(names("layer.0.SelfAttention", &["o"]), &attention.context, real));
+                let mut ff_index = 1;
+                if let Some(cross) = &layer.cross_attention {
+                    // Queries come from the decoder; keys and values from the encoder's output.
+                    let encoder_output = out.encoder.stack.last_hidden_state();
+                    inputs.push(input(names("layer.1.EncDecAttention", &["q"]), &cross.normed, real));
+                    inputs.push(input(names("layer.1.EncDecAttention", &["k", "v"]), encoder_output, &source_real));
+                    inputs.push(input(names("layer.1.EncDecAttention", &["o"]), &cross.context, real));
+                    ff_index = 2;
+                }
+                let ff = &layer.feed_forward;
+                let sub = format!("layer.{ff_index}.DenseReluDense");
+                inputs.push(input(names(&sub, &["wi", "wi_0", "wi_1"]), &ff.normed, real));
+                inputs.push(input(names(&sub, &["wo"]), &ff.hidden, real));
+            }
+        }
+        inputs.push(input(vec![self.lm_head_name().to_string()], &out.lm_head_input, &target_real));
+        Ok(inputs)
     }
 
     /// The largest buffers of a step: one chunk of logits (and its gradient), the attention
@@ -293,6 +314,10 @@ impl Model for T5Model {
 
     fn default_targets(&self) -> Vec<String> {
         crate::model::targets::T5_DEFAULT.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn cross_attention_targets(&self) -> Vec<String> {
+        crate::model::targets::T5_CROSS_ATTENTION.iter().map(|s| s.to_string()).collect()
     }
 }
 

@@ -1,61 +1,100 @@
-//! Decoder-only Llama-family models (`LlamaForCausalLM`) on the GPU kernels, with Hugging Face
-//! parameter names so that checkpoints load and save unchanged: RMS norm with weights, rotary
-//! position embeddings, grouped-query attention, SwiGLU feed-forward, tied or untied head.
+//! Decoder-only models (Llama, SmolLM2, Qwen2, Qwen3, Mistral) on the GPU kernels, one
+//! implementation parameterised by what sets the families apart ([`DecoderFamily`]: q/k/v
+//! biases, per-head q/k norms, a sliding window, config defaults), with Hugging Face parameter
+//! names so that checkpoints load and save unchanged: RMS norm with weights, rotary position
+//! embeddings, grouped-query attention, SwiGLU feed-forward, tied or untied head.
 //!
-//! Public API: [`LlamaModel::load`] / [`LlamaModel::random`], [`LlamaModel::forward`] on a
-//! [`CausalBatch`], [`LlamaModel::backward`] into [`Gradients`], [`LlamaModel::generate`],
+//! Adding a family: one file here with its [`DecoderFamily`] and a line in [`FAMILIES`].
+//!
+//! Public API: [`DecoderModel::load`] / [`DecoderModel::random`], [`DecoderModel::forward`] on a
+//! [`CausalBatch`], [`DecoderModel::backward`] into [`Gradients`], [`DecoderModel::generate`],
 //! the `params` map, and the family-neutral [`Model`] that training and the driver use.
 
 mod backward;
 pub mod config;
 mod forward;
 mod generate;
+mod llama;
+mod mistral;
+mod qwen2;
+mod qwen3;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-pub use config::LlamaConfig;
-pub use forward::{LayerActivations, LlamaForwardOutput};
+pub use config::{DecoderConfig, DecoderFamily};
+pub use forward::{DecoderForwardOutput, HeadNorm, LayerActivations};
 
-use super::family::{f32_bytes, BlockStates, Gradients, Model, Pair};
-use super::lm_head::logits_chunk;
-use super::weights::Weights;
+use super::family::{f32_bytes, BlockStates, Gradients, MatrixInput, Model, Pair};
+use super::lm_head::{labelled_argmax, logits_chunk, per_pair};
+use super::params::{self, LM_HEAD};
 use crate::gpu::Gpu;
+use crate::kernels::attention::AttentionShape;
 use crate::kernels::loss::IGNORE_INDEX;
 use crate::kernels::rope::inverse_frequencies;
 use crate::tensor::Tensor;
 
+/// Every decoder-only family, by config.json `model_type`.
+pub const FAMILIES: &[&DecoderFamily] = &[&llama::LLAMA, &qwen2::QWEN2, &qwen3::QWEN3, &mistral::MISTRAL];
+
+/// The family of `model_type`, or an error naming the supported ones.
+pub fn family(model_type: &str) -> Result<&'static DecoderFamily> {
+    FAMILIES.iter().copied().find(|f| f.model_type == model_type).with_context(|| {
+        let names: Vec<String> = FAMILIES.iter().map(|f| format!("{:?}", f.model_type)).collect();
+        format!("model_type {model_type:?} is not a supported decoder-only family ({})", names.join(", "))
+    })
+}
+
 /// The token embedding (also the output table of tied models).
 pub const EMBED_TOKENS: &str = "model.embed_tokens.weight";
-/// The separate output table of untied models.
-pub const LM_HEAD: &str = "lm_head.weight";
 /// The norm after the last layer.
 pub const FINAL_NORM: &str = "model.norm.weight";
 
-/// Hugging Face name of a tensor of layer `layer`, e.g. `model.layers.1.self_attn.q_proj.weight`
+/// The matrices the method constrains by default, as the official OSFT code does for
+/// decoder-only models: attention q, k, v, o and the SwiGLU gate, up and down projections.
+pub const TARGETS: &[&str] = &[
+    "model.layers.*.self_attn.q_proj.weight",
+    "model.layers.*.self_attn.k_proj.weight",
+    "model.layers.*.self_attn.v_proj.weight",
+    "model.layers.*.self_attn.o_proj.weight",
+    "model.layers.*.mlp.gate_proj.weight",
+    "model.layers.*.mlp.up_proj.weight",
+    "model.layers.*.mlp.down_proj.weight",
+];
+
+/// Hugging Face name of a weight of layer `layer`, e.g. `model.layers.1.self_attn.q_proj.weight`
 /// for `(1, "self_attn.q_proj")`.
 pub fn layer_param(layer: usize, rest: &str) -> String {
     format!("model.layers.{layer}.{rest}.weight")
 }
 
-pub struct LlamaModel {
-    pub config: LlamaConfig,
+/// Hugging Face name of a bias of layer `layer`, e.g. `model.layers.1.self_attn.q_proj.bias`.
+pub fn layer_bias(layer: usize, rest: &str) -> String {
+    format!("model.layers.{layer}.{rest}.bias")
+}
+
+pub struct DecoderModel {
+    pub config: DecoderConfig,
     /// Every trainable tensor under its Hugging Face name.
     pub params: BTreeMap<String, Tensor>,
     /// The rotary inverse frequencies of one head (config's rope type and theta), Dh/2 of them.
     inv_freq: Vec<f64>,
+    /// Positions attention is limited to (Mistral's, Qwen's `sliding_window`): longer
+    /// sequences are refused.
+    window: Option<usize>,
     gpu: Gpu,
 }
 
-impl LlamaModel {
+impl DecoderModel {
     /// Names and shapes of every parameter the config implies (`lm_head.weight` unless
-    /// tie_word_embeddings).
-    pub fn parameter_shapes(config: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
-        let (d, ff) = (config.hidden_size, config.intermediate_size);
-        let q_width = config.num_attention_heads * config.head_dim();
-        let kv_width = config.num_key_value_heads() * config.head_dim();
+    /// tie_word_embeddings; q/k/v biases and q/k norms when the family has them).
+    pub fn parameter_shapes(config: &DecoderConfig) -> Vec<(String, Vec<usize>)> {
+        let (d, ff, head_dim) = (config.hidden_size, config.intermediate_size, config.head_dim());
+        let q_width = config.num_attention_heads * head_dim;
+        let kv_width = config.num_key_value_heads() * head_dim;
+        let family = config.family;
         let mut out = vec![(EMBED_TOKENS.to_string(), vec![config.vocab_size, d])];
         for layer in 0..config.num_hidden_layers {
             for (rest, shape) in [
@@ -71,6 +110,18 @@ impl LlamaModel {
             ] {
                 out.push((layer_param(layer, rest), shape));
             }
+            if family.qkv_bias {
+                for (rest, width) in
+                    [("self_attn.q_proj", q_width), ("self_attn.k_proj", kv_width), ("self_attn.v_proj", kv_width)]
+                {
+                    out.push((layer_bias(layer, rest), vec![width]));
+                }
+            }
+            if family.qk_norm {
+                for rest in ["self_attn.q_norm", "self_attn.k_norm"] {
+                    out.push((layer_param(layer, rest), vec![head_dim]));
+                }
+            }
         }
         out.push((FINAL_NORM.to_string(), vec![d]));
         if !config.tie_word_embeddings {
@@ -81,47 +132,29 @@ impl LlamaModel {
 
     /// Loads `DIR/config.json` and the safetensors weights (one `model.safetensors` or shards
     /// listed by `model.safetensors.index.json`) onto the GPU.
-    pub fn load(gpu: &Gpu, dir: &Path) -> Result<LlamaModel> {
-        let config = LlamaConfig::load(dir)?;
-        let weights = Weights::load(dir)?;
-        let mut params = BTreeMap::new();
-        // As in transformers, the config decides: a tied model ignores a stored lm_head.
-        for (name, shape) in Self::parameter_shapes(&config) {
-            let host = weights.get(&name, &shape)?;
-            params.insert(name, Tensor::from_f32(gpu, &shape, &host.data)?);
-        }
+    pub fn load(gpu: &Gpu, dir: &Path) -> Result<DecoderModel> {
+        let config = DecoderConfig::load(dir)?;
+        let params = params::load(gpu, dir, &Self::parameter_shapes(&config))?;
         Self::new(gpu, config, params)
     }
 
-    /// A model with normal(0, std) weights and unit norm weights (benchmarks, tests).
-    pub fn random(gpu: &Gpu, config: LlamaConfig, std: f32, seed: u64) -> Result<LlamaModel> {
+    /// A model with normal(0, std) weights, unit norm weights and zero biases (benchmarks, tests).
+    pub fn random(gpu: &Gpu, config: DecoderConfig, std: f32, seed: u64) -> Result<DecoderModel> {
         config.validate()?;
-        let mut rng = crate::rng::Rng::new(seed);
-        let mut params = BTreeMap::new();
-        for (name, shape) in Self::parameter_shapes(&config) {
-            let n: usize = shape.iter().product();
-            let data: Vec<f32> =
-                if shape.len() == 1 { vec![1.0; n] } else { (0..n).map(|_| rng.normal() * std).collect() };
-            params.insert(name, Tensor::from_f32(gpu, &shape, &data)?);
-        }
+        let params = params::random(gpu, &Self::parameter_shapes(&config), std, seed)?;
         Self::new(gpu, config, params)
     }
 
-    fn new(gpu: &Gpu, config: LlamaConfig, params: BTreeMap<String, Tensor>) -> Result<LlamaModel> {
+    fn new(gpu: &Gpu, config: DecoderConfig, params: BTreeMap<String, Tensor>) -> Result<DecoderModel> {
         config.validate()?;
-        if params.contains_key(LM_HEAD) == config.tie_word_embeddings {
-            bail!(
-                "tie_word_embeddings is {} but the model {} a separate {LM_HEAD}",
-                config.tie_word_embeddings,
-                if config.tie_word_embeddings { "has" } else { "lacks" }
-            );
-        }
+        params::check_head(&params, config.tie_word_embeddings)?;
         let (theta, scaling) = config.rope()?;
         let inv_freq = inverse_frequencies(config.head_dim(), theta, &scaling);
-        Ok(LlamaModel { config, params, inv_freq, gpu: gpu.clone() })
+        let window = (config.family.sliding_window)(&config)?;
+        Ok(DecoderModel { config, params, inv_freq, window, gpu: gpu.clone() })
     }
 
-    /// The parameter `name` (every name of [`LlamaModel::parameter_shapes`] is present).
+    /// The parameter `name` (every name of [`DecoderModel::parameter_shapes`] is present).
     pub fn param(&self, name: &str) -> &Tensor {
         &self.params[name]
     }
@@ -144,9 +177,32 @@ impl LlamaModel {
     pub fn batch(&self, pairs: &[Pair]) -> Result<CausalBatch> {
         CausalBatch::new(pairs, self.config.padding_id()?)
     }
+
+    /// The causal self-attention shape over sequences of `q_len` new positions and `k_len`
+    /// keys; refuses more keys than the sliding window (a windowed mask is not implemented).
+    pub(crate) fn attention_shape(&self, batch: usize, q_len: usize, k_len: usize) -> Result<AttentionShape> {
+        if let Some(window) = self.window.filter(|&w| k_len > w) {
+            bail!(
+                "a sequence of {k_len} tokens is longer than the model's sliding_window of {window} (config.json); \
+                 sculpt does not implement windowed attention: use sequences of at most {window} tokens \
+                 (lower --max-source-len / --max-target-len, or the generation length)"
+            );
+        }
+        let c = &self.config;
+        Ok(AttentionShape {
+            batch,
+            heads: c.num_attention_heads,
+            kv_heads: c.num_key_value_heads(),
+            q_len,
+            k_len,
+            head_dim: c.head_dim(),
+            causal: true,
+            scale: 1.0 / (c.head_dim() as f32).sqrt(),
+        })
+    }
 }
 
-impl Model for LlamaModel {
+impl Model for DecoderModel {
     fn gpu(&self) -> &Gpu {
         &self.gpu
     }
@@ -171,8 +227,15 @@ impl Model for LlamaModel {
         self.forward(&self.batch(pairs)?, None)?.loss.context("an evaluation batch has target tokens")
     }
 
+    fn target_argmax(&self, pairs: &[Pair]) -> Result<Vec<Vec<u32>>> {
+        let batch = self.batch(pairs)?;
+        let out = self.trunk(&batch)?;
+        let argmax = labelled_argmax(&batch.labels, self.config.vocab_size, |rows| self.logits_at(&out, rows))?;
+        Ok(per_pair(&argmax, pairs))
+    }
+
     fn generate(&self, source: &[u32], max_new_tokens: usize) -> Result<Vec<u32>> {
-        LlamaModel::generate(self, source, max_new_tokens)
+        DecoderModel::generate(self, source, max_new_tokens)
     }
 
     /// Every layer over the real tokens of source and target.
@@ -191,6 +254,25 @@ impl Model for LlamaModel {
                 real: real.clone(),
             })
             .collect())
+    }
+
+    fn matrix_inputs(&self, pairs: &[Pair]) -> Result<Vec<MatrixInput>> {
+        let batch = self.batch(pairs)?;
+        let out = self.trunk(&batch)?;
+        let real: Vec<bool> = batch.attention_mask.iter().map(|&m| m == 1).collect();
+        let input =
+            |names: Vec<String>, input: &Tensor| MatrixInput { names, input: input.clone(), real: real.clone() };
+        let mut inputs = Vec::new();
+        for (l, layer) in out.layers.iter().enumerate() {
+            let names = |rests: &[&str]| rests.iter().map(|r| layer_param(l, r)).collect::<Vec<_>>();
+            inputs
+                .push(input(names(&["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]), &layer.attn_normed));
+            inputs.push(input(names(&["self_attn.o_proj"]), &layer.context));
+            inputs.push(input(names(&["mlp.gate_proj", "mlp.up_proj"]), &layer.mlp_normed));
+            inputs.push(input(names(&["mlp.down_proj"]), &layer.hidden));
+        }
+        inputs.push(input(vec![self.lm_head_name().to_string()], out.last_hidden_state()));
+        Ok(inputs)
     }
 
     /// The largest buffers of a step over source + target tokens: one chunk of logits (and its
@@ -247,7 +329,7 @@ impl Model for LlamaModel {
     }
 
     fn default_targets(&self) -> Vec<String> {
-        crate::model::targets::LLAMA_DEFAULT.iter().map(|s| s.to_string()).collect()
+        TARGETS.iter().map(|s| s.to_string()).collect()
     }
 }
 
@@ -271,7 +353,7 @@ pub struct CausalBatch {
 
 impl CausalBatch {
     /// Concatenates each (source, target) pair and pads to the longest; `pad_token_id` is the
-    /// config's [`LlamaConfig::padding_id`] (pad_token_id, else eos). Sources and targets must
+    /// config's [`DecoderConfig::padding_id`] (pad_token_id, else eos). Sources and targets must
     /// not be empty (the first target token is predicted from the last source token).
     pub fn new(pairs: &[(Vec<u32>, Vec<u32>)], pad_token_id: u32) -> Result<CausalBatch> {
         if pairs.is_empty() {
@@ -329,12 +411,12 @@ mod tests {
     #[test]
     fn cached_generation_matches_full_forwards_over_the_growing_sequence() {
         let gpu = crate::kernels::testing::gpu();
-        let config = LlamaConfig::from_json(
+        let config = DecoderConfig::from_json(
             r#"{"hidden_size": 16, "intermediate_size": 24, "num_hidden_layers": 2, "num_attention_heads": 4,
                 "num_key_value_heads": 2, "vocab_size": 20, "rope_theta": 10.0}"#,
         )
         .unwrap();
-        let model = LlamaModel::random(&gpu, config, 0.5, 7).unwrap();
+        let model = DecoderModel::random(&gpu, config, 0.5, 7).unwrap();
         let prompt = vec![3, 5, 7, 11];
         let generated = model.generate(&prompt, 6).unwrap();
         assert_eq!(generated.len(), 6, "no eos id: runs to max_new_tokens");
@@ -359,12 +441,12 @@ mod tests {
 
     #[test]
     fn parameter_names_follow_hugging_face() {
-        let config = LlamaConfig::from_json(
+        let config = DecoderConfig::from_json(
             r#"{"hidden_size": 16, "intermediate_size": 24, "num_hidden_layers": 2, "num_attention_heads": 4,
                 "num_key_value_heads": 2, "vocab_size": 10}"#,
         )
         .unwrap();
-        let shapes: BTreeMap<String, Vec<usize>> = LlamaModel::parameter_shapes(&config).into_iter().collect();
+        let shapes: BTreeMap<String, Vec<usize>> = DecoderModel::parameter_shapes(&config).into_iter().collect();
         assert_eq!(shapes.len(), 1 + 2 * 9 + 1 + 1);
         assert_eq!(shapes["model.layers.1.self_attn.k_proj.weight"], vec![8, 16]);
         assert_eq!(shapes["model.layers.0.self_attn.o_proj.weight"], vec![16, 16]);
@@ -373,6 +455,6 @@ mod tests {
         assert_eq!(shapes[LM_HEAD], vec![10, 16]);
         let mut tied = config.clone();
         tied.tie_word_embeddings = true;
-        assert!(!LlamaModel::parameter_shapes(&tied).iter().any(|(n, _)| n == LM_HEAD));
+        assert!(!DecoderModel::parameter_shapes(&tied).iter().any(|(n, _)| n == LM_HEAD));
     }
 }

@@ -1,31 +1,33 @@
-//! The Llama family against the float64 transformers references of the two fixture models
-//! (tests/fixtures/README.md): forward, loss, hidden states, every gradient, greedy generation;
-//! plus checkpoint round trips and the refusal of unsupported configs.
+//! Every decoder-only family against the float64 transformers references of its fixture models
+//! (tests/fixtures/README.md: Llama, Qwen2, Qwen3, Mistral): forward, loss, hidden states, every
+//! gradient, greedy generation and a `sculpt train` run on each; plus checkpoint round trips and
+//! the refusal of unsupported configs.
 
 mod common;
 
 use std::collections::BTreeMap;
+use std::process::Command;
 
 use common::reference::{fixture, Reference};
-use sculpt::model::{load_llama, CausalBatch, Gradients, LlamaForwardOutput, LlamaModel, Model, Tokenizer};
+use sculpt::model::{load_decoder, CausalBatch, DecoderForwardOutput, DecoderModel, Gradients, Model, Tokenizer};
 use sculpt::{Gpu, Tensor};
 
 /// The logits of every position, [B, S, vocab] (the fixtures' vocabulary is tiny).
-fn all_logits(model: &LlamaModel, out: &LlamaForwardOutput, batch: &CausalBatch) -> Tensor {
+fn all_logits(model: &DecoderModel, out: &DecoderForwardOutput, batch: &CausalBatch) -> Tensor {
     let rows: Vec<u32> = (0..(batch.batch_size * batch.seq_len) as u32).collect();
     let logits = model.logits_at(out, &rows).unwrap();
     logits.reshape(&[batch.batch_size, batch.seq_len, model.config.vocab_size]).unwrap()
 }
 
-fn load(model_name: &str) -> (LlamaModel, Tokenizer, Reference) {
+fn load(model_name: &str) -> (DecoderModel, Tokenizer, Reference) {
     let dir = fixture(model_name);
-    let (model, tokenizer) = load_llama(&Gpu::shared().unwrap(), &dir).unwrap();
+    let (model, tokenizer) = load_decoder(&Gpu::shared().unwrap(), &dir).unwrap();
     (model, tokenizer, Reference::load(&dir))
 }
 
 /// The reference batch, checked against what the tokenizer and [`CausalBatch::new`] make of
 /// the reference examples.
-fn reference_batch(model_name: &str, model: &LlamaModel, tokenizer: &Tokenizer, r: &Reference) -> CausalBatch {
+fn reference_batch(model_name: &str, model: &DecoderModel, tokenizer: &Tokenizer, r: &Reference) -> CausalBatch {
     let (shape, _) = r.tensor("input_ids");
     let u = |name: &str| r.ints(name).into_iter().map(|v| v as u32).collect::<Vec<_>>();
     // transformers shifts its labels inside the loss: position t predicts labels[t + 1].
@@ -84,51 +86,73 @@ fn check_generate(model_name: &str) {
     r.assert_generations(model_name, &model, &tokenizer);
 }
 
-#[test]
-fn llama_gqa_forward_matches_pytorch() {
-    check_forward("llama_gqa");
+/// `sculpt train --model DIR --train F.jsonl` runs one epoch on the fixture.
+fn check_train(model_name: &str) {
+    let dir = common::scratch("decoder-train", model_name);
+    let train = dir.join("train.jsonl");
+    let lines = ["copy: a b c\ta b c", "reverse: a b\tb a", "what is the first letter\ta"];
+    let jsonl: Vec<String> = lines
+        .iter()
+        .map(|l| l.split_once('\t').unwrap())
+        .map(|(i, t)| serde_json::json!({"input": i, "target": t}).to_string())
+        .collect();
+    std::fs::write(&train, jsonl.join("\n")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sculpt"))
+        .args(["train", "--method", "osft", "--epochs", "1", "--batch-size", "2", "--model"])
+        .arg(fixture(model_name))
+        .arg("--train")
+        .arg(&train)
+        .arg("--out")
+        .arg(dir.join("run"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{model_name}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-#[test]
-fn llama_tied_forward_matches_pytorch() {
-    check_forward("llama_tied");
+/// The parity tests of each fixture, in a module named after it.
+macro_rules! parity {
+    ($($fixture:ident),*) => {$(
+        mod $fixture {
+            #[test]
+            fn forward_matches_pytorch() {
+                super::check_forward(stringify!($fixture));
+            }
+
+            #[test]
+            fn gradients_match_pytorch() {
+                super::check_gradients(stringify!($fixture));
+            }
+
+            #[test]
+            fn greedy_generation_matches_transformers() {
+                super::check_generate(stringify!($fixture));
+            }
+
+            #[test]
+            fn sculpt_train_runs() {
+                super::check_train(stringify!($fixture));
+            }
+        }
+    )*};
 }
 
-#[test]
-fn llama_gqa_gradients_match_pytorch() {
-    check_gradients("llama_gqa");
-}
+parity!(llama_gqa, llama_tied, qwen2, qwen3, mistral);
 
-#[test]
-fn llama_tied_gradients_match_pytorch() {
-    check_gradients("llama_tied");
-}
-
-#[test]
-fn llama_gqa_greedy_generation_matches_transformers() {
-    check_generate("llama_gqa");
-}
-
-#[test]
-fn llama_tied_greedy_generation_matches_transformers() {
-    check_generate("llama_tied");
-}
-
-fn host_params(model: &LlamaModel) -> BTreeMap<String, Vec<f32>> {
+fn host_params(model: &DecoderModel) -> BTreeMap<String, Vec<f32>> {
     model.params.iter().map(|(n, t)| (n.clone(), t.to_f32().unwrap())).collect()
 }
 
 #[test]
 fn saved_and_sharded_checkpoints_load_back_unchanged() {
     let gpu = Gpu::shared().unwrap();
-    let model = LlamaModel::load(&gpu, &fixture("llama_gqa")).unwrap();
+    let model = DecoderModel::load(&gpu, &fixture("llama_gqa")).unwrap();
     let want = host_params(&model);
 
     let saved = common::scratch("llama", "saved");
     for (file, bytes) in model.hf_files().unwrap() {
         std::fs::write(saved.join(file), bytes).unwrap();
     }
-    let reloaded = LlamaModel::load(&gpu, &saved).unwrap();
+    let reloaded = DecoderModel::load(&gpu, &saved).unwrap();
     assert_eq!(host_params(&reloaded), want);
     assert_eq!(reloaded.config.to_hf_json().unwrap(), model.config.to_hf_json().unwrap());
 
@@ -147,7 +171,7 @@ fn saved_and_sharded_checkpoints_load_back_unchanged() {
     }
     let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
     std::fs::write(sharded.join("model.safetensors.index.json"), index.to_string()).unwrap();
-    assert_eq!(host_params(&LlamaModel::load(&gpu, &sharded).unwrap()), want);
+    assert_eq!(host_params(&DecoderModel::load(&gpu, &sharded).unwrap()), want);
 }
 
 #[test]
@@ -170,7 +194,26 @@ fn unsupported_configs_are_refused_naming_the_field() {
         config[field] = value;
         std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
         std::fs::copy(fixture("llama_gqa").join("model.safetensors"), dir.join("model.safetensors")).unwrap();
-        let err = format!("{:#}", LlamaModel::load(&gpu, &dir).err().expect("refused"));
+        let err = format!("{:#}", DecoderModel::load(&gpu, &dir).err().expect("refused"));
         assert!(err.contains(want) && err.contains("config.json"), "{field}: {err}");
     }
+}
+
+#[test]
+fn sequences_longer_than_the_sliding_window_are_refused_by_name() {
+    let (model, _, r) = load("mistral");
+    let window = r.json["config"]["sliding_window"].as_u64().unwrap() as usize;
+    let err = model.generate(&vec![3; window + 1], 1).unwrap_err().to_string();
+    assert!(err.contains(&format!("{} tokens", window + 1)) && err.contains("sliding_window"), "{err}");
+    let long = vec![(vec![3; window / 2 + 1], vec![4; window / 2])];
+    let err = model.loss(&long).unwrap_err().to_string();
+    assert!(err.contains("sliding_window"), "{err}");
+}
+
+#[test]
+fn an_unknown_model_type_is_refused_naming_the_supported_ones() {
+    let dir = common::scratch("decoder-refused", "model_type");
+    std::fs::write(dir.join("config.json"), r#"{"model_type": "gemma2"}"#).unwrap();
+    let err = format!("{:#}", sculpt::model::load_model(&Gpu::shared().unwrap(), &dir).err().expect("refused"));
+    assert!(err.contains("\"gemma2\"") && err.contains("\"qwen3\"") && err.contains("\"t5\""), "{err}");
 }

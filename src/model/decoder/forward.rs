@@ -1,15 +1,16 @@
-//! The Llama forward pass, written out layer by layer like transformers' `modeling_llama.py`:
-//! pre-norm residual blocks x + o(attn(rope(q(n)), rope(k(n)), v(n))), then
-//! x + down(silu(gate(n)) ⊙ up(n)); a final norm and the LM head. Everything the backward
-//! pass needs is kept in the returned activations.
+//! The decoder forward pass, written out layer by layer like transformers' `modeling_llama.py`
+//! (`modeling_qwen2.py`, `modeling_qwen3.py`): pre-norm residual blocks
+//! x + o(attn(rope(qn(q(n))), rope(kn(k(n))), v(n))), then x + down(silu(gate(n)) ⊙ up(n));
+//! a final norm and the LM head. q, k, v carry biases in Qwen2; qn and kn, per-head RMS norms,
+//! exist in Qwen3. Everything the backward pass needs is kept in the returned activations.
 
 use anyhow::Result;
 
-use super::{layer_param, CausalBatch, LlamaModel, EMBED_TOKENS, FINAL_NORM};
+use super::{layer_bias, layer_param, CausalBatch, DecoderModel, EMBED_TOKENS, FINAL_NORM};
 use crate::kernels::attention::{attention, AttentionShape};
 use crate::kernels::elementwise::{add, mul, silu};
 use crate::kernels::embedding::{check_ids, embedding};
-use crate::kernels::matmul::linear;
+use crate::kernels::matmul::{add_bias, linear};
 use crate::kernels::norm::rms_norm;
 use crate::kernels::rope::{rope, Direction, RopeTable};
 use crate::model::kv_cache::KvCache;
@@ -23,6 +24,9 @@ pub struct LayerActivations {
     pub input: Tensor,
     pub attn_normed: Tensor,
     pub attn_inv_rms: Tensor,
+    /// The per-head norms of the projected queries and keys (Qwen3).
+    pub q_norm: Option<HeadNorm>,
+    pub k_norm: Option<HeadNorm>,
     /// Rotated queries [B, S, H*Dh] and keys [B, S, Hkv*Dh]; values [B, S, Hkv*Dh].
     pub q: Tensor,
     pub k: Tensor,
@@ -42,7 +46,14 @@ pub struct LayerActivations {
     pub hidden: Tensor,
 }
 
-pub struct LlamaForwardOutput {
+/// One per-head RMS norm: its input (the projection) and inverse RMS per head row.
+pub struct HeadNorm {
+    /// [rows * heads, head_dim].
+    pub input: Tensor,
+    pub inv_rms: Tensor,
+}
+
+pub struct DecoderForwardOutput {
     /// Mean cross-entropy over labels != -100, [1]; None when the batch has no such label.
     pub loss: Option<Tensor>,
     /// d(loss)/d(final normed hidden state), [B*S, hidden]; only when the forward was given
@@ -64,7 +75,7 @@ pub struct LlamaForwardOutput {
     pub key_mask: Tensor,
 }
 
-impl LlamaForwardOutput {
+impl DecoderForwardOutput {
     /// The final norm of the last layer's output, [B, S, hidden] (the LM head's input).
     pub fn last_hidden_state(&self) -> &Tensor {
         self.hidden_states.last().expect("hidden states end with the final norm")
@@ -79,27 +90,12 @@ pub(super) enum KeyValues<'a> {
     Append(&'a mut KvCache),
 }
 
-impl LlamaModel {
-    /// The causal self-attention shape over sequences of `q_len` new positions and `k_len` keys.
-    pub(super) fn attention_shape(&self, batch: usize, q_len: usize, k_len: usize) -> AttentionShape {
-        let c = &self.config;
-        AttentionShape {
-            batch,
-            heads: c.num_attention_heads,
-            kv_heads: c.num_key_value_heads(),
-            q_len,
-            k_len,
-            head_dim: c.head_dim(),
-            causal: true,
-            scale: 1.0 / (c.head_dim() as f32).sqrt(),
-        }
-    }
-
+impl DecoderModel {
     /// Embedding, every layer, the final norm and, when the batch has labels, the loss through
     /// the LM head in row chunks; with `grads`, the head's gradient too (accumulated there) and
-    /// the gradient that [`LlamaModel::backward`] takes through the layers. Records the work;
+    /// the gradient that [`DecoderModel::backward`] takes through the layers. Records the work;
     /// read results with `to_f32`.
-    pub fn forward(&self, batch: &CausalBatch, grads: Option<&Gradients>) -> Result<LlamaForwardOutput> {
+    pub fn forward(&self, batch: &CausalBatch, grads: Option<&Gradients>) -> Result<DecoderForwardOutput> {
         let mut out = self.trunk(batch)?;
         let d = self.config.hidden_size;
         let normed = out.last_hidden_state().reshape(&[batch.batch_size * batch.seq_len, d])?;
@@ -112,7 +108,7 @@ impl LlamaModel {
     }
 
     /// Embedding, every layer and the final norm, without the head (layer importance).
-    pub fn trunk(&self, batch: &CausalBatch) -> Result<LlamaForwardOutput> {
+    pub fn trunk(&self, batch: &CausalBatch) -> Result<DecoderForwardOutput> {
         let gpu = self.gpu();
         let c = &self.config;
         let (b, s, d) = (batch.batch_size, batch.seq_len, c.hidden_size);
@@ -122,7 +118,7 @@ impl LlamaModel {
         let mask: Vec<f32> = batch.attention_mask.iter().map(|&m| m as f32).collect();
         let key_mask = Tensor::from_f32(gpu, &[b, s], &mask)?;
         let table = RopeTable::new(gpu, self.inv_freq(), s)?;
-        let shape = self.attention_shape(b, s, s);
+        let shape = self.attention_shape(b, s, s)?;
 
         let mut h = embedding(self.param(EMBED_TOKENS), &ids)?;
         let mut hidden_states = Vec::with_capacity(c.num_hidden_layers + 1);
@@ -137,7 +133,7 @@ impl LlamaModel {
         }
         let (normed, final_inv_rms) = rms_norm(&h, self.param(FINAL_NORM), c.rms_norm_eps as f32)?;
         hidden_states.push(normed.reshape(&[b, s, d])?);
-        Ok(LlamaForwardOutput {
+        Ok(DecoderForwardOutput {
             loss: None,
             d_head_input: None,
             hidden_states,
@@ -151,7 +147,7 @@ impl LlamaModel {
     }
 
     /// The logits at flat positions `rows` (b * seq_len + t) of a forward, [rows.len(), vocab].
-    pub fn logits_at(&self, out: &LlamaForwardOutput, rows: &[u32]) -> Result<Tensor> {
+    pub fn logits_at(&self, out: &DecoderForwardOutput, rows: &[u32]) -> Result<Tensor> {
         let normed = out.last_hidden_state();
         let d = self.config.hidden_size;
         head_logits(&normed.reshape(&[normed.len() / d, d])?, self.param(self.lm_head_name()), rows)
@@ -176,18 +172,30 @@ impl LlamaModel {
         let (b, s) = (shape.batch, shape.q_len);
         let (q_width, kv_width) = (shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim);
 
+        let family = c.family;
         let (attn_normed, attn_inv_rms) = rms_norm(x, w("input_layernorm"), eps)?;
-        let project = |name: &str, heads: usize, width: usize, rotate: bool| -> Result<Tensor> {
+        let project = |name: &str, width: usize| -> Result<Tensor> {
             let y = linear(&attn_normed, w(name))?.reshape(&[b, s, width])?;
-            if rotate {
-                rope(&y, table, heads, s, first_position, Direction::Forward)
-            } else {
-                Ok(y)
+            if family.qkv_bias {
+                add_bias(&y, self.param(&layer_bias(layer, name)))?;
             }
+            Ok(y)
         };
-        let q = project("self_attn.q_proj", shape.heads, q_width, true)?;
-        let k_new = project("self_attn.k_proj", shape.kv_heads, kv_width, true)?;
-        let v_new = project("self_attn.v_proj", shape.kv_heads, kv_width, false)?;
+        // The per-head norm (Qwen3), then rope at the sequences' absolute positions.
+        let norm_and_rotate = |y: Tensor, norm: &str, heads: usize| -> Result<(Tensor, Option<HeadNorm>)> {
+            let (y, head_norm) = if family.qk_norm {
+                let input = y.reshape(&[b * s * heads, shape.head_dim])?;
+                let (normed, inv_rms) = rms_norm(&input, w(norm), eps)?;
+                (normed.reshape(&[b, s, heads * shape.head_dim])?, Some(HeadNorm { input, inv_rms }))
+            } else {
+                (y, None)
+            };
+            Ok((rope(&y, table, heads, s, first_position, Direction::Forward)?, head_norm))
+        };
+        let (q, q_norm) = norm_and_rotate(project("self_attn.q_proj", q_width)?, "self_attn.q_norm", shape.heads)?;
+        let (k_new, k_norm) =
+            norm_and_rotate(project("self_attn.k_proj", kv_width)?, "self_attn.k_norm", shape.kv_heads)?;
+        let v_new = project("self_attn.v_proj", kv_width)?;
         let (k, v) = match kv {
             KeyValues::FromInput => (k_new, v_new),
             KeyValues::Append(cache) => {
@@ -208,6 +216,8 @@ impl LlamaModel {
             input: x.clone(),
             attn_normed,
             attn_inv_rms,
+            q_norm,
+            k_norm,
             q,
             k,
             v,

@@ -1,6 +1,7 @@
-//! Hugging Face `config.json` of a `LlamaForCausalLM` checkpoint → [`LlamaConfig`], with
-//! transformers' defaults. Both rope layouts are read: the legacy `rope_theta` + `rope_scaling`
-//! (with `type` or `rope_type`) and transformers 5's `rope_parameters`.
+//! Hugging Face `config.json` of a decoder-only checkpoint → [`DecoderConfig`], with the
+//! defaults of its family's transformers config ([`DecoderFamily`], chosen by `model_type`).
+//! Both rope layouts are read: the legacy `rope_theta` + `rope_scaling` (with `type` or
+//! `rope_type`) and transformers 5's `rope_parameters`.
 
 use std::path::Path;
 
@@ -9,11 +10,39 @@ use serde::{Deserialize, Serialize};
 
 use crate::kernels::rope::RopeScaling;
 
-/// The fields of a Llama `config.json` that the model needs. Missing fields take transformers'
-/// `LlamaConfig` defaults; other fields are kept as they are, so a saved checkpoint has the
-/// config it was loaded with.
+/// What sets one decoder-only family apart: how its config.json is named and defaulted, and
+/// which optional pieces its layers have. Each family is one such constant in its own file,
+/// registered in [`super::FAMILIES`].
+pub struct DecoderFamily {
+    /// config.json's `model_type`.
+    pub model_type: &'static str,
+    /// transformers' model class, written into `architectures`.
+    pub architecture: &'static str,
+    /// transformers' defaults of this family where they differ from Llama's, as a JSON object:
+    /// they fill fields that config.json lacks.
+    pub defaults: &'static str,
+    /// q, k and v projections with biases (Qwen2).
+    pub qkv_bias: bool,
+    /// An RMS norm over each query and key head before rope (Qwen3).
+    pub qk_norm: bool,
+    /// The attention window the config sets, if any: longer sequences are refused.
+    pub sliding_window: fn(&DecoderConfig) -> Result<Option<usize>>,
+}
+
+impl std::fmt::Debug for DecoderFamily {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.model_type)
+    }
+}
+
+/// The fields of a decoder-only `config.json` that the model needs. Missing fields take the
+/// family's transformers defaults; other fields are kept as they are, so a saved checkpoint has
+/// the config it was loaded with.
 #[derive(Clone, Debug, Deserialize, Serialize)]
-pub struct LlamaConfig {
+pub struct DecoderConfig {
+    /// Chosen by `model_type` (absent: Llama); written back through `model_type`.
+    #[serde(skip, default = "llama")]
+    pub family: &'static DecoderFamily,
     #[serde(default = "defaults::vocab_size")]
     pub vocab_size: usize,
     #[serde(default = "defaults::hidden_size")]
@@ -63,6 +92,10 @@ pub struct LlamaConfig {
     extra: serde_json::Map<String, serde_json::Value>,
 }
 
+fn llama() -> &'static DecoderFamily {
+    &super::llama::LLAMA
+}
+
 mod defaults {
     pub fn vocab_size() -> usize {
         32000
@@ -93,12 +126,12 @@ mod defaults {
 /// transformers' default rope base.
 const DEFAULT_ROPE_THETA: f64 = 10000.0;
 
-impl LlamaConfig {
+impl DecoderConfig {
     /// Reads and checks `DIR/config.json`.
-    pub fn load(dir: &Path) -> Result<LlamaConfig> {
+    pub fn load(dir: &Path) -> Result<DecoderConfig> {
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path).with_context(|| {
-            format!("{}: cannot read the model config (is this a Llama model folder?)", path.display())
+            format!("{}: cannot read the model config (is this a decoder-only model folder?)", path.display())
         })?;
         Self::from_json(&text).with_context(|| format!("{}", path.display()))
     }
@@ -106,7 +139,7 @@ impl LlamaConfig {
     /// The built-in small decoder-only model of `sculpt train --arch llama`: about as many
     /// parameters as [`crate::model::T5Config::tiny`], with grouped-query attention; the
     /// ids follow the built-in tokenizer (pad 0, end 1).
-    pub fn tiny(vocab_size: usize) -> LlamaConfig {
+    pub fn tiny(vocab_size: usize) -> DecoderConfig {
         let json = format!(
             r#"{{"vocab_size": {vocab_size}, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4,
                 "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512,
@@ -115,21 +148,35 @@ impl LlamaConfig {
         Self::from_json(&json).expect("the built-in config is valid")
     }
 
-    /// Parses and checks the text of a `config.json`.
-    pub fn from_json(text: &str) -> Result<LlamaConfig> {
-        let config: LlamaConfig = serde_json::from_str(text).context("not a valid Llama config")?;
+    /// Parses and checks the text of a `config.json`; its `model_type` picks the family.
+    pub fn from_json(text: &str) -> Result<DecoderConfig> {
+        let mut value: serde_json::Value = serde_json::from_str(text).context("not valid JSON")?;
+        let object = value.as_object_mut().context("a config must be a JSON object")?;
+        let family = match object.get("model_type") {
+            None => llama(),
+            Some(t) => super::family(t.as_str().with_context(|| format!("model_type must be a string, got {t}"))?)?,
+        };
+        let defaults: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(family.defaults).expect("a family's defaults are a JSON object");
+        for (key, default) in defaults {
+            object.entry(key).or_insert(default);
+        }
+        let mut config: DecoderConfig =
+            serde_json::from_value(value).with_context(|| format!("not a valid {} config", family.model_type))?;
+        config.family = family;
         config.validate()?;
         Ok(config)
     }
 
     /// The `config.json` transformers loads: this config with the model-type fields that
-    /// `LlamaForCausalLM` needs when the source config lacked them.
+    /// its family's class needs when the source config lacked them.
     pub fn to_hf_json(&self) -> Result<String> {
         let mut value = serde_json::to_value(self)?;
         let object = value.as_object_mut().expect("a config serializes to an object");
-        for (key, default) in
-            [("architectures", serde_json::json!(["LlamaForCausalLM"])), ("model_type", "llama".into())]
-        {
+        for (key, default) in [
+            ("architectures", serde_json::json!([self.family.architecture])),
+            ("model_type", self.family.model_type.into()),
+        ] {
             object.entry(key).or_insert(default);
         }
         Ok(serde_json::to_string_pretty(&value)?)
@@ -170,7 +217,20 @@ impl LlamaConfig {
         }
         self.rope()?;
         self.eos_token_ids()?;
+        (self.family.sliding_window)(self)?;
         Ok(())
+    }
+
+    /// A field of config.json that only some families read (`sliding_window`...).
+    pub fn field(&self, key: &str) -> Option<&serde_json::Value> {
+        self.extra.get(key).filter(|v| !v.is_null())
+    }
+
+    /// [`DecoderConfig::field`] `key` as a count (absent or null: None).
+    pub fn count_field(&self, key: &str) -> Result<Option<usize>> {
+        self.field(key)
+            .map(|v| v.as_u64().map(|n| n as usize).with_context(|| format!("{key} must be a count, got {v}")))
+            .transpose()
     }
 
     pub fn num_key_value_heads(&self) -> usize {
@@ -258,7 +318,7 @@ mod tests {
 
     #[test]
     fn empty_config_takes_transformers_defaults() {
-        let c = LlamaConfig::from_json("{}").unwrap();
+        let c = DecoderConfig::from_json("{}").unwrap();
         assert_eq!((c.vocab_size, c.hidden_size, c.num_hidden_layers), (32000, 4096, 32));
         assert_eq!((c.num_key_value_heads(), c.head_dim()), (32, 128));
         assert_eq!(c.rope().unwrap(), (10000.0, RopeScaling::None));
@@ -268,14 +328,14 @@ mod tests {
 
     #[test]
     fn both_rope_layouts_and_both_type_keys_are_read() {
-        let legacy = LlamaConfig::from_json(
+        let legacy = DecoderConfig::from_json(
             r#"{"rope_theta": 500000.0, "rope_scaling": {"type": "linear", "factor": 2.0}, "eos_token_id": [1, 7]}"#,
         )
         .unwrap();
         assert_eq!(legacy.rope().unwrap(), (500000.0, RopeScaling::Linear { factor: 2.0 }));
         assert_eq!(legacy.eos_token_ids().unwrap(), vec![1, 7]);
         assert_eq!(legacy.padding_id().unwrap(), 1);
-        let v5 = LlamaConfig::from_json(
+        let v5 = DecoderConfig::from_json(
             r#"{"max_position_embeddings": 128, "rope_parameters": {"rope_type": "llama3", "rope_theta": 100.0,
                 "factor": 8, "low_freq_factor": 1, "high_freq_factor": 4}, "eos_token_id": 2, "pad_token_id": 0}"#,
         )
@@ -289,13 +349,13 @@ mod tests {
         assert_eq!(v5.rope().unwrap(), (100.0, want));
         assert_eq!((v5.eos_token_ids().unwrap(), v5.padding_id().unwrap()), (vec![2], 0));
         let default =
-            LlamaConfig::from_json(r#"{"rope_scaling": {"rope_type": "default"}, "rope_theta": 7.0}"#).unwrap();
+            DecoderConfig::from_json(r#"{"rope_scaling": {"rope_type": "default"}, "rope_theta": 7.0}"#).unwrap();
         assert_eq!(default.rope().unwrap(), (7.0, RopeScaling::None));
     }
 
     #[test]
     fn hf_json_round_trips_and_keeps_unknown_fields() {
-        let c = LlamaConfig::from_json(
+        let c = DecoderConfig::from_json(
             r#"{"hidden_size": 8, "num_attention_heads": 2, "torch_dtype": "bfloat16",
             "rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 10.0}}"#,
         )
@@ -305,7 +365,7 @@ mod tests {
         assert_eq!(value["torch_dtype"], "bfloat16");
         assert_eq!(value["model_type"], "llama");
         assert_eq!(value["rope_parameters"]["factor"], 2.0);
-        let back = LlamaConfig::from_json(&text).unwrap();
+        let back = DecoderConfig::from_json(&text).unwrap();
         assert_eq!(back.rope().unwrap(), c.rope().unwrap());
         assert_eq!(back.to_hf_json().unwrap(), text);
     }
@@ -325,7 +385,7 @@ mod tests {
             (r#"{"hidden_act": "gelu"}"#, "hidden_act"),
             (r#"{"eos_token_id": "x"}"#, "eos_token_id"),
         ] {
-            let err = format!("{:#}", LlamaConfig::from_json(json).unwrap_err());
+            let err = format!("{:#}", DecoderConfig::from_json(json).unwrap_err());
             assert!(err.contains(want), "{json}: {err}");
         }
     }

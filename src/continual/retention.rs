@@ -1,0 +1,82 @@
+//! What the model knew before the stream, measured after every task: the base model's greedy
+//! answers to a held-out set of general prompts are recorded before the first task; after
+//! each task, the mean per-token loss of those answers under the current model (how much
+//! less likely the old behaviour has become) and the share of prompts whose greedy answer is
+//! still token for token the same.
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+use crate::data::Example;
+use crate::model::{Model, Pair, Tokenizer};
+use crate::train::{encode_source, eval_loss};
+
+/// The prompts, how long an answer may grow, and the run's limits.
+#[derive(Clone, Debug, Serialize)]
+pub struct RetentionSet {
+    /// (run.json records how many.)
+    #[serde(serialize_with = "count")]
+    pub prompts: Vec<Example>,
+    pub max_new_tokens: usize,
+    /// Longer prompts are cut as training cuts sources.
+    pub max_source_len: usize,
+    /// Prompts per batch of the loss.
+    pub batch_size: usize,
+    /// The starting model's answers, when known before the run (runs from the same weights
+    /// share them); otherwise the run generates them before its first task.
+    #[serde(skip)]
+    pub base: Option<Vec<Vec<u32>>>,
+}
+
+/// Retention at one point of the stream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RetentionPoint {
+    /// "base" before the first task, then the name of the task just trained.
+    pub after: String,
+    /// Mean loss per token of the base model's answers.
+    pub loss: f64,
+    /// Share of prompts answered exactly as the base model answered them, in [0, 1].
+    pub identical: f64,
+}
+
+fn count<S: serde::Serializer>(prompts: &[Example], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(prompts.len() as u64)
+}
+
+impl RetentionSet {
+    fn sources(&self, tokenizer: &Tokenizer) -> Result<Vec<Vec<u32>>> {
+        self.prompts.iter().map(|p| encode_source(tokenizer, p, self.max_source_len)).collect()
+    }
+
+    /// The model's greedy answers (token ids, with the end token when it stopped on one).
+    pub fn answers(&self, model: &dyn Model, tokenizer: &Tokenizer) -> Result<Vec<Vec<u32>>> {
+        let sources = self.sources(tokenizer)?;
+        sources.iter().map(|s| model.generate(s, self.max_new_tokens)).collect()
+    }
+
+    /// Retention of the current model against the base model's answers `base`, batched under
+    /// teacher forcing: the loss of the base answers, and which answers the model would still
+    /// give (its argmax at every position of the answer is the base model's token; this is
+    /// greedy decoding's answer without decoding).
+    pub fn measure(
+        &self,
+        model: &dyn Model,
+        tokenizer: &Tokenizer,
+        base: &[Vec<u32>],
+        after: &str,
+    ) -> Result<RetentionPoint> {
+        let sources = self.sources(tokenizer)?;
+        // An empty answer has no token to score (and is given again trivially).
+        let pairs: Vec<Pair> =
+            sources.into_iter().zip(base.iter().cloned()).filter(|(_, answer)| !answer.is_empty()).collect();
+        let loss = eval_loss(model, &pairs, self.batch_size)?;
+        let mut same = base.len() - pairs.len();
+        for batch in pairs.chunks(self.batch_size.max(1)) {
+            let argmax = model.target_argmax(batch)?;
+            same += argmax.iter().zip(batch).filter(|(choice, (_, answer))| *choice == answer).count();
+        }
+        let identical = same as f64 / base.len().max(1) as f64;
+        log::info!("retention after {after}: base answers' loss {loss:.4}, identical {:.1}%", 100.0 * identical);
+        Ok(RetentionPoint { after: after.to_string(), loss, identical })
+    }
+}
