@@ -29,6 +29,7 @@ use crate::subspace::{Mode, RankPolicy, SubspaceSet};
 use crate::tensor::Tensor;
 use crate::train::{
     encode, eval_loss, exact_match, forced_exact_match, train, Encoded, Position, StepLog, TrainOptions,
+    EXTRA_ANSWER_TOKENS,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -113,13 +114,19 @@ fn plan_memory(
         // Layer importance runs on the training batches' shapes, so training covers it.
         let passes = [
             ("training and evaluation", t.batch_size, train.0.max(eval.0), train.1.max(eval.1)),
-            // One example at a time; a greedy answer may run two tokens past its reference.
-            ("generating answers", 1, eval.0, eval.1 + 2),
+            // One example at a time; a greedy answer may run EXTRA_ANSWER_TOKENS past its reference.
+            ("generating answers", 1, eval.0, eval.1 + EXTRA_ANSWER_TOKENS),
         ];
         let (_, batch, source, target) = passes[0];
         largest = (largest.0.max(batch), largest.1.max(source), largest.2.max(target));
         checks
             .extend(passes.into_iter().map(|(pass, batch, source, target)| (&task.name, pass, batch, source, target)));
+    }
+    let retention_task = "retention".to_string();
+    if let Some(set) = &options.retention {
+        let source = set.longest_source(tokenizer)?;
+        checks.push((&retention_task, "retention answers", 1, source, set.max_new_tokens));
+        checks.push((&retention_task, "retention loss", set.batch_size, source, set.max_new_tokens));
     }
     let (batch, source, target) = largest;
     let subspaces =

@@ -48,6 +48,11 @@ impl RetentionSet {
         self.prompts.iter().map(|p| encode_source(tokenizer, p, self.max_source_len)).collect()
     }
 
+    /// The longest prompt, in tokens (for the memory checks).
+    pub fn longest_source(&self, tokenizer: &Tokenizer) -> Result<usize> {
+        Ok(self.sources(tokenizer)?.iter().map(Vec::len).max().unwrap_or(0))
+    }
+
     /// The model's greedy answers (token ids, with the end token when it stopped on one).
     pub fn answers(&self, model: &dyn Model, tokenizer: &Tokenizer) -> Result<Vec<Vec<u32>>> {
         let sources = self.sources(tokenizer)?;
