@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint;
 use crate::continual::driver::{run_stream, task_options, ExactMatch, Method, StreamOptions};
 use crate::continual::recipe::{Recipe, RecipeValues};
-use crate::continual::report::{retention_png, Results};
+use crate::continual::report::{retention_png, runs_markdown, Results};
 use crate::continual::retention::RetentionSet;
 use crate::continual::run_dir::{self, RUN_FILE};
 use crate::data::{cl_benchmark, read_jsonl, read_prompts, synthetic, Stream, Task, TaskSettings};
@@ -620,31 +620,12 @@ pub fn run(gpu: &crate::Gpu, args: &Args) -> Result<()> {
         }
     }
     if all.len() > 1 {
-        println!("| seed | method | AA | BWT |\n|---|---|---|---|");
-        for (seed, r) in &all {
-            println!("| {seed} | {} | {:.1} | {:+.1} |", r.method, 100.0 * r.aa, 100.0 * r.bwt);
-        }
-    }
-    if seeds.len() > 1 {
-        println!("\n| method | AA (mean ± sd) | BWT (mean ± sd) |\n|---|---|---|");
-        for method in all.iter().map(|(_, r)| r.method.clone()).take(methods.len()) {
-            let of = |pick: fn(&Results) -> f64| -> Vec<f64> {
-                all.iter().filter(|(_, r)| r.method == method).map(|(_, r)| 100.0 * pick(r)).collect()
-            };
-            let ((aa, aa_sd), (bwt, bwt_sd)) = (mean_sd(&of(|r| r.aa)), mean_sd(&of(|r| r.bwt)));
-            println!("| {method} | {aa:.1} ± {aa_sd:.1} | {bwt:+.1} ± {bwt_sd:.1} |");
-        }
+        let summary = runs_markdown(&all);
+        println!("{summary}");
+        write_atomic(&out.join("summary.md"), summary.as_bytes())?;
     }
     println!("results in {}", out.display());
     Ok(())
-}
-
-/// Mean and sample standard deviation (0 for a single value).
-fn mean_sd(values: &[f64]) -> (f64, f64) {
-    let n = values.len() as f64;
-    let mean = values.iter().sum::<f64>() / n;
-    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
-    (mean, var.sqrt())
 }
 
 /// Continues the run in `dir` (or, for the built-in job's folder, each method's run in it).

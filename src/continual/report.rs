@@ -200,3 +200,80 @@ mod tests {
         assert!(err.contains("log.jsonl line 1"), "{err}");
     }
 }
+
+/// Mean and sample standard deviation (0 for a single value).
+pub fn mean_sd(values: &[f64]) -> (f64, f64) {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    (mean, var.sqrt())
+}
+
+/// The figures of a run that the per-seed tables hold: AA, BWT (points) and, when measured,
+/// the rise of the starting answers' loss over the stream and the share (%) still identical.
+fn run_figures(r: &Results) -> Vec<f64> {
+    let mut figures = vec![100.0 * r.aa, 100.0 * r.bwt];
+    if let Some((first, last)) = r.retention.as_ref().and_then(|p| Some((p.first()?, p.last()?))) {
+        figures.extend([last.loss - first.loss, 100.0 * last.identical]);
+    }
+    figures
+}
+
+/// Markdown tables of several runs `(seed, results)`: one row per run, then, with several
+/// seeds, the mean ± sd of each method.
+pub fn runs_markdown(runs: &[(u64, Results)]) -> String {
+    let mut columns = vec!["AA", "BWT"];
+    if runs.iter().all(|(_, r)| r.retention.is_some()) {
+        columns.extend(["retention loss rise", "identical answers (%)"]);
+    }
+    let table = |first: &[&str]| {
+        let names: Vec<&str> = first.iter().chain(&columns).copied().collect();
+        format!("| {} |\n|{}\n", names.join(" | "), "---|".repeat(names.len()))
+    };
+    let mut s = table(&["seed", "method"]);
+    for (seed, r) in runs {
+        let figures: Vec<String> = run_figures(r).iter().take(columns.len()).map(|v| format!("{v:.2}")).collect();
+        s += &format!("| {seed} | {} | {} |\n", r.method, figures.join(" | "));
+    }
+    let seeds: std::collections::BTreeSet<u64> = runs.iter().map(|(seed, _)| *seed).collect();
+    if seeds.len() > 1 {
+        s += "\n";
+        s += &table(&["method (mean ± sd)"]);
+        let methods: std::collections::BTreeSet<&str> = runs.iter().map(|(_, r)| r.method.as_str()).collect();
+        for method in methods {
+            let of: Vec<Vec<f64>> =
+                runs.iter().filter(|(_, r)| r.method == method).map(|(_, r)| run_figures(r)).collect();
+            let figures: Vec<String> = (0..columns.len())
+                .map(|i| {
+                    let (mean, sd) = mean_sd(&of.iter().map(|f| f[i]).collect::<Vec<_>>());
+                    format!("{mean:.2} ± {sd:.2}")
+                })
+                .collect();
+            s += &format!("| {method} | {} |\n", figures.join(" | "));
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod runs_tests {
+    use super::*;
+
+    #[test]
+    fn runs_table_has_a_row_per_run_and_the_mean_of_each_method() {
+        let run = |method: &str, last: f64| {
+            let mut r = Results::new(method, vec!["a".into(), "b".into()], vec![vec![1.0, 0.0], vec![0.5, last]], None);
+            r.retention = Some(vec![
+                RetentionPoint { after: "base".into(), loss: 0.5, identical: 1.0 },
+                RetentionPoint { after: "b".into(), loss: 0.5 + last, identical: last },
+            ]);
+            r
+        };
+        let table = runs_markdown(&[(0, run("osft", 1.0)), (1, run("osft", 0.5)), (0, run("seqft", 0.0))]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines[0], "| seed | method | AA | BWT | retention loss rise | identical answers (%) |");
+        assert_eq!(lines[2], "| 0 | osft | 75.00 | -50.00 | 1.00 | 100.00 |");
+        assert_eq!(lines[8], "| osft | 62.50 ± 17.68 | -50.00 ± 0.00 | 0.75 ± 0.35 | 75.00 ± 35.36 |");
+        assert_eq!(lines[9], "| seqft | 25.00 ± 0.00 | -50.00 ± 0.00 | 0.00 ± 0.00 | 0.00 ± 0.00 |");
+    }
+}
