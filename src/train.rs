@@ -320,12 +320,17 @@ pub fn exact_match(
 /// stop. One batched pass per batch instead of a decoding loop per example; stricter than
 /// [`exact_match`] only where another tokenization of the same text would also match.
 pub fn forced_exact_match(model: &dyn Model, pairs: &[Pair], batch_size: usize) -> Result<f64> {
+    Ok(forced_matches(model, pairs, batch_size)? as f64 / pairs.len().max(1) as f64)
+}
+
+/// How many of `pairs` the model gives exactly under teacher forcing (see [`forced_exact_match`]).
+pub fn forced_matches(model: &dyn Model, pairs: &[Pair], batch_size: usize) -> Result<usize> {
     let mut hits = 0;
     for batch in pairs.chunks(batch_size.max(1)) {
         let argmax = model.target_argmax(batch)?;
         hits += argmax.iter().zip(batch).filter(|(choice, (_, target))| choice == &target).count();
     }
-    Ok(hits as f64 / pairs.len().max(1) as f64)
+    Ok(hits)
 }
 
 #[cfg(test)]

@@ -57,10 +57,10 @@ impl MemoryPlan {
         let (mut subspaces, mut optimizer_scratch) = (0, 0);
         if let Some((targets, policy, mode)) = subspaces_of {
             // The most any matrix may have frozen under the policy.
-            let ratio = policy.max_ratio();
+            let most = RankPolicy::Fixed { ratio: policy.max_ratio() };
             for (name, p) in model.params() {
                 if let (&[m, n], true) = (p.shape(), is_target(targets, name)) {
-                    let k = ((ratio * m.min(n) as f64 + 1e-9).floor() as usize).min(m.min(n));
+                    let k = most.frozen_rank(0.0, m, n, 1);
                     let basis = subspace_elements(m, n, k, mode);
                     subspaces += 4 * basis;
                     // Projected gradient and update, and per projection a product as large

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::Example;
 use crate::model::{Model, Pair, Tokenizer};
-use crate::train::{encode_source, eval_loss};
+use crate::train::{encode_source, eval_loss, forced_matches};
 
 /// The prompts, how long an answer may grow, and the run's limits.
 #[derive(Clone, Debug, Serialize)]
@@ -75,11 +75,7 @@ impl RetentionSet {
         let pairs: Vec<Pair> =
             sources.into_iter().zip(base.iter().cloned()).filter(|(_, answer)| !answer.is_empty()).collect();
         let loss = eval_loss(model, &pairs, self.batch_size)?;
-        let mut same = base.len() - pairs.len();
-        for batch in pairs.chunks(self.batch_size.max(1)) {
-            let argmax = model.target_argmax(batch)?;
-            same += argmax.iter().zip(batch).filter(|(choice, (_, answer))| *choice == answer).count();
-        }
+        let same = base.len() - pairs.len() + forced_matches(model, &pairs, self.batch_size)?;
         let identical = same as f64 / base.len().max(1) as f64;
         log::info!("retention after {after}: base answers' loss {loss:.4}, identical {:.1}%", 100.0 * identical);
         Ok(RetentionPoint { after: after.to_string(), loss, identical })
