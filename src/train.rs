@@ -57,6 +57,8 @@ impl Default for TrainOptions {
 /// Token ids of examples, with how many were truncated.
 pub struct Encoded {
     pub pairs: Vec<Pair>,
+    /// Each target's length before it was cut: the budget of a greedy answer.
+    pub target_lens: Vec<usize>,
     pub truncated_sources: usize,
     pub truncated_targets: usize,
 }
@@ -170,9 +172,15 @@ pub fn encode(
     max_source_len: usize,
     max_target_len: usize,
 ) -> Result<Encoded> {
-    let mut e = Encoded { pairs: Vec::with_capacity(examples.len()), truncated_sources: 0, truncated_targets: 0 };
+    let mut e = Encoded {
+        pairs: Vec::with_capacity(examples.len()),
+        target_lens: Vec::with_capacity(examples.len()),
+        truncated_sources: 0,
+        truncated_targets: 0,
+    };
     for ex in examples {
         let (source, target) = encode_example(tokenizer, ex)?;
+        e.target_lens.push(target.len());
         let source = truncate_source(tokenizer, ex, source, max_source_len, &mut e.truncated_sources);
         let target = truncate(target, max_target_len, &mut e.truncated_targets);
         e.pairs.push((source, target));
@@ -297,18 +305,12 @@ pub fn eval_loss(model: &dyn Model, pairs: &[Pair], batch_size: usize) -> Result
 /// answer that goes on where the target ends is seen not to match.
 pub const EXTRA_ANSWER_TOKENS: usize = 2;
 
-/// Exact match of greedy outputs against the targets, in [0, 1].
-pub fn exact_match(
-    model: &dyn Model,
-    tokenizer: &Tokenizer,
-    examples: &[Example],
-    max_source_len: usize,
-) -> Result<f64> {
+/// Exact match of greedy outputs against the targets of `examples`, in [0, 1]: each answers
+/// its source in `encoded` (the examples' encoding).
+pub fn exact_match(model: &dyn Model, tokenizer: &Tokenizer, examples: &[Example], encoded: &Encoded) -> Result<f64> {
     let mut hits = 0;
-    for ex in examples {
-        let (source, target) = encode_example(tokenizer, ex)?;
-        let source = truncate_source(tokenizer, ex, source, max_source_len, &mut 0);
-        let output = greedy_text(model, tokenizer, &source, target.len() + EXTRA_ANSWER_TOKENS)?;
+    for ((ex, (source, _)), target_len) in examples.iter().zip(&encoded.pairs).zip(&encoded.target_lens) {
+        let output = greedy_text(model, tokenizer, source, target_len + EXTRA_ANSWER_TOKENS)?;
         hits += usize::from(is_exact_match(&output, ex));
     }
     Ok(hits as f64 / examples.len().max(1) as f64)
@@ -320,17 +322,21 @@ pub fn exact_match(
 /// stop. One batched pass per batch instead of a decoding loop per example; stricter than
 /// [`exact_match`] only where another tokenization of the same text would also match.
 pub fn forced_exact_match(model: &dyn Model, pairs: &[Pair], batch_size: usize) -> Result<f64> {
-    Ok(forced_matches(model, pairs, batch_size)? as f64 / pairs.len().max(1) as f64)
+    Ok(forced_loss_and_matches(model, pairs, batch_size)?.1 as f64 / pairs.len().max(1) as f64)
 }
 
-/// How many of `pairs` the model gives exactly under teacher forcing (see [`forced_exact_match`]).
-pub fn forced_matches(model: &dyn Model, pairs: &[Pair], batch_size: usize) -> Result<usize> {
-    let mut hits = 0;
+/// Under teacher forcing, in batches of `batch_size`: the mean loss per target token of
+/// `pairs`, and how many of them the model gives exactly (see [`forced_exact_match`]).
+pub fn forced_loss_and_matches(model: &dyn Model, pairs: &[Pair], batch_size: usize) -> Result<(f64, usize)> {
+    let (mut sum, mut count, mut hits) = (0.0f64, 0usize, 0usize);
     for batch in pairs.chunks(batch_size.max(1)) {
-        let argmax = model.target_argmax(batch)?;
+        let valid = count_target_tokens(batch, model.vocab_size())?;
+        let (loss, argmax) = model.loss_and_target_argmax(batch)?;
+        sum += loss.to_f32()?[0] as f64 * valid as f64;
+        count += valid;
         hits += argmax.iter().zip(batch).filter(|(choice, (_, target))| choice == &target).count();
     }
-    Ok(hits)
+    Ok((sum / count.max(1) as f64, hits))
 }
 
 #[cfg(test)]

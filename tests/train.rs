@@ -10,7 +10,9 @@ use sculpt::model::Gradients;
 use sculpt::model::{load_t5, T5Config, T5Model, Tokenizer};
 use sculpt::optim::{AdamW, AdamWConfig, Schedule, Unconstrained};
 use sculpt::rng::Rng;
-use sculpt::train::{encode, exact_match, forced_exact_match, train, Position, TrainOptions};
+use sculpt::train::{
+    encode, eval_loss, exact_match, forced_exact_match, forced_loss_and_matches, train, Position, TrainOptions,
+};
 use sculpt::Gpu;
 
 #[test]
@@ -104,7 +106,7 @@ fn a_tiny_model_learns_to_copy_held_out_inputs() {
     })
     .unwrap();
     assert_eq!(losses.len() as u64, steps);
-    let accuracy = exact_match(&model, &tokenizer, &eval_set, 16).unwrap();
+    let accuracy = exact_match(&model, &tokenizer, &eval_set, &encode(&tokenizer, &eval_set, 16, 16).unwrap()).unwrap();
     assert_eq!(accuracy, 1.0, "held-out copy accuracy {accuracy}; losses {:?}", &losses[losses.len() - 5..]);
     // Exact match under teacher forcing gives the same verdicts: every other target is
     // replaced by the next example's, which the model does not answer.
@@ -116,7 +118,13 @@ fn a_tiny_model_learns_to_copy_held_out_inputs() {
             _ => Example::new(e.input.clone(), eval_set[(i + 1) % eval_set.len()].target.clone()),
         })
         .collect();
-    let generated = exact_match(&model, &tokenizer, &mixed, 16).unwrap();
-    let forced = forced_exact_match(&model, &encode(&tokenizer, &mixed, 16, 16).unwrap().pairs, 8).unwrap();
+    let mixed_encoded = encode(&tokenizer, &mixed, 16, 16).unwrap();
+    let generated = exact_match(&model, &tokenizer, &mixed, &mixed_encoded).unwrap();
+    let forced = forced_exact_match(&model, &mixed_encoded.pairs, 8).unwrap();
     assert_eq!((generated, forced), (0.5, 0.5));
+    // The same pass gives the loss, as the loss alone gives it.
+    let (forced_loss, matches) = forced_loss_and_matches(&model, &mixed_encoded.pairs, 8).unwrap();
+    assert_eq!(matches, mixed.len() / 2);
+    let loss = eval_loss(&model, &mixed_encoded.pairs, 8).unwrap();
+    assert!((forced_loss - loss).abs() < 1e-6 && loss > 0.1, "{forced_loss} vs {loss}");
 }

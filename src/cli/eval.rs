@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 
 use crate::model::Model;
-use crate::train::{encode_example, eval_loss, exact_match, EXTRA_ANSWER_TOKENS};
+use crate::train::{encode, eval_loss, exact_match, EXTRA_ANSWER_TOKENS};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -37,15 +37,16 @@ pub fn evaluate(
     examples: &[crate::data::jsonl::Example],
     batch_size: usize,
 ) -> Result<EvalResult> {
-    let pairs = examples.iter().map(|e| encode_example(tokenizer, e)).collect::<Result<Vec<_>>>()?;
+    // Nothing is cut: `sculpt eval` has no length limits.
+    let encoded = encode(tokenizer, examples, usize::MAX, usize::MAX)?;
+    let pairs = &encoded.pairs;
     let source = pairs.iter().map(|p| p.0.len()).max().unwrap_or(0);
     let target = pairs.iter().map(|p| p.1.len()).max().unwrap_or(0);
     model
         .check_batch_buffers(batch_size.max(1), source, target + EXTRA_ANSWER_TOKENS)
         .context("evaluation (in `sculpt eval`: lower --batch-size, or shorten the inputs)")?;
-    let loss = eval_loss(model, &pairs, batch_size)?;
-    // Sources are not cut: `sculpt eval` has no source length limit.
-    let exact_match = exact_match(model, tokenizer, examples, usize::MAX)?;
+    let loss = eval_loss(model, pairs, batch_size)?;
+    let exact_match = exact_match(model, tokenizer, examples, &encoded)?;
     Ok(EvalResult { examples: examples.len(), loss, exact_match })
 }
 

@@ -569,7 +569,8 @@ fn starting_retention_answers(gpu: &crate::Gpu, args: &Args) -> Result<Vec<Vec<u
     let (model, tokenizer, _) = args.setup(gpu, &args.out())?;
     let options =
         args.stream_options(Method::Osft, 0, model.default_targets(), !model.cross_attention_targets().is_empty())?;
-    let answers = options.retention.context("a retention set")?.answers(&*model, &tokenizer)?;
+    let set = options.retention.context("a retention set")?;
+    let answers = set.answers(&*model, &set.sources(&tokenizer)?)?;
     if let Some(path) = &args.retention_base {
         let saved = serde_json::json!({"model": args.model, "prompts": prompts, "max_new_tokens": max_new_tokens, "answers": answers});
         write_atomic(path, serde_json::to_string(&saved)?.as_bytes())?;

@@ -77,16 +77,38 @@ pub enum ExactMatch {
     Forced,
 }
 
-fn evaluate_all(model: &dyn Model, tokenizer: &Tokenizer, tasks: &[Task], options: &StreamOptions) -> Result<Vec<f64>> {
-    let t = &options.train;
+/// A task's examples, encoded once for the whole run with its length limits.
+struct EncodedTask {
+    train: Encoded,
+    eval: Encoded,
+}
+
+fn encode_tasks(tokenizer: &Tokenizer, tasks: &[Task], options: &StreamOptions) -> Result<Vec<EncodedTask>> {
     tasks
         .iter()
-        .map(|task| match options.exact_match {
-            ExactMatch::Generated => exact_match(model, tokenizer, &task.eval, t.max_source_len),
-            ExactMatch::Forced => {
-                let pairs = encode(tokenizer, &task.eval, t.max_source_len, t.max_target_len)?.pairs;
-                forced_exact_match(model, &pairs, t.batch_size)
-            }
+        .map(|task| {
+            let t = task_options(&options.train, task);
+            Ok(EncodedTask {
+                train: encode(tokenizer, &task.train, t.max_source_len, t.max_target_len)?,
+                eval: encode(tokenizer, &task.eval, t.max_source_len, t.max_target_len)?,
+            })
+        })
+        .collect()
+}
+
+fn evaluate_all(
+    model: &dyn Model,
+    tokenizer: &Tokenizer,
+    tasks: &[Task],
+    encoded: &[EncodedTask],
+    options: &StreamOptions,
+) -> Result<Vec<f64>> {
+    tasks
+        .iter()
+        .zip(encoded)
+        .map(|(task, encoded)| match options.exact_match {
+            ExactMatch::Generated => exact_match(model, tokenizer, &task.eval, &encoded.eval),
+            ExactMatch::Forced => forced_exact_match(model, &encoded.eval.pairs, options.train.batch_size),
         })
         .collect()
 }
@@ -97,8 +119,9 @@ fn evaluate_all(model: &dyn Model, tokenizer: &Tokenizer, tasks: &[Task], option
 /// greedy answers), with the plan.
 fn plan_memory(
     model: &dyn Model,
-    tokenizer: &Tokenizer,
     tasks: &[Task],
+    encoded: &[EncodedTask],
+    retention_sources: Option<&[Vec<u32>]>,
     options: &StreamOptions,
 ) -> Result<MemoryPlan> {
     let longest = |pairs: &[Pair]| {
@@ -107,10 +130,9 @@ fn plan_memory(
     let mut checks = Vec::new();
     // The largest training batch of the stream: (batch size, source length, target length).
     let mut largest = (0, 0, 0);
-    for task in tasks {
+    for (task, encoded) in tasks.iter().zip(encoded) {
         let t = task_options(&options.train, task);
-        let train = longest(&encode(tokenizer, &task.train, t.max_source_len, t.max_target_len)?.pairs);
-        let eval = longest(&encode(tokenizer, &task.eval, t.max_source_len, t.max_target_len)?.pairs);
+        let (train, eval) = (longest(&encoded.train.pairs), longest(&encoded.eval.pairs));
         // Layer importance runs on the training batches' shapes, so training covers it.
         let passes = [
             ("training and evaluation", t.batch_size, train.0.max(eval.0), train.1.max(eval.1)),
@@ -123,8 +145,8 @@ fn plan_memory(
             .extend(passes.into_iter().map(|(pass, batch, source, target)| (&task.name, pass, batch, source, target)));
     }
     let retention_task = "retention".to_string();
-    if let Some(set) = &options.retention {
-        let source = set.longest_source(tokenizer)?;
+    if let (Some(set), Some(sources)) = (&options.retention, retention_sources) {
+        let source = sources.iter().map(Vec::len).max().unwrap_or(0);
         checks.push((&retention_task, "retention answers", 1, source, set.max_new_tokens));
         checks.push((&retention_task, "retention loss", set.batch_size, source, set.max_new_tokens));
     }
@@ -146,8 +168,8 @@ fn plan_memory(
 /// The frozen subspaces for task `i` (None: the task trains unconstrained).
 fn subspaces_for(
     model: &dyn Model,
-    tokenizer: &Tokenizer,
     tasks: &[Task],
+    encoded: &[EncodedTask],
     i: usize,
     options: &StreamOptions,
 ) -> Result<Option<SubspaceSet>> {
@@ -156,19 +178,19 @@ fn subspaces_for(
     }
     // Importance is read on samples of the previous task (the first task: its own), with that
     // task's batch size and length limits.
-    let previous = &tasks[i.saturating_sub(1)];
-    let t = task_options(&options.train, previous);
-    let samples = &previous.train[..options.importance_samples.min(previous.train.len())];
-    let pairs = || Ok::<_, anyhow::Error>(encode(tokenizer, samples, t.max_source_len, t.max_target_len)?.pairs);
+    let previous = i.saturating_sub(1);
+    let t = task_options(&options.train, &tasks[previous]);
+    let pairs = &encoded[previous].train.pairs;
+    let samples = &pairs[..options.importance_samples.min(pairs.len())];
     let kind = options.policy.importance();
     let importance: BTreeMap<String, f64> = match kind {
         ImportanceKind::None => BTreeMap::new(),
         ImportanceKind::PerMatrix => {
-            normalise_by_mean(&matrix_importance(model, &pairs()?, t.batch_size, &options.targets)?)
+            normalise_by_mean(&matrix_importance(model, samples, t.batch_size, &options.targets)?)
         }
         ImportanceKind::PerBlock => {
             let (prefixes, raw): (Vec<String>, Vec<f64>) =
-                block_importance(model, &pairs()?, t.batch_size)?.into_iter().unzip();
+                block_importance(model, samples, t.batch_size)?.into_iter().unzip();
             prefixes.into_iter().zip(normalise_min_max(&raw)).collect()
         }
     };
@@ -283,7 +305,6 @@ pub fn run_stream(
     out: Option<&Path>,
     mut on_step: impl FnMut(usize, &StepLog) -> bool,
 ) -> Result<Option<Results>> {
-    let max_src = options.train.max_source_len;
     let resume = match out {
         Some(dir) => {
             crate::io::remove_partials(&dir.join(checkpoint::CHECKPOINTS))?;
@@ -291,7 +312,9 @@ pub fn run_stream(
         }
         None => None,
     };
-    let plan = plan_memory(model, tokenizer, tasks, options)?;
+    let encoded = encode_tasks(tokenizer, tasks, options)?;
+    let retention_sources = options.retention.as_ref().map(|set| set.sources(tokenizer)).transpose()?;
+    let plan = plan_memory(model, tasks, &encoded, retention_sources.as_deref(), options)?;
     // run.json is the CLI's; a library caller's folder may lack it.
     let run_file = out.filter(|dir| dir.join("run.json").exists());
     if let Some(dir) = run_file {
@@ -312,19 +335,19 @@ pub fn run_stream(
             global_step: 0,
             position: Position { epoch: 0, batch: 0, rng: Rng::new(0) },
             run_rng: Rng::new(options.seed),
-            before: Some(evaluate_all(model, tokenizer, tasks, options)?),
+            before: Some(evaluate_all(model, tokenizer, tasks, &encoded, options)?),
             accuracy: Vec::new(),
             retention_base: None,
             retention: Vec::new(),
         },
     };
     let mut log = Log::open(out, state.global_step)?;
-    if let (Some(set), None) = (&options.retention, &state.retention_base) {
+    if let (Some(set), Some(sources), None) = (&options.retention, &retention_sources, &state.retention_base) {
         let base = match &set.base {
             Some(base) => base.clone(),
-            None => set.answers(model, tokenizer)?,
+            None => set.answers(model, sources)?,
         };
-        let point = set.measure(model, tokenizer, &base, "base")?;
+        let point = set.measure(model, sources, &base, "base")?;
         log.write(serde_json::json!({"global_step": state.global_step, "retention": point}))?;
         state.retention.push(point);
         state.retention_base = Some(base);
@@ -342,7 +365,7 @@ pub fn run_stream(
     for (i, task) in tasks.iter().enumerate().skip(first) {
         let subspaces = match saved_subspaces.take() {
             Some(set) => Some(set),
-            None => subspaces_for(model, tokenizer, tasks, i, options)?,
+            None => subspaces_for(model, tasks, &encoded, i, options)?,
         };
         let filter = TaskFilter {
             subspaces: subspaces.as_ref(),
@@ -351,13 +374,13 @@ pub fn run_stream(
         // Serialised once per task (a read-back), and only when checkpoints are written.
         let subspace_file = if out.is_some() { subspace_files(subspaces.as_ref())? } else { Vec::new() };
         let train_options = task_options(&options.train, task);
-        let encoded = encode(tokenizer, &task.train, max_src, train_options.max_target_len)?;
+        let train_set = &encoded[i].train;
         let mut optimizer = AdamW::new(train_options.adamw, model.params())?;
         let mid_task = resume.as_ref().filter(|(_, s)| s.task == i && !s.task_done);
         match mid_task {
             Some((path, s)) => checkpoint::load_optimizer(path, &mut optimizer, s.step)?,
             None => {
-                report_truncation(&mut log, &state, task, &encoded, options)?;
+                report_truncation(&mut log, &state, task, train_set, options)?;
                 state.position = Position { epoch: 0, batch: 0, rng: Rng::new(state.run_rng.next_u64()) };
                 state.task = i;
                 state.task_done = false;
@@ -369,7 +392,7 @@ pub fn run_stream(
         model.gpu().reset_peak();
         train(
             model,
-            &encoded.pairs,
+            &train_set.pairs,
             &train_options,
             &mut optimizer,
             &grads,
@@ -385,7 +408,7 @@ pub fn run_stream(
                     "loss": step.loss, "lr": step.lr, "grad_norm": step.grad_norm, "tokens": step.tokens,
                 }))?;
                 if options.eval_every > 0 && step.step % options.eval_every == 0 {
-                    let record = evaluate_task(model, tokenizer, task, options)?;
+                    let record = evaluate_task(model, tokenizer, task, &encoded[i].eval, options)?;
                     log.write(
                         serde_json::json!({"global_step": state.global_step, "task": task.name, "eval": record}),
                     )?;
@@ -406,17 +429,18 @@ pub fn run_stream(
         if stopped {
             return Ok(None);
         }
-        let row = evaluate_all(model, tokenizer, tasks, options)?;
+        let row = evaluate_all(model, tokenizer, tasks, &encoded, options)?;
         log.write(serde_json::json!({"global_step": state.global_step, "task": task.name, "accuracy": row}))?;
         state.accuracy.push(row);
-        if let (Some(set), Some(base)) = (&options.retention, &state.retention_base) {
-            let point = set.measure(model, tokenizer, base, &task.name)?;
+        if let (Some(set), Some(sources), Some(base)) = (&options.retention, &retention_sources, &state.retention_base)
+        {
+            let point = set.measure(model, sources, base, &task.name)?;
             log.write(serde_json::json!({"global_step": state.global_step, "task": task.name, "retention": point}))?;
             state.retention.push(point);
         }
         state.task_done = true;
         if i + 1 < tasks.len() {
-            saved_subspaces = subspaces_for(model, tokenizer, tasks, i + 1, options)?;
+            saved_subspaces = subspaces_for(model, tasks, &encoded, i + 1, options)?;
         }
         if let Some(dir) = out {
             let next = subspace_files(saved_subspaces.as_ref())?;
@@ -468,12 +492,11 @@ fn evaluate_task(
     model: &dyn Model,
     tokenizer: &Tokenizer,
     task: &Task,
+    eval_set: &Encoded,
     options: &StreamOptions,
 ) -> Result<serde_json::Value> {
-    let t = &options.train;
-    let pairs = encode(tokenizer, &task.eval, t.max_source_len, t.max_target_len)?.pairs;
-    let loss = eval_loss(model, &pairs, t.batch_size)?;
-    let em = exact_match(model, tokenizer, &task.eval, t.max_source_len)?;
+    let loss = eval_loss(model, &eval_set.pairs, options.train.batch_size)?;
+    let em = exact_match(model, tokenizer, &task.eval, eval_set)?;
     log::info!("{}: eval loss {loss:.4}, exact match {:.1}%", task.name, 100.0 * em);
     Ok(serde_json::json!({"loss": loss, "exact_match": em}))
 }

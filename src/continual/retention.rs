@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::Example;
 use crate::model::{Model, Pair, Tokenizer};
-use crate::train::{encode_source, eval_loss, forced_matches};
+use crate::train::{encode_source, forced_loss_and_matches};
 
 /// The prompts, how long an answer may grow, and the run's limits.
 #[derive(Clone, Debug, Serialize)]
@@ -44,38 +44,33 @@ fn count<S: serde::Serializer>(prompts: &[Example], s: S) -> Result<S::Ok, S::Er
 }
 
 impl RetentionSet {
-    fn sources(&self, tokenizer: &Tokenizer) -> Result<Vec<Vec<u32>>> {
+    /// The prompts' token ids, cut as training cuts sources (encoded once per run).
+    pub fn sources(&self, tokenizer: &Tokenizer) -> Result<Vec<Vec<u32>>> {
         self.prompts.iter().map(|p| encode_source(tokenizer, p, self.max_source_len)).collect()
     }
 
-    /// The longest prompt, in tokens (for the memory checks).
-    pub fn longest_source(&self, tokenizer: &Tokenizer) -> Result<usize> {
-        Ok(self.sources(tokenizer)?.iter().map(Vec::len).max().unwrap_or(0))
-    }
-
-    /// The model's greedy answers (token ids, with the end token when it stopped on one).
-    pub fn answers(&self, model: &dyn Model, tokenizer: &Tokenizer) -> Result<Vec<Vec<u32>>> {
-        let sources = self.sources(tokenizer)?;
+    /// The model's greedy answers to `sources` (token ids, with the end token when it stopped
+    /// on one).
+    pub fn answers(&self, model: &dyn Model, sources: &[Vec<u32>]) -> Result<Vec<Vec<u32>>> {
         sources.iter().map(|s| model.generate(s, self.max_new_tokens)).collect()
     }
 
-    /// Retention of the current model against the base model's answers `base`, batched under
-    /// teacher forcing: the loss of the base answers, and which answers the model would still
-    /// give (its argmax at every position of the answer is the base model's token; this is
-    /// greedy decoding's answer without decoding).
+    /// Retention of the current model against the base model's answers `base` to `sources`,
+    /// in one batched pass under teacher forcing: the loss of the base answers, and which
+    /// answers the model would still give (its argmax at every position of the answer is the
+    /// base model's token; this is greedy decoding's answer without decoding).
     pub fn measure(
         &self,
         model: &dyn Model,
-        tokenizer: &Tokenizer,
+        sources: &[Vec<u32>],
         base: &[Vec<u32>],
         after: &str,
     ) -> Result<RetentionPoint> {
-        let sources = self.sources(tokenizer)?;
         // An empty answer has no token to score (and is given again trivially).
         let pairs: Vec<Pair> =
-            sources.into_iter().zip(base.iter().cloned()).filter(|(_, answer)| !answer.is_empty()).collect();
-        let loss = eval_loss(model, &pairs, self.batch_size)?;
-        let same = base.len() - pairs.len() + forced_matches(model, &pairs, self.batch_size)?;
+            sources.iter().cloned().zip(base.iter().cloned()).filter(|(_, answer)| !answer.is_empty()).collect();
+        let (loss, matches) = forced_loss_and_matches(model, &pairs, self.batch_size)?;
+        let same = base.len() - pairs.len() + matches;
         let identical = same as f64 / base.len().max(1) as f64;
         log::info!("retention after {after}: base answers' loss {loss:.4}, identical {:.1}%", 100.0 * identical);
         Ok(RetentionPoint { after: after.to_string(), loss, identical })

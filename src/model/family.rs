@@ -39,15 +39,17 @@ pub trait Model {
     /// Every trainable tensor under its Hugging Face name.
     fn params(&self) -> &BTreeMap<String, Tensor>;
     fn vocab_size(&self) -> usize;
+    // The three batch passes below are written once, over each family's `Passes`.
+
     /// Records the forward pass, the loss and the backward pass of one batch, adding
     /// `grad_scale` times its gradients into `grads`; returns the mean loss per target token.
     fn loss_and_gradients(&self, pairs: &[Pair], grad_scale: f32, grads: &Gradients) -> Result<Tensor>;
     /// Records the forward pass and the mean loss per target token of one batch.
     fn loss(&self, pairs: &[Pair]) -> Result<Tensor>;
-    /// Under teacher forcing on each pair's target, the model's greedy (argmax) choice at every
-    /// target position: equal to the target throughout exactly when greedy decoding from the
-    /// source would reproduce the target.
-    fn target_argmax(&self, pairs: &[Pair]) -> Result<Vec<Vec<u32>>>;
+    /// One forward pass under teacher forcing on each pair's target: the mean loss per target
+    /// token, and the model's greedy (argmax) choice at every target position, which equals the
+    /// target throughout exactly when greedy decoding from the source would reproduce it.
+    fn loss_and_target_argmax(&self, pairs: &[Pair]) -> Result<(Tensor, Vec<Vec<u32>>)>;
     /// Greedy continuation of `source`: the new tokens, up to the end token or `max_new_tokens`.
     fn generate(&self, source: &[u32], max_new_tokens: usize) -> Result<Vec<u32>>;
     /// The input and output hidden states of every block over one batch of `pairs`.

@@ -11,6 +11,7 @@ pub mod gguf;
 pub mod kv_cache;
 pub mod lm_head;
 pub mod params;
+pub mod passes;
 pub mod t5;
 pub mod targets;
 pub mod tokenizer;

@@ -28,8 +28,9 @@ pub use config::{DecoderConfig, DecoderFamily};
 pub use forward::{DecoderForwardOutput, HeadNorm, LayerActivations};
 
 use super::family::{f32_bytes, BlockStates, Gradients, MatrixInput, Model, Pair};
-use super::lm_head::{labelled_argmax, logits_chunk, per_pair};
+use super::lm_head::logits_chunk;
 use super::params::{self, LM_HEAD};
+use super::passes::{self, Passes};
 use crate::gpu::Gpu;
 use crate::kernels::attention::AttentionShape;
 use crate::kernels::loss::IGNORE_INDEX;
@@ -216,22 +217,15 @@ impl Model for DecoderModel {
     }
 
     fn loss_and_gradients(&self, pairs: &[Pair], grad_scale: f32, grads: &Gradients) -> Result<Tensor> {
-        let mut batch = self.batch(pairs)?;
-        batch.grad_scale = grad_scale;
-        let out = self.forward(&batch, Some(grads))?;
-        self.backward(&batch, &out, grads)?;
-        out.loss.context("a training batch has target tokens")
+        passes::loss_and_gradients(self, pairs, grad_scale, grads)
     }
 
     fn loss(&self, pairs: &[Pair]) -> Result<Tensor> {
-        self.forward(&self.batch(pairs)?, None)?.loss.context("an evaluation batch has target tokens")
+        passes::loss(self, pairs)
     }
 
-    fn target_argmax(&self, pairs: &[Pair]) -> Result<Vec<Vec<u32>>> {
-        let batch = self.batch(pairs)?;
-        let out = self.trunk(&batch)?;
-        let argmax = labelled_argmax(&batch.labels, self.config.vocab_size, |rows| self.logits_at(&out, rows))?;
-        Ok(per_pair(&argmax, pairs))
+    fn loss_and_target_argmax(&self, pairs: &[Pair]) -> Result<(Tensor, Vec<Vec<u32>>)> {
+        passes::loss_and_target_argmax(self, pairs)
     }
 
     fn generate(&self, source: &[u32], max_new_tokens: usize) -> Result<Vec<u32>> {
@@ -330,6 +324,33 @@ impl Model for DecoderModel {
 
     fn default_targets(&self) -> Vec<String> {
         TARGETS.iter().map(|s| s.to_string()).collect()
+    }
+}
+
+impl Passes for DecoderModel {
+    type Batch = CausalBatch;
+    type Output = DecoderForwardOutput;
+
+    fn batch(&self, pairs: &[Pair]) -> Result<CausalBatch> {
+        DecoderModel::batch(self, pairs)
+    }
+    fn labels(batch: &CausalBatch) -> &[i32] {
+        &batch.labels
+    }
+    fn set_grad_scale(batch: &mut CausalBatch, grad_scale: f32) {
+        batch.grad_scale = grad_scale;
+    }
+    fn forward(&self, batch: &CausalBatch, grads: Option<&Gradients>) -> Result<DecoderForwardOutput> {
+        DecoderModel::forward(self, batch, grads)
+    }
+    fn loss_of(out: &DecoderForwardOutput) -> Option<&Tensor> {
+        out.loss.as_ref()
+    }
+    fn backward(&self, batch: &CausalBatch, out: &DecoderForwardOutput, grads: &Gradients) -> Result<()> {
+        DecoderModel::backward(self, batch, out, grads)
+    }
+    fn logits_at(&self, out: &DecoderForwardOutput, rows: &[u32]) -> Result<Tensor> {
+        DecoderModel::logits_at(self, out, rows)
     }
 }
 

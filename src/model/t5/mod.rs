@@ -9,14 +9,15 @@ mod generate;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 pub use forward::{AttentionActivations, EncoderOutput, FeedForwardActivations, ForwardOutput, LayerActivations};
 
 use super::config::{FeedForward, T5Config};
 use super::family::{f32_bytes, BlockStates, Gradients, MatrixInput, Model, Pair};
-use super::lm_head::{labelled_argmax, logits_chunk, per_pair};
+use super::lm_head::logits_chunk;
 use super::params;
+use super::passes::{self, Passes};
 use crate::gpu::Gpu;
 use crate::kernels::loss::IGNORE_INDEX;
 use crate::tensor::Tensor;
@@ -180,22 +181,15 @@ impl Model for T5Model {
     }
 
     fn loss_and_gradients(&self, pairs: &[Pair], grad_scale: f32, grads: &Gradients) -> Result<Tensor> {
-        let mut batch = self.batch(pairs)?;
-        batch.grad_scale = grad_scale;
-        let out = self.forward(&batch, Some(grads))?;
-        self.backward(&batch, &out, grads)?;
-        out.loss.context("a training batch has labels")
+        passes::loss_and_gradients(self, pairs, grad_scale, grads)
     }
 
     fn loss(&self, pairs: &[Pair]) -> Result<Tensor> {
-        self.forward(&self.batch(pairs)?, None)?.loss.context("an evaluation batch has labels")
+        passes::loss(self, pairs)
     }
 
-    fn target_argmax(&self, pairs: &[Pair]) -> Result<Vec<Vec<u32>>> {
-        let batch = self.batch(pairs)?;
-        let out = self.forward(&batch, None)?;
-        let argmax = labelled_argmax(&batch.labels, self.config.vocab_size, |rows| self.logits_at(&out, rows))?;
-        Ok(per_pair(&argmax, pairs))
+    fn loss_and_target_argmax(&self, pairs: &[Pair]) -> Result<(Tensor, Vec<Vec<u32>>)> {
+        passes::loss_and_target_argmax(self, pairs)
     }
 
     fn generate(&self, source: &[u32], max_new_tokens: usize) -> Result<Vec<u32>> {
@@ -318,6 +312,33 @@ impl Model for T5Model {
 
     fn cross_attention_targets(&self) -> Vec<String> {
         crate::model::targets::T5_CROSS_ATTENTION.iter().map(|s| s.to_string()).collect()
+    }
+}
+
+impl Passes for T5Model {
+    type Batch = Batch;
+    type Output = ForwardOutput;
+
+    fn batch(&self, pairs: &[Pair]) -> Result<Batch> {
+        T5Model::batch(self, pairs)
+    }
+    fn labels(batch: &Batch) -> &[i32] {
+        &batch.labels
+    }
+    fn set_grad_scale(batch: &mut Batch, grad_scale: f32) {
+        batch.grad_scale = grad_scale;
+    }
+    fn forward(&self, batch: &Batch, grads: Option<&Gradients>) -> Result<ForwardOutput> {
+        T5Model::forward(self, batch, grads)
+    }
+    fn loss_of(out: &ForwardOutput) -> Option<&Tensor> {
+        out.loss.as_ref()
+    }
+    fn backward(&self, batch: &Batch, out: &ForwardOutput, grads: &Gradients) -> Result<()> {
+        T5Model::backward(self, batch, out, grads)
+    }
+    fn logits_at(&self, out: &ForwardOutput, rows: &[u32]) -> Result<Tensor> {
+        T5Model::logits_at(self, out, rows)
     }
 }
 
