@@ -15,6 +15,11 @@ fn parent_of(path: &Path) -> &Path {
     path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
 }
 
+/// The text of the file at `path`, with an error that names it.
+pub fn read_text(path: &Path) -> Result<String> {
+    fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
 /// Writes `bytes` to `path` through a temporary file in the same folder, synced, then renamed.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path.file_name().with_context(|| format!("{} has no file name", path.display()))?;
@@ -150,8 +155,10 @@ mod tests {
         let p = dir.join("latest");
         write_atomic(&p, b"one").unwrap();
         write_atomic(&p, b"two").unwrap();
-        assert_eq!(fs::read(&p).unwrap(), b"two");
+        assert_eq!(read_text(&p).unwrap(), "two");
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 1, "no temporary file left behind");
+        let missing = read_text(&dir.join("missing.jsonl")).unwrap_err().to_string();
+        assert!(missing.starts_with("cannot read ") && missing.ends_with("missing.jsonl"), "{missing}");
     }
 
     #[cfg(unix)]

@@ -549,7 +549,7 @@ fn run_method(
 fn starting_retention_answers(gpu: &crate::Gpu, args: &Args) -> Result<Vec<Vec<u32>>> {
     let (prompts, max_new_tokens) = (args.retention.as_ref().context("--retention")?, args.retention_max_tokens);
     if let Some(path) = args.retention_base.as_ref().filter(|p| p.exists()) {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let text = crate::io::read_text(path)?;
         let saved: serde_json::Value =
             serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))?;
         let answers: Vec<Vec<u32>> = serde_json::from_value(saved["answers"].clone())

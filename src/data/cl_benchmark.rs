@@ -204,7 +204,7 @@ pub fn read_split(path: &Path) -> Result<Vec<Example>> {
 /// A split file of either preset: one non-empty JSON array of records; `what` names the
 /// layout in the error of a file that does not parse as one.
 pub(super) fn read_records<T: DeserializeOwned>(path: &Path, what: &str) -> Result<Vec<T>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = crate::io::read_text(path)?;
     let records: Vec<T> =
         serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON for {what}", path.display()))?;
     if records.is_empty() {
@@ -215,7 +215,7 @@ pub(super) fn read_records<T: DeserializeOwned>(path: &Path, what: &str) -> Resu
 
 /// A `labels.json`: a non-empty JSON array of strings.
 pub fn read_labels(path: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = crate::io::read_text(path)?;
     let labels: Vec<String> = serde_json::from_str(&text)
         .with_context(|| format!("{}: expected a JSON array of label strings", path.display()))?;
     if labels.is_empty() {

@@ -98,7 +98,7 @@ pub(crate) fn string_field(record: &serde_json::Value, key: &str, at: impl Displ
 }
 
 pub fn read_jsonl(path: &Path) -> Result<Vec<Example>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = crate::io::read_text(path)?;
     parse_jsonl(&text, &path.display().to_string())
 }
 

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 use super::jsonl::{json_lines, string_field, Example};
 
@@ -39,7 +39,7 @@ pub fn parse_prompts(text: &str, origin: &str) -> Result<Vec<Example>> {
 }
 
 pub fn read_prompts(path: &Path) -> Result<Vec<Example>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = crate::io::read_text(path)?;
     parse_prompts(&text, &path.display().to_string())
 }
 
