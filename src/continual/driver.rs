@@ -367,6 +367,10 @@ pub fn run_stream(
             Some(set) => Some(set),
             None => subspaces_for(model, tasks, &encoded, i, options)?,
         };
+        // The decompositions', evaluation's and retention's buffers have sizes that training
+        // does not ask for; released here, and again after training, the pool holds one
+        // phase's buffers instead of every size the run has seen.
+        model.gpu().release_free_buffers();
         let filter = TaskFilter {
             subspaces: subspaces.as_ref(),
             frozen_unless: options.freeze_non_targets.then_some(options.targets.as_slice()),
@@ -423,6 +427,7 @@ pub fn run_stream(
             },
         )?;
         training_peak = training_peak.max(model.gpu().pool_stats().peak_bytes_in_use);
+        model.gpu().release_free_buffers();
         if let Some(dir) = run_file {
             memory::record(dir, &plan, Some(training_peak))?;
         }

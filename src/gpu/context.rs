@@ -189,6 +189,7 @@ impl Gpu {
             loop_budget: super::LOOP_BUDGET,
         };
         log::info!("sculpt: using {} ({}, {})", summary.name, summary.backend, summary.device_type);
+        let pool = BufferPool::new(limits.max_buffer_size);
         Ok(Gpu {
             inner: Arc::new(Inner {
                 device,
@@ -196,7 +197,7 @@ impl Gpu {
                 summary,
                 limits,
                 features,
-                pool: Mutex::new(BufferPool::default()),
+                pool: Mutex::new(pool),
                 pipelines: Mutex::new(HashMap::new()),
                 modules: Mutex::new(HashMap::new()),
                 recorder: Mutex::new(Recorder::default()),
@@ -239,6 +240,11 @@ impl Gpu {
     /// Counters of the buffer pool (allocations, reuses, bytes).
     pub fn pool_stats(&self) -> PoolStats {
         self.inner.pool.lock().unwrap().stats()
+    }
+
+    /// Drops the buffer pool's free buffers (at the end of a phase whose sizes will not recur).
+    pub fn release_free_buffers(&self) {
+        self.inner.pool.lock().unwrap().release_free()
     }
 
     /// Starts the pool's peak of bytes in use over from now (to measure one phase).

@@ -23,23 +23,33 @@ impl PoolStats {
     }
 }
 
-/// Reuses buffers by exact (size, usage). A training step asks for the same sizes every
+/// Reuses buffers by (size class, usage). A training step asks for the same sizes every
 /// step, so after the first one every request is a reuse.
-#[derive(Default)]
 pub(crate) struct BufferPool {
     free: HashMap<(u64, u32), Vec<wgpu::Buffer>>,
     stats: PoolStats,
+    /// The adapter's largest buffer: no class is rounded past it.
+    max_buffer_size: u64,
 }
 
-/// Sizes are rounded up so that slightly different requests share buffers and every
-/// buffer can be bound whole (binding sizes must be multiples of 4).
+/// Sizes are rounded up to a class so that nearby requests (batches padded to different
+/// lengths) share buffers: multiples of 256 bytes up to 4 KiB, then 16 classes per power of
+/// two, so a buffer is at most 1/16 larger than asked. Every class is a multiple of 4, so a
+/// buffer can be bound whole.
 pub(crate) fn rounded_size(bytes: u64) -> u64 {
-    bytes.max(4).div_ceil(256) * 256
+    let bytes = bytes.max(4);
+    let octave = 63 - bytes.leading_zeros();
+    let step = 256u64.max(1 << octave.saturating_sub(4));
+    bytes.div_ceil(step) * step
 }
 
 impl BufferPool {
+    pub fn new(max_buffer_size: u64) -> BufferPool {
+        BufferPool { free: HashMap::new(), stats: PoolStats::default(), max_buffer_size }
+    }
+
     pub fn acquire(&mut self, device: &wgpu::Device, bytes: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
-        let size = rounded_size(bytes);
+        let size = rounded_size(bytes).min(self.max_buffer_size.max(bytes.div_ceil(4) * 4));
         if let Some(buffer) = self.free.get_mut(&(size, usage.bits())).and_then(|list| list.pop()) {
             self.stats.reuses += 1;
             self.stats.bytes_free -= size;
@@ -58,6 +68,14 @@ impl BufferPool {
         self.free.entry((size, buffer.usage().bits())).or_default().push(buffer);
     }
 
+    /// Drops every free buffer. Sizes change between phases of a run (decompositions, training
+    /// batches, evaluation), and buffers of a finished phase would otherwise stay allocated.
+    pub fn release_free(&mut self) {
+        self.free.clear();
+        self.stats.bytes_allocated -= self.stats.bytes_free;
+        self.stats.bytes_free = 0;
+    }
+
     pub fn stats(&self) -> PoolStats {
         self.stats
     }
@@ -69,5 +87,44 @@ impl BufferPool {
     /// Starts the peak over from the bytes in use now.
     pub fn reset_peak(&mut self) {
         self.stats.peak_bytes_in_use = self.stats.bytes_in_use();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearby_sizes_share_a_class_at_most_a_sixteenth_larger() {
+        assert_eq!(rounded_size(1), 256);
+        assert_eq!(rounded_size(4096), 4096);
+        assert_eq!(rounded_size(4097), 4352);
+        // Two padded lengths of the same activation land in one class.
+        assert_eq!(rounded_size(4 * 61 * 576 * 4), rounded_size(4 * 62 * 576 * 4));
+        for bytes in (1..200_000u64).step_by(997).chain([1 << 27, (1 << 27) - 4, 123_456_789]) {
+            let size = rounded_size(bytes);
+            assert!(size >= bytes && size.is_multiple_of(4), "{bytes} -> {size}");
+            assert!(size - bytes < 256 || (size - bytes) * 16 <= bytes, "{bytes} -> {size}");
+        }
+        assert_eq!(rounded_size(1 << 27), 1 << 27, "a power of two is its own class");
+    }
+
+    #[test]
+    fn released_free_buffers_leave_the_pool_and_its_counts() {
+        let gpu = crate::kernels::testing::gpu();
+        let mut pool = BufferPool::new(1 << 20);
+        let usage = wgpu::BufferUsages::STORAGE;
+        let a = pool.acquire(gpu.device(), 1000, usage);
+        let b = pool.acquire(gpu.device(), 3 << 20, usage);
+        assert_eq!(b.size(), 3 << 20, "a request above the largest buffer is not rounded past it");
+        pool.release(a);
+        assert_eq!(pool.acquire(gpu.device(), 900, usage).size(), 1024, "a freed buffer serves its class");
+        pool.release(b);
+        assert_eq!(pool.stats().bytes_free, 3 << 20);
+        pool.release_free();
+        let stats = pool.stats();
+        assert_eq!((stats.bytes_free, stats.bytes_allocated, stats.reuses), (0, 1024, 1));
+        assert_eq!(pool.acquire(gpu.device(), 3 << 20, usage).size(), 3 << 20);
+        assert_eq!(pool.stats().allocations, 3, "a released buffer is allocated anew");
     }
 }
