@@ -14,7 +14,7 @@ use crate::checkpoint;
 use crate::continual::driver::{run_stream, task_options, ExactMatch, Method, StreamOptions};
 use crate::continual::recipe::{Recipe, RecipeValues};
 use crate::continual::report::{retention_png, runs_markdown, Results};
-use crate::continual::retention::RetentionSet;
+use crate::continual::retention::{read_base_answers, write_base_answers, RetentionSet};
 use crate::continual::run_dir::{self, RUN_FILE};
 use crate::data::{cl_benchmark, read_jsonl, read_prompts, synthetic, Stream, Task, TaskSettings};
 use crate::io::write_atomic;
@@ -549,22 +549,7 @@ fn run_method(
 fn starting_retention_answers(gpu: &crate::Gpu, args: &Args) -> Result<Vec<Vec<u32>>> {
     let (prompts, max_new_tokens) = (args.retention.as_ref().context("--retention")?, args.retention_max_tokens);
     if let Some(path) = args.retention_base.as_ref().filter(|p| p.exists()) {
-        let text = crate::io::read_text(path)?;
-        let saved: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))?;
-        let answers: Vec<Vec<u32>> = serde_json::from_value(saved["answers"].clone())
-            .with_context(|| format!("{}: \"answers\" must be lists of token ids", path.display()))?;
-        let count = read_prompts(prompts)?.len();
-        if saved["max_new_tokens"] != max_new_tokens || answers.len() != count {
-            bail!(
-                "{}: answers to {} prompts of at most {} tokens, but this run has {count} prompts ({}) and --retention-max-tokens {max_new_tokens}; pass another --retention-base",
-                path.display(),
-                answers.len(),
-                saved["max_new_tokens"],
-                prompts.display()
-            );
-        }
-        return Ok(answers);
+        return read_base_answers(path, prompts, read_prompts(prompts)?.len(), max_new_tokens);
     }
     let (model, tokenizer, _) = args.setup(gpu, &args.out())?;
     let options =
@@ -572,8 +557,8 @@ fn starting_retention_answers(gpu: &crate::Gpu, args: &Args) -> Result<Vec<Vec<u
     let set = options.retention.context("a retention set")?;
     let answers = set.answers(&*model, &set.sources(&tokenizer)?)?;
     if let Some(path) = &args.retention_base {
-        let saved = serde_json::json!({"model": args.model, "prompts": prompts, "max_new_tokens": max_new_tokens, "answers": answers});
-        write_atomic(path, serde_json::to_string(&saved)?.as_bytes())?;
+        let model = args.model.as_deref().context("--model")?;
+        write_base_answers(path, model, prompts, max_new_tokens, &answers)?;
     }
     Ok(answers)
 }

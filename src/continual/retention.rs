@@ -4,10 +4,13 @@
 //! less likely the old behaviour has become) and the share of prompts whose greedy answer is
 //! still token for token the same.
 
-use anyhow::Result;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::data::Example;
+use crate::io::{read_text, write_atomic};
 use crate::model::{Model, Pair, Tokenizer};
 use crate::train::{encode_source, forced_loss_and_matches};
 
@@ -74,5 +77,72 @@ impl RetentionSet {
         let identical = same as f64 / base.len().max(1) as f64;
         log::info!("retention after {after}: base answers' loss {loss:.4}, identical {:.1}%", 100.0 * identical);
         Ok(RetentionPoint { after: after.to_string(), loss, identical })
+    }
+}
+
+/// The starting answers of a retention set, saved so that runs from the same weights share
+/// them (`--retention-base`). The file names the model and prompts it was made from.
+#[derive(Serialize, Deserialize)]
+struct BaseAnswers {
+    model: std::path::PathBuf,
+    prompts: std::path::PathBuf,
+    max_new_tokens: usize,
+    answers: Vec<Vec<u32>>,
+}
+
+/// Writes the starting model's answers to the prompts of `prompts` to `path`.
+pub fn write_base_answers(
+    path: &Path,
+    model: &Path,
+    prompts: &Path,
+    max_new_tokens: usize,
+    answers: &[Vec<u32>],
+) -> Result<()> {
+    let saved = BaseAnswers {
+        model: model.to_path_buf(),
+        prompts: prompts.to_path_buf(),
+        max_new_tokens,
+        answers: answers.to_vec(),
+    };
+    write_atomic(path, serde_json::to_string(&saved)?.as_bytes())
+}
+
+/// The answers saved in `path`, refused unless they answer `count` prompts (those of
+/// `prompts`) in at most `max_new_tokens` tokens each.
+pub fn read_base_answers(path: &Path, prompts: &Path, count: usize, max_new_tokens: usize) -> Result<Vec<Vec<u32>>> {
+    let saved: BaseAnswers = serde_json::from_str(&read_text(path)?).with_context(|| {
+        format!("{}: not a file of retention answers (\"model\", \"prompts\", \"max_new_tokens\", \"answers\": lists of token ids)", path.display())
+    })?;
+    if saved.max_new_tokens != max_new_tokens || saved.answers.len() != count {
+        bail!(
+            "{}: answers to {} prompts of at most {} tokens, but this run has {count} prompts ({}) and --retention-max-tokens {max_new_tokens}; pass another --retention-base",
+            path.display(),
+            saved.answers.len(),
+            saved.max_new_tokens,
+            prompts.display()
+        );
+    }
+    Ok(saved.answers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_answers_read_back_only_for_the_same_prompts_and_budget() {
+        let dir = std::env::temp_dir().join(format!("sculpt-base-answers-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (path, prompts) = (dir.join("base.json"), Path::new("prompts.jsonl"));
+        let answers = vec![vec![5, 6, 2], vec![]];
+        write_base_answers(&path, Path::new("model"), prompts, 16, &answers).unwrap();
+        assert_eq!(read_base_answers(&path, prompts, 2, 16).unwrap(), answers);
+        let refused = read_base_answers(&path, prompts, 3, 16).unwrap_err().to_string();
+        assert!(refused.contains("answers to 2 prompts of at most 16 tokens") && refused.contains("3 prompts"));
+        assert!(read_base_answers(&path, prompts, 2, 8).unwrap_err().to_string().contains("--retention-max-tokens 8"));
+        std::fs::write(&path, "{\"answers\": [[\"a\"]]}").unwrap();
+        assert!(format!("{:#}", read_base_answers(&path, prompts, 1, 16).unwrap_err())
+            .contains("not a file of retention answers"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
