@@ -356,23 +356,17 @@ impl Args {
         self.cross_attention.unwrap_or(self.is_builtin() && self.arch == Arch::T5)
     }
 
-    fn extra_targets(&self) -> Vec<String> {
+    /// `lm_head`: the model's head, which the built-in job constrains too.
+    fn extra_targets(&self, lm_head: &str) -> Vec<String> {
         match &self.extra_targets {
             Some(targets) => targets.iter().filter(|t| !t.is_empty()).cloned().collect(),
-            None if self.is_builtin() => vec!["lm_head.weight".to_string()],
+            None if self.is_builtin() => vec![lm_head.to_string()],
             None => Vec::new(),
         }
     }
 
-    /// `targets`: the model's target patterns ([`Model::targets`]).
-    fn stream_options(
-        &self,
-        method: Method,
-        examples: usize,
-        mut targets: Vec<String>,
-        encoder_decoder: bool,
-    ) -> Result<StreamOptions> {
-        let recipe = self.recipe(encoder_decoder).values();
+    fn stream_options(&self, method: Method, examples: usize, model: &ModelTargets) -> Result<StreamOptions> {
+        let recipe = self.recipe(model.encoder_decoder).values();
         let policy = self.policy(&recipe)?;
         policy.validate()?;
         let epochs = self.epochs.unwrap_or(recipe.epochs);
@@ -412,7 +406,8 @@ impl Args {
             }),
             None => None,
         };
-        targets.extend(self.extra_targets());
+        let mut targets = model.targets.clone();
+        targets.extend(self.extra_targets(model.lm_head));
         Ok(StreamOptions {
             method,
             policy,
@@ -480,6 +475,24 @@ impl Args {
 /// Set by the first Ctrl-C: the run stops at the next step boundary with a checkpoint.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
+/// What a run's options take from its model.
+struct ModelTargets {
+    /// The model's target patterns ([`Model::targets`]).
+    targets: Vec<String>,
+    encoder_decoder: bool,
+    lm_head: &'static str,
+}
+
+impl ModelTargets {
+    fn of(model: &dyn Model, cross_attention: bool) -> Result<ModelTargets> {
+        Ok(ModelTargets {
+            targets: model.targets(cross_attention)?,
+            encoder_decoder: !model.cross_attention_targets().is_empty(),
+            lm_head: model.lm_head_name(),
+        })
+    }
+}
+
 fn catch_ctrl_c() -> Result<()> {
     ctrlc::set_handler(|| {
         if INTERRUPTED.swap(true, Ordering::SeqCst) {
@@ -502,8 +515,7 @@ fn run_method(
 ) -> Result<Option<Results>> {
     let (model, tokenizer, tasks) = args.setup(gpu, dir)?;
     let examples = tasks.iter().map(|t| t.train.len()).max().unwrap_or(0);
-    let encoder_decoder = !model.cross_attention_targets().is_empty();
-    let mut options = args.stream_options(method, examples, model.targets(args.cross_attention())?, encoder_decoder)?;
+    let mut options = args.stream_options(method, examples, &ModelTargets::of(&*model, args.cross_attention())?)?;
     if let Some(set) = &mut options.retention {
         set.base = retention_base.map(<[_]>::to_vec);
     }
@@ -552,8 +564,7 @@ fn starting_retention_answers(gpu: &crate::Gpu, args: &Args) -> Result<Vec<Vec<u
         return read_base_answers(path, prompts, read_prompts(prompts)?.len(), max_new_tokens);
     }
     let (model, tokenizer, _) = args.setup(gpu, &args.out())?;
-    let options =
-        args.stream_options(Method::Osft, 0, model.default_targets(), !model.cross_attention_targets().is_empty())?;
+    let options = args.stream_options(Method::Osft, 0, &ModelTargets::of(&*model, false)?)?;
     let set = options.retention.context("a retention set")?;
     let answers = set.answers(&*model, &set.sources(&tokenizer)?)?;
     if let Some(path) = &args.retention_base {
@@ -651,12 +662,18 @@ mod tests {
     }
 
     fn recipe(args: &Args) -> (bool, bool, bool, Vec<String>) {
-        (args.free_first_task(), args.freeze_non_targets(), args.cross_attention(), args.extra_targets())
+        (args.free_first_task(), args.freeze_non_targets(), args.cross_attention(), args.extra_targets(LM_HEAD))
+    }
+
+    const LM_HEAD: &str = "lm_head.weight";
+
+    fn model(targets: &[&str], encoder_decoder: bool) -> ModelTargets {
+        ModelTargets { targets: targets.iter().map(|t| t.to_string()).collect(), encoder_decoder, lm_head: LM_HEAD }
     }
 
     fn policy(line: &str) -> RankPolicy {
         let args = parse(line);
-        args.stream_options(Method::Osft, 16, T5_DEFAULT.iter().map(|t| t.to_string()).collect(), true).unwrap().policy
+        args.stream_options(Method::Osft, 16, &model(T5_DEFAULT, true)).unwrap().policy
     }
 
     #[test]
@@ -671,7 +688,7 @@ mod tests {
         assert_eq!(policy("--model m --train t.jsonl --recipe builtin"), RankPolicy::Fixed { ratio: 0.9 });
         let refused = |line: &str| {
             let args = parse(line);
-            args.stream_options(Method::Osft, 16, vec![], false).err().map(|e| e.to_string()).unwrap_or_default()
+            args.stream_options(Method::Osft, 16, &model(&[], false)).err().map(|e| e.to_string()).unwrap_or_default()
         };
         assert!(refused("--rank-policy official --rank-ratio 0.5").contains("belong to --rank-policy fixed"));
         assert!(refused("--mrr 0.2").contains("need --rank-policy"));
@@ -681,17 +698,17 @@ mod tests {
 
     #[test]
     fn model_runs_default_to_the_papers_recipe_of_their_family() {
-        let llama: Vec<String> = vec!["model.layers.*.self_attn.q_proj.weight".into()];
-        let t5: Vec<String> = T5_DEFAULT.iter().map(|t| t.to_string()).collect();
-        let train = |line: &str, targets: &[String]| {
-            let encoder_decoder = targets.iter().any(|t| T5_DEFAULT.contains(&t.as_str()));
-            parse(line).stream_options(Method::Osft, 16, targets.to_vec(), encoder_decoder).unwrap().train
+        let llama = ["model.layers.*.self_attn.q_proj.weight"];
+        let t5 = T5_DEFAULT;
+        let train = |line: &str, targets: &[&str]| {
+            let encoder_decoder = targets.iter().any(|t| T5_DEFAULT.contains(t));
+            parse(line).stream_options(Method::Osft, 16, &model(targets, encoder_decoder)).unwrap().train
         };
         let paper = train("--model m --train t.jsonl", &llama);
         assert_eq!((paper.adamw.lr, paper.adamw.weight_decay, paper.adamw.schedule), (1e-5, 0.01, Schedule::Constant));
         assert_eq!((paper.batch_size, paper.epochs, paper.max_source_len, paper.max_target_len), (8, 1, 256, 16));
-        assert_eq!(train("--model m --train t.jsonl", &t5).max_source_len, 512);
-        let builtin = train("", &t5);
+        assert_eq!(train("--model m --train t.jsonl", t5).max_source_len, 512);
+        let builtin = train("", t5);
         assert_eq!((builtin.adamw.lr, builtin.batch_size, builtin.epochs), (3e-3, 16, 8));
         assert_eq!(builtin.adamw.schedule, Schedule::Linear { warmup: 0, total: 8 });
         let own = train("--model m --train t.jsonl --lr 2e-5 --warmup-ratio 0.5 --batch-size 4 --epochs 2", &llama);
@@ -700,7 +717,7 @@ mod tests {
 
     #[test]
     fn builtin_job_has_its_recipe_and_user_models_the_methods_defaults() {
-        let head = vec!["lm_head.weight".to_string()];
+        let head = vec![LM_HEAD.to_string()];
         assert_eq!(recipe(&parse("")), (true, true, true, head.clone()));
         assert_eq!(recipe(&parse("--arch llama")), (true, true, false, head));
         assert_eq!(recipe(&parse("--model m --train t.jsonl")), (false, false, false, vec![]));
@@ -722,7 +739,7 @@ mod tests {
         crate::data::trace::tests::fake_trace(&dir);
         let epochs = |line: &str| -> Vec<usize> {
             let args = parse(line);
-            let options = args.stream_options(Method::Osft, 2, vec![], false).unwrap();
+            let options = args.stream_options(Method::Osft, 2, &model(&[], false)).unwrap();
             let tasks = args.preset_tasks("trace", &dir).unwrap();
             tasks.iter().map(|t| task_options(&options.train, t).epochs).collect()
         };

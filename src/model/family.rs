@@ -39,6 +39,8 @@ pub trait Model {
     /// Every trainable tensor under its Hugging Face name.
     fn params(&self) -> &BTreeMap<String, Tensor>;
     fn vocab_size(&self) -> usize;
+    /// The name of the output projection (the embedding's when the head is tied).
+    fn lm_head_name(&self) -> &'static str;
     // The three batch passes below are written once, over each family's `Passes`.
 
     /// Records the forward pass, the loss and the backward pass of one batch, adding

@@ -160,15 +160,6 @@ impl DecoderModel {
         &self.params[name]
     }
 
-    /// The name of the output projection: `lm_head.weight`, or the embedding when tied.
-    pub fn lm_head_name(&self) -> &'static str {
-        if self.config.tie_word_embeddings {
-            EMBED_TOKENS
-        } else {
-            LM_HEAD
-        }
-    }
-
     /// The rotary inverse frequencies of one head.
     pub fn inv_freq(&self) -> &[f64] {
         &self.inv_freq
@@ -214,6 +205,15 @@ impl Model for DecoderModel {
 
     fn vocab_size(&self) -> usize {
         self.config.vocab_size
+    }
+
+    /// The name of the output projection: `lm_head.weight`, or the embedding when tied.
+    fn lm_head_name(&self) -> &'static str {
+        if self.config.tie_word_embeddings {
+            EMBED_TOKENS
+        } else {
+            LM_HEAD
+        }
     }
 
     fn loss_and_gradients(&self, pairs: &[Pair], grad_scale: f32, grads: &Gradients) -> Result<Tensor> {

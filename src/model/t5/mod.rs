@@ -143,15 +143,6 @@ impl T5Model {
         &self.params[self.lm_head_name()]
     }
 
-    /// The name of the output projection: `lm_head.weight`, or `shared.weight` when tied.
-    pub fn lm_head_name(&self) -> &'static str {
-        if self.params.contains_key(LM_HEAD) {
-            LM_HEAD
-        } else {
-            SHARED
-        }
-    }
-
     pub fn num_layers(&self, stack: Stack) -> usize {
         match stack {
             Stack::Encoder => self.config.num_layers,
@@ -178,6 +169,15 @@ impl Model for T5Model {
 
     fn vocab_size(&self) -> usize {
         self.config.vocab_size
+    }
+
+    /// The name of the output projection: `lm_head.weight`, or `shared.weight` when tied.
+    fn lm_head_name(&self) -> &'static str {
+        if self.params.contains_key(LM_HEAD) {
+            LM_HEAD
+        } else {
+            SHARED
+        }
     }
 
     fn loss_and_gradients(&self, pairs: &[Pair], grad_scale: f32, grads: &Gradients) -> Result<Tensor> {
