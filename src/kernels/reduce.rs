@@ -171,7 +171,7 @@ pub fn sum_squares(xs: &[&Tensor]) -> Result<Tensor> {
         return Tensor::zeros(gpu, &[1], DType::F32);
     }
     let partials = Tensor::uninit(gpu, &[1, total as usize], DType::F32)?;
-    for (x, &offset) in xs.iter().zip(&offsets) {
+    for (&x, &offset) in xs.iter().zip(&offsets) {
         let groups = (x.len() as u64).div_ceil(SUMSQ_CHUNK);
         if groups == 0 {
             continue;
