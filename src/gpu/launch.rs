@@ -1,4 +1,4 @@
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
 use super::recorder::{BoundBuffer, Op};
 use super::Gpu;
@@ -12,6 +12,16 @@ pub const LOOP_BUDGET: u64 = 65_535;
 pub struct Shader {
     pub name: &'static str,
     pub wgsl: &'static str,
+}
+
+/// Parses and validates a shader with naga, so that an error names the file and line.
+pub fn validate_wgsl(shader: &Shader) -> Result<(naga::Module, naga::valid::ModuleInfo)> {
+    let module = naga::front::wgsl::parse_str(shader.wgsl)
+        .map_err(|e| anyhow!("shaders/{}.wgsl: {}", shader.name, e.emit_to_string(shader.wgsl)))?;
+    let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
+        .validate(&module)
+        .map_err(|e| anyhow!("shaders/{}.wgsl: {}", shader.name, e.emit_to_string(shader.wgsl)))?;
+    Ok((module, info))
 }
 
 /// A buffer that a [`Launch`] binds as storage. The tensor layer implements it, so that gpu
@@ -176,7 +186,7 @@ impl Gpu {
             return Ok(m.clone());
         }
         // Validate with naga first: its message names the file and line, wgpu's would panic.
-        crate::kernels::validate_wgsl(shader)?;
+        validate_wgsl(shader)?;
         let module = self.inner.device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(shader.name),
             source: wgpu::ShaderSource::Wgsl(shader.wgsl.into()),

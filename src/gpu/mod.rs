@@ -7,5 +7,5 @@ mod pool;
 mod recorder;
 
 pub use context::{AdapterSummary, Gpu, GpuOptions};
-pub use launch::{grid_1d, Binding, Launch, Shader, LOOP_BUDGET};
+pub use launch::{grid_1d, validate_wgsl, Binding, Launch, Shader, LOOP_BUDGET};
 pub use pool::PoolStats;
