@@ -206,7 +206,7 @@ impl Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::testing::gpu;
+    use crate::gpu::testing::gpu;
 
     #[test]
     fn zero_fill_copy_and_reshape_work_for_every_dtype() {

@@ -128,16 +128,9 @@ macro_rules! uniform_layout {
     }};
 }
 
-/// Shared helpers for kernel tests: one device per test process, deterministic data and
-/// tolerance checks scaled to the data.
+/// Shared helpers for kernel tests: deterministic data and tolerance checks scaled to the data.
 #[cfg(test)]
 pub(crate) mod testing {
-    use crate::gpu::Gpu;
-
-    pub fn gpu() -> Gpu {
-        Gpu::shared().expect("a GPU adapter (install mesa-vulkan-drivers for lavapipe)")
-    }
-
     /// Deterministic values in [-1, 1).
     pub fn random(n: usize, seed: u64) -> Vec<f32> {
         let mut rng = crate::rng::Rng::new(seed);

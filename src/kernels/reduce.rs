@@ -220,7 +220,8 @@ pub(crate) mod reference {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::testing::{assert_close, gpu, random, AWKWARD_DIMS};
+    use crate::gpu::testing::gpu;
+    use crate::kernels::testing::{assert_close, random, AWKWARD_DIMS};
 
     #[test]
     fn row_reductions_match_reference() {
