@@ -5,7 +5,6 @@
 //! charts) → [`gpu`] (device, pool, recorder) → [`tensor`] → [`kernels`] → model → optimizer
 //! → subspace → continual → data → [`cli`].
 
-pub mod checkpoint;
 pub mod cli;
 pub mod continual;
 pub mod data;
