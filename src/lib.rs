@@ -1,11 +1,11 @@
 //! sculpt: continual full fine-tuning constrained by adaptive SVD (OSFT), on any GPU that
 //! speaks Vulkan, Metal or DX12, through wgpu and hand-written WGSL compute shaders.
 //!
-//! Layers, each using only the ones above it: [`io`] (crash-safe files) and [`plot`] (PNG
-//! charts) → [`gpu`] (device, pool, recorder) → [`tensor`] → [`kernels`] → model → optimizer
-//! → subspace → continual → data → [`cli`].
+//! Layers, each using only the ones before it (tests/layering.rs checks): [`io`] (crash-safe
+//! files), [`rng`] and [`plot`] (PNG charts) → [`gpu`] (device, pool, recorder) → [`tensor`] →
+//! [`kernels`] → [`model`] → [`data`] → [`optim`] → [`subspace`] → [`train`] → [`continual`]
+//! (with its checkpoints) → [`cli`].
 
-pub mod checkpoint;
 pub mod cli;
 pub mod continual;
 pub mod data;

@@ -168,7 +168,8 @@ impl AdamWConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::testing::{assert_close, gpu, random};
+    use crate::gpu::testing::gpu;
+    use crate::kernels::testing::{assert_close, random};
 
     type Named = BTreeMap<String, Tensor>;
 

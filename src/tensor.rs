@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Result};
 
-use crate::gpu::Gpu;
+use crate::gpu::{Binding, Gpu};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DType {
@@ -53,6 +53,16 @@ const STORAGE_USAGE: wgpu::BufferUsages =
 impl std::fmt::Debug for Tensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Tensor({:?}, {:?})", self.shape, self.dtype)
+    }
+}
+
+impl Binding for Tensor {
+    fn buffer(&self) -> &wgpu::Buffer {
+        self.storage.buffer.as_ref().expect("tensor buffer is present until drop")
+    }
+    // Tensor::byte_size is inherent too, so that callers need not import Binding for it.
+    fn byte_size(&self) -> u64 {
+        Tensor::byte_size(self)
     }
 }
 
@@ -112,13 +122,6 @@ impl Tensor {
     }
     pub fn byte_size(&self) -> u64 {
         (self.len() * self.dtype.size()) as u64
-    }
-    pub(crate) fn buffer(&self) -> &wgpu::Buffer {
-        self.storage.buffer.as_ref().expect("tensor buffer is present until drop")
-    }
-    /// The bound range: whole 4-byte words covering the data.
-    pub(crate) fn bound_size(&self) -> u64 {
-        self.byte_size().max(4).div_ceil(4) * 4
     }
 
     /// Same buffer, new shape with the same element count.
@@ -203,7 +206,7 @@ impl Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::testing::gpu;
+    use crate::gpu::testing::gpu;
 
     #[test]
     fn zero_fill_copy_and_reshape_work_for_every_dtype() {

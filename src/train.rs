@@ -342,7 +342,8 @@ pub fn forced_loss_and_matches(model: &dyn Model, pairs: &[Pair], batch_size: us
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::testing::{assert_close, gpu};
+    use crate::gpu::testing::gpu;
+    use crate::kernels::testing::assert_close;
     use crate::model::{T5Config, T5Model};
     use crate::optim::Unconstrained;
 

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sculpt::checkpoint;
+use sculpt::continual::checkpoint;
 use sculpt::rng::Rng;
 
 const KILLS: usize = 20;

@@ -4,7 +4,7 @@
 
 mod common;
 
-use sculpt::checkpoint;
+use sculpt::continual::checkpoint;
 use sculpt::continual::driver::{run_stream, ExactMatch, Method, StreamOptions};
 use sculpt::data::synthetic;
 use sculpt::model::{load_t5, T5Model, Tokenizer};

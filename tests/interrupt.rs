@@ -51,7 +51,7 @@ fn ctrl_c_saves_a_checkpoint_and_resume_ends_where_a_straight_run_does() {
     assert!(out.status.success(), "a clean exit: {}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("--resume"), "says how to continue: {stdout}");
     assert!(!stopped.join("results.json").exists(), "stopped before the end");
-    let (_, state) = sculpt::checkpoint::latest(&stopped).unwrap().expect("a checkpoint at the stop");
+    let (_, state) = sculpt::continual::checkpoint::latest(&stopped).unwrap().expect("a checkpoint at the stop");
     assert!(state.global_step >= 3);
 
     let out = sculpt(&["train", "--resume", &stopped.to_string_lossy()]).output().unwrap();

@@ -11,7 +11,7 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use serde_json::Value;
 
-use sculpt::checkpoint::{self, TrainingState};
+use sculpt::continual::checkpoint::{self, TrainingState};
 use sculpt::data::{cl_benchmark, jsonl, trace, Stream};
 use sculpt::model::{weights, T5Config, Tokenizer};
 use sculpt::optim::{AdamW, AdamWConfig};

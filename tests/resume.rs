@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use sculpt::checkpoint;
+use sculpt::continual::checkpoint;
 use sculpt::continual::driver::{run_stream, ExactMatch, Method, StreamOptions};
 use sculpt::continual::report::Results;
 use sculpt::data::synthetic;

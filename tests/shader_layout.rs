@@ -3,7 +3,8 @@
 //! only through the size), and the values of the constants both sides use.
 
 use naga::{AddressSpace, Expression, Handle, Literal, Module, TypeInner};
-use sculpt::kernels::{shader_contracts, validate_wgsl, ALL_SHADERS};
+use sculpt::gpu::validate_wgsl;
+use sculpt::kernels::{shader_contracts, ALL_SHADERS};
 
 /// The value of a constant expression of the module, if it is an integer.
 fn integer(module: &Module, init: Handle<Expression>) -> Option<u64> {

@@ -8,7 +8,7 @@ use naga::back::{hlsl, msl, pipeline_constants::process_overrides, spv};
 fn every_shader_translates_to_spirv_msl_and_hlsl() {
     let mut entry_points = 0;
     for shader in sculpt::kernels::ALL_SHADERS {
-        let (module, info) = sculpt::kernels::validate_wgsl(shader).unwrap();
+        let (module, info) = sculpt::gpu::validate_wgsl(shader).unwrap();
         assert!(!module.entry_points.is_empty(), "shaders/{}.wgsl has no entry point", shader.name);
         for ep in &module.entry_points {
             let what = format!("shaders/{}.wgsl::{}", shader.name, ep.name);
@@ -44,6 +44,6 @@ fn every_shader_translates_to_spirv_msl_and_hlsl() {
 fn a_broken_shader_is_reported_with_its_file_name() {
     let broken =
         sculpt::gpu::Shader { name: "broken", wgsl: "@compute @workgroup_size(1) fn main() { let x: f32 = 1u; }" };
-    let err = sculpt::kernels::validate_wgsl(&broken).unwrap_err().to_string();
+    let err = sculpt::gpu::validate_wgsl(&broken).unwrap_err().to_string();
     assert!(err.contains("shaders/broken.wgsl"), "{err}");
 }

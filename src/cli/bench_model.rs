@@ -100,7 +100,7 @@ fn profile(gpu: &crate::Gpu, f: impl FnOnce() -> Result<()>) -> Result<Option<Pr
     // Every matmul variant: the portable module and the subgroup one.
     let mut matmul_entries = Vec::new();
     for shader in [&crate::kernels::matmul::SHADER, &crate::kernels::matmul::SUBGROUP_SHADER] {
-        let (module, _) = crate::kernels::validate_wgsl(shader)?;
+        let (module, _) = crate::gpu::validate_wgsl(shader)?;
         matmul_entries.extend(module.entry_points.iter().map(|e| e.name.clone()));
     }
     let total_ms: f64 = rows.iter().map(|r| r.2).sum();

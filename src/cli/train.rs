@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint;
+use crate::continual::checkpoint;
 use crate::continual::driver::{run_stream, task_options, ExactMatch, Method, StreamOptions};
 use crate::continual::recipe::{Recipe, RecipeValues};
 use crate::continual::report::{retention_png, runs_markdown, Results};

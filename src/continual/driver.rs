@@ -11,11 +11,11 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use super::checkpoint::{self, TrainingState};
 use super::memory::{self, MemoryPlan};
 use super::report::Results;
 use super::retention::RetentionSet;
 use super::run_dir;
-use crate::checkpoint::{self, TrainingState};
 use crate::data::Task;
 use crate::model::weights::Weights;
 use crate::model::{Gradients, Model, Pair, Tokenizer};

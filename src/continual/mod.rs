@@ -1,5 +1,7 @@
-//! The continual-learning driver: tasks in sequence, every task evaluated after each one.
+//! The continual-learning driver: tasks in sequence, every task evaluated after each one, and
+//! the checkpoints a run resumes from.
 
+pub mod checkpoint;
 pub mod driver;
 pub mod memory;
 pub mod metrics;

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::checkpoint::CHECKPOINTS;
+use super::checkpoint::CHECKPOINTS;
 use crate::io::write_atomic;
 
 pub const RUN_FILE: &str = "run.json";

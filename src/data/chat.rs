@@ -4,10 +4,9 @@
 //! conversation through that message ([`Example::chat`]); the loss falls only on the
 //! assistant's tokens.
 //!
-//! A model with a chat template renders the conversation in its own format when the example
-//! is encoded ([`crate::train::encode_example`]). For a model without one, the example's input
-//! and target hold the built-in rendering, one block per message (roles "system", "user",
-//! "assistant"):
+//! A model with a chat template renders the conversation in its own format when the training
+//! loop encodes the example. For a model without one, the example's input and target hold the
+//! built-in rendering, one block per message (roles "system", "user", "assistant"):
 //!
 //! ```text
 //! System: {content}

@@ -14,8 +14,8 @@ pub struct Example {
     pub target: String,
     /// For an example from a chat conversation, the conversation through the assistant
     /// message it learns, which a model with a chat template renders in its own format
-    /// (`input` and `target` then hold the built-in "Role: content" rendering, used by models
-    /// without one; see [`crate::train::encode_example`]).
+    /// (`input` and `target` then hold the built-in "Role: content" rendering, which the
+    /// training loop encodes for models without one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chat: Option<Conversation>,
 }

@@ -1,8 +1,7 @@
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
 use super::recorder::{BoundBuffer, Op};
 use super::Gpu;
-use crate::tensor::Tensor;
 
 /// lavapipe (llvmpipe) silently stops any loop after 65,535 iterations per invocation,
 /// summed over all loops of that invocation. Every launcher computes its worst case and
@@ -15,16 +14,38 @@ pub struct Shader {
     pub wgsl: &'static str,
 }
 
+/// Parses and validates a shader with naga, so that an error names the file and line.
+pub fn validate_wgsl(shader: &Shader) -> Result<(naga::Module, naga::valid::ModuleInfo)> {
+    let module = naga::front::wgsl::parse_str(shader.wgsl)
+        .map_err(|e| anyhow!("shaders/{}.wgsl: {}", shader.name, e.emit_to_string(shader.wgsl)))?;
+    let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
+        .validate(&module)
+        .map_err(|e| anyhow!("shaders/{}.wgsl: {}", shader.name, e.emit_to_string(shader.wgsl)))?;
+    Ok((module, info))
+}
+
+/// A buffer that a [`Launch`] binds as storage. The tensor layer implements it, so that gpu
+/// launches tensors without knowing them.
+pub trait Binding {
+    fn buffer(&self) -> &wgpu::Buffer;
+    /// Bytes of data, checked against the adapter's buffer limits.
+    fn byte_size(&self) -> u64;
+    /// The bound range: whole 4-byte words covering the data.
+    fn bound_size(&self) -> u64 {
+        self.byte_size().max(4).div_ceil(4) * 4
+    }
+}
+
 /// One compute dispatch. Binding 0 is the uniform `params` block; then the `read`
-/// tensors as read-only storage (bindings 1..), then the `write` tensors as read-write storage.
-pub struct Launch<'a> {
+/// buffers as read-only storage (bindings 1..), then the `write` buffers as read-write storage.
+pub struct Launch<'a, B: Binding> {
     pub shader: &'static Shader,
     pub entry: &'static str,
     /// Values for WGSL `override` constants (workgroup sizes, tile shapes).
     pub constants: &'a [(&'static str, f64)],
     pub params: &'a [u8],
-    pub read: &'a [&'a Tensor],
-    pub write: &'a [&'a Tensor],
+    pub read: &'a [&'a B],
+    pub write: &'a [&'a B],
     pub workgroups: [u32; 3],
     /// Worst-case loop iterations of one invocation, summed over its loops.
     pub loop_iterations: u64,
@@ -55,7 +76,7 @@ pub fn grid_1d(groups: u64) -> [u32; 3] {
 
 impl Gpu {
     /// Records one dispatch into the current step; nothing runs until [`Gpu::flush`].
-    pub fn launch(&self, l: &Launch) -> Result<()> {
+    pub fn launch<B: Binding>(&self, l: &Launch<B>) -> Result<()> {
         let what = format!("kernel {}::{}", l.shader.name, l.entry);
         if l.loop_iterations > LOOP_BUDGET {
             bail!(
@@ -101,7 +122,7 @@ impl Gpu {
         Ok(())
     }
 
-    fn pipeline(&self, l: &Launch) -> Result<wgpu::ComputePipeline> {
+    fn pipeline<B: Binding>(&self, l: &Launch<B>) -> Result<wgpu::ComputePipeline> {
         let key = PipelineKey {
             shader: l.shader.name,
             entry: l.entry,
@@ -165,7 +186,7 @@ impl Gpu {
             return Ok(m.clone());
         }
         // Validate with naga first: its message names the file and line, wgpu's would panic.
-        crate::kernels::validate_wgsl(shader)?;
+        validate_wgsl(shader)?;
         let module = self.inner.device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(shader.name),
             source: wgpu::ShaderSource::Wgsl(shader.wgsl.into()),

@@ -145,7 +145,8 @@ pub fn adamw_update(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::testing::{assert_close, gpu, random};
+    use crate::gpu::testing::gpu;
+    use crate::kernels::testing::{assert_close, random};
 
     /// torch.optim.AdamW after torch.nn.utils.clip_grad_norm_, in f64.
     fn reference(steps: &[AdamWStep], p0: &[f32], grads: &[Vec<f32>]) -> Vec<f32> {

@@ -371,7 +371,8 @@ pub fn position_bias_backward(dbias: &Tensor, buckets: &[u32], dtable: &Tensor) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::testing::{assert_close, gpu, random};
+    use crate::gpu::testing::gpu;
+    use crate::kernels::testing::{assert_close, random};
 
     /// Inputs of one attention case, on the host.
     struct Case {

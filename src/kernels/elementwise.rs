@@ -177,7 +177,8 @@ pub mod reference {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::testing::{assert_close, gpu, random};
+    use crate::gpu::testing::gpu;
+    use crate::kernels::testing::{assert_close, random};
 
     type UnaryCase = (Unary, fn(f32) -> f32);
     type BinaryCase = (Binary, fn(f32, f32) -> f32);

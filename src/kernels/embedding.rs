@@ -152,7 +152,8 @@ pub fn embedding_backward(dy: &Tensor, ids: &[u32], dtable: &Tensor, padding_idx
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::testing::{assert_close, gpu, random};
+    use crate::gpu::testing::gpu;
+    use crate::kernels::testing::{assert_close, random};
     use crate::rng::Rng;
 
     #[test]

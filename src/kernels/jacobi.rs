@@ -590,7 +590,8 @@ pub fn svd(mat: &Tensor) -> Result<SvdResult> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::testing::{gpu, random};
+    use crate::gpu::testing::gpu;
+    use crate::kernels::testing::random;
 
     /// Accuracy of one decomposition, measured in f64 against A (row-major [m, n]).
     struct Errors {

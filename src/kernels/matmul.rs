@@ -479,7 +479,8 @@ pub fn reference_gemm(g: &Gemm, a: &[f32], b: &[f32], c: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::testing::{assert_close, gpu, random};
+    use crate::gpu::testing::gpu;
+    use crate::kernels::testing::{assert_close, random};
 
     const VARIANTS: [Variant; 3] = [Variant::Subgroup, Variant::RegisterBlocked, Variant::Tiled];
     const TRANSPOSES: [(bool, bool); 4] = [(false, false), (false, true), (true, false), (true, true)];

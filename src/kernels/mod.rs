@@ -14,8 +14,6 @@ pub mod reduce;
 pub mod rope;
 pub mod softmax;
 
-use anyhow::{anyhow, Result};
-
 use crate::gpu::Shader;
 
 /// Every WGSL file of the crate, for validation and cross-compilation tests.
@@ -70,16 +68,6 @@ pub fn shader_contracts() -> Vec<ShaderContract> {
     contracts.extend(jacobi::contracts());
     contracts.extend(matmul::contracts());
     contracts
-}
-
-/// Parses and validates a shader with naga, so that an error names the file and line.
-pub fn validate_wgsl(shader: &Shader) -> Result<(naga::Module, naga::valid::ModuleInfo)> {
-    let module = naga::front::wgsl::parse_str(shader.wgsl)
-        .map_err(|e| anyhow!("shaders/{}.wgsl: {}", shader.name, e.emit_to_string(shader.wgsl)))?;
-    let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
-        .validate(&module)
-        .map_err(|e| anyhow!("shaders/{}.wgsl: {}", shader.name, e.emit_to_string(shader.wgsl)))?;
-    Ok((module, info))
 }
 
 /// Loads a shader file of `shaders/` by family name.
@@ -140,16 +128,9 @@ macro_rules! uniform_layout {
     }};
 }
 
-/// Shared helpers for kernel tests: one device per test process, deterministic data and
-/// tolerance checks scaled to the data.
+/// Shared helpers for kernel tests: deterministic data and tolerance checks scaled to the data.
 #[cfg(test)]
 pub(crate) mod testing {
-    use crate::gpu::Gpu;
-
-    pub fn gpu() -> Gpu {
-        Gpu::shared().expect("a GPU adapter (install mesa-vulkan-drivers for lavapipe)")
-    }
-
     /// Deterministic values in [-1, 1).
     pub fn random(n: usize, seed: u64) -> Vec<f32> {
         let mut rng = crate::rng::Rng::new(seed);

@@ -171,7 +171,7 @@ pub fn sum_squares(xs: &[&Tensor]) -> Result<Tensor> {
         return Tensor::zeros(gpu, &[1], DType::F32);
     }
     let partials = Tensor::uninit(gpu, &[1, total as usize], DType::F32)?;
-    for (x, &offset) in xs.iter().zip(&offsets) {
+    for (&x, &offset) in xs.iter().zip(&offsets) {
         let groups = (x.len() as u64).div_ceil(SUMSQ_CHUNK);
         if groups == 0 {
             continue;
@@ -220,7 +220,8 @@ pub(crate) mod reference {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::testing::{assert_close, gpu, random, AWKWARD_DIMS};
+    use crate::gpu::testing::gpu;
+    use crate::kernels::testing::{assert_close, random, AWKWARD_DIMS};
 
     #[test]
     fn row_reductions_match_reference() {

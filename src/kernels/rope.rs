@@ -157,7 +157,8 @@ pub fn rope(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::testing::{assert_close, gpu, random};
+    use crate::gpu::testing::gpu;
+    use crate::kernels::testing::{assert_close, random};
 
     /// f64 reference of the rotation with angle position * inv_freq (negated for Backward).
     fn reference(x: &[f32], inv_freq: &[f64], heads: usize, seq_len: usize, first: usize, sign: f64) -> Vec<f32> {

@@ -75,8 +75,9 @@ pub(crate) mod reference {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gpu::testing::gpu;
     use crate::kernels::testing::{
-        assert_close, assert_matches_finite_differences, gpu, random, snapshot_text, AWKWARD_DIMS,
+        assert_close, assert_matches_finite_differences, random, snapshot_text, AWKWARD_DIMS,
     };
 
     fn f32s(v: &[f64]) -> Vec<f32> {

@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Result};
 
+use crate::gpu::Binding;
 use crate::tensor::{DType, Tensor};
 
 /// The self-attention keys and values of the positions decoded so far, [1, t, width].

@@ -170,9 +170,10 @@ fn head_shape(input: &Tensor, weight: &Tensor) -> Result<(usize, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gpu::testing::gpu;
     use crate::kernels::loss::reference;
     use crate::kernels::matmul::{reference_gemm, Gemm};
-    use crate::kernels::testing::{assert_close, gpu, random};
+    use crate::kernels::testing::{assert_close, random};
 
     #[test]
     fn a_chunk_holds_at_most_its_byte_budget_of_logits() {

@@ -189,7 +189,7 @@ fn host_views(tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<Vec<(&str, s
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::testing::gpu;
+    use crate::gpu::testing::gpu;
 
     fn temp_dir(tag: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("sculpt-weights-{tag}-{}", std::process::id()));

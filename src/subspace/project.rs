@@ -164,7 +164,8 @@ fn project_right(update: &Tensor, basis: &Basis) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::testing::{assert_close, gpu};
+    use crate::gpu::testing::gpu;
+    use crate::kernels::testing::assert_close;
 
     fn fixture() -> safetensors::SafeTensors<'static> {
         static BYTES: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();

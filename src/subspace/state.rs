@@ -133,7 +133,8 @@ impl SubspaceSet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::testing::{gpu, random};
+    use crate::gpu::testing::gpu;
+    use crate::kernels::testing::random;
     use crate::optim::UpdateFilter;
 
     fn params(gpu: &Gpu) -> BTreeMap<String, Tensor> {

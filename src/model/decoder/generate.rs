@@ -6,6 +6,7 @@ use anyhow::{bail, Result};
 
 use super::forward::KeyValues;
 use super::{DecoderModel, EMBED_TOKENS, FINAL_NORM};
+use crate::gpu::Binding;
 use crate::kernels::embedding::{check_ids, embedding};
 use crate::kernels::matmul::linear;
 use crate::kernels::norm::rms_norm;

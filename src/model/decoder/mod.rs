@@ -431,7 +431,7 @@ mod tests {
 
     #[test]
     fn cached_generation_matches_full_forwards_over_the_growing_sequence() {
-        let gpu = crate::kernels::testing::gpu();
+        let gpu = crate::gpu::testing::gpu();
         let config = DecoderConfig::from_json(
             r#"{"hidden_size": 16, "intermediate_size": 24, "num_hidden_layers": 2, "num_attention_heads": 4,
                 "num_key_value_heads": 2, "vocab_size": 20, "rope_theta": 10.0}"#,

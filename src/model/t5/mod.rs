@@ -410,7 +410,7 @@ mod tests {
 
     #[test]
     fn a_batch_whose_activations_exceed_the_adapter_limit_is_refused_with_the_flags_to_change() {
-        let gpu = crate::kernels::testing::gpu();
+        let gpu = crate::gpu::testing::gpu();
         let model = T5Model::random(&gpu, T5Config::tiny(1000), true, 0.1, 1).unwrap();
         model.check_batch_buffers(8, 64, 32).unwrap();
         let limit = gpu.limits().max_buffer_size.min(gpu.limits().max_storage_buffer_binding_size);

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::continual::retention::RetentionPoint;
+use super::retention::RetentionPoint;
 use crate::io::PartialDir;
 use crate::model::{weights, Model, Tokenizer};
 use crate::optim::AdamW;
