@@ -111,7 +111,7 @@ mod tests {
 
     #[test]
     fn released_free_buffers_leave_the_pool_and_its_counts() {
-        let gpu = crate::kernels::testing::gpu();
+        let gpu = crate::gpu::testing::gpu();
         let mut pool = BufferPool::new(1 << 20);
         let usage = wgpu::BufferUsages::STORAGE;
         let a = pool.acquire(gpu.device(), 1000, usage);
