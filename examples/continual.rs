@@ -10,7 +10,7 @@ use anyhow::Result;
 use sculpt::continual::driver::{run_stream, ExactMatch, Method, StreamOptions};
 use sculpt::data::{Example, Task, TaskSettings};
 use sculpt::model::load_t5;
-use sculpt::model::targets::T5_DEFAULT;
+use sculpt::model::t5;
 use sculpt::optim::AdamWConfig;
 use sculpt::rng::Rng;
 use sculpt::subspace::{Mode, RankPolicy};
@@ -53,7 +53,7 @@ fn main() -> Result<()> {
         method: Method::Osft,
         policy: RankPolicy::OFFICIAL, // the official per-matrix rule
         mode: Mode::Strict,
-        targets: T5_DEFAULT.iter().map(|s| s.to_string()).collect(),
+        targets: t5::TARGETS.iter().map(|s| s.to_string()).collect(),
         train: TrainOptions {
             epochs: 2,
             batch_size: 8,

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use sculpt::continual::driver::{run_stream, ExactMatch, Method, StreamOptions};
 use sculpt::data::synthetic;
-use sculpt::model::targets::T5_DEFAULT;
+use sculpt::model::t5;
 use sculpt::model::{load_model, Gradients, T5Model};
 use sculpt::optim::{AdamW, AdamWConfig, Schedule, Unconstrained, UpdateFilter};
 use sculpt::rng::Rng;
@@ -132,7 +132,7 @@ fn freezing_non_targets_leaves_them_bit_identical_while_targets_move() {
         m.params.iter().map(|(n, p)| (n.clone(), p.to_vec::<u32>().unwrap())).collect()
     };
     let before = bits(&model);
-    let targets: Vec<String> = T5_DEFAULT.iter().map(|s| s.to_string()).collect();
+    let targets: Vec<String> = t5::TARGETS.iter().map(|s| s.to_string()).collect();
     let options = StreamOptions {
         method: Method::Osft,
         policy: RankPolicy::Fixed { ratio: 0.5 },

@@ -10,7 +10,7 @@ use sculpt::continual::checkpoint;
 use sculpt::continual::driver::{run_stream, ExactMatch, Method, StreamOptions};
 use sculpt::continual::report::Results;
 use sculpt::data::synthetic;
-use sculpt::model::targets::T5_DEFAULT;
+use sculpt::model::t5;
 use sculpt::model::{load_t5, T5Model};
 use sculpt::optim::{AdamWConfig, Schedule};
 use sculpt::subspace::{Mode, RankPolicy};
@@ -22,7 +22,7 @@ fn options(method: Method) -> StreamOptions {
         method,
         policy: RankPolicy::BLOCK_MINMAX,
         mode: Mode::Strict,
-        targets: T5_DEFAULT.iter().map(|s| s.to_string()).collect(),
+        targets: t5::TARGETS.iter().map(|s| s.to_string()).collect(),
         train: TrainOptions {
             epochs: 2,
             batch_size: 4,

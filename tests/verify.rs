@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 
 use sculpt::data::{synthetic, Example};
-use sculpt::model::targets::T5_DEFAULT;
+use sculpt::model::t5;
 use sculpt::model::weights::{save, WEIGHTS_FILE};
 use sculpt::model::Gradients;
 use sculpt::model::{T5Model, Tokenizer};
@@ -48,7 +48,7 @@ fn osft_checkpoints_verify_clean_and_unconstrained_ones_do_not() {
     let dir = common::scratch("verify", "run");
     let tokenizer = common::synthetic_tokenizer(&dir);
     let fresh = || common::tiny_t5(&gpu, 11);
-    let targets: Vec<String> = T5_DEFAULT.iter().map(|s| s.to_string()).collect();
+    let targets: Vec<String> = t5::TARGETS.iter().map(|s| s.to_string()).collect();
 
     let model = fresh();
     let set = SubspaceSet::build(&model.params, &targets, RankPolicy::Fixed { ratio: 0.5 }, Mode::Strict, |_| 0.5, 1)

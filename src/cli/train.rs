@@ -648,7 +648,7 @@ fn resume(gpu: &crate::Gpu, dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::targets::T5_DEFAULT;
+    use crate::model::t5::TARGETS as T5_TARGETS;
     use clap::Parser;
 
     #[derive(Parser)]
@@ -673,7 +673,7 @@ mod tests {
 
     fn policy(line: &str) -> RankPolicy {
         let args = parse(line);
-        args.stream_options(Method::Osft, 16, &model(T5_DEFAULT, true)).unwrap().policy
+        args.stream_options(Method::Osft, 16, &model(T5_TARGETS, true)).unwrap().policy
     }
 
     #[test]
@@ -699,9 +699,9 @@ mod tests {
     #[test]
     fn model_runs_default_to_the_papers_recipe_of_their_family() {
         let llama = ["model.layers.*.self_attn.q_proj.weight"];
-        let t5 = T5_DEFAULT;
+        let t5 = T5_TARGETS;
         let train = |line: &str, targets: &[&str]| {
-            let encoder_decoder = targets.iter().any(|t| T5_DEFAULT.contains(t));
+            let encoder_decoder = targets.iter().any(|t| T5_TARGETS.contains(t));
             parse(line).stream_options(Method::Osft, 16, &model(targets, encoder_decoder)).unwrap().train
         };
         let paper = train("--model m --train t.jsonl", &llama);

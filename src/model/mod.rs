@@ -13,7 +13,6 @@ pub mod lm_head;
 pub mod params;
 pub mod passes;
 pub mod t5;
-pub mod targets;
 pub mod tokenizer;
 pub mod weights;
 

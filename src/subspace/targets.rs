@@ -38,7 +38,7 @@ pub fn is_target(patterns: &[impl AsRef<str>], name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::targets::{T5_CROSS_ATTENTION, T5_DEFAULT};
+    use crate::model::t5::{CROSS_ATTENTION_TARGETS as T5_CROSS_ATTENTION, TARGETS as T5_TARGETS};
 
     #[test]
     fn default_patterns_pick_self_attention_and_feed_forward_only() {
@@ -56,10 +56,10 @@ mod tests {
             "encoder.block.0.layer.0.layer_norm.weight",
         ];
         for n in yes {
-            assert!(is_target(T5_DEFAULT, n), "{n}");
+            assert!(is_target(T5_TARGETS, n), "{n}");
         }
         for n in no {
-            assert!(!is_target(T5_DEFAULT, n), "{n}");
+            assert!(!is_target(T5_TARGETS, n), "{n}");
         }
         assert!(is_target(T5_CROSS_ATTENTION, "decoder.block.0.layer.1.EncDecAttention.q.weight"));
     }

@@ -24,6 +24,28 @@ use crate::tensor::Tensor;
 
 /// Name of the tied embedding / output table.
 pub const SHARED: &str = "shared.weight";
+
+/// The matrices the method constrains by default: self-attention q, k, v, o and the
+/// feed-forward matrices, in encoder and decoder (`*` matches any run of characters, dots
+/// included).
+pub const TARGETS: &[&str] = &[
+    "*.SelfAttention.q.weight",
+    "*.SelfAttention.k.weight",
+    "*.SelfAttention.v.weight",
+    "*.SelfAttention.o.weight",
+    "*.DenseReluDense.wi.weight",
+    "*.DenseReluDense.wi_0.weight",
+    "*.DenseReluDense.wi_1.weight",
+    "*.DenseReluDense.wo.weight",
+];
+
+/// Cross-attention, added to the targets on request.
+pub const CROSS_ATTENTION_TARGETS: &[&str] = &[
+    "*.EncDecAttention.q.weight",
+    "*.EncDecAttention.k.weight",
+    "*.EncDecAttention.v.weight",
+    "*.EncDecAttention.o.weight",
+];
 pub use super::params::LM_HEAD;
 
 pub struct T5Model {
@@ -307,11 +329,11 @@ impl Model for T5Model {
     }
 
     fn default_targets(&self) -> Vec<String> {
-        crate::model::targets::T5_DEFAULT.iter().map(|s| s.to_string()).collect()
+        TARGETS.iter().map(|s| s.to_string()).collect()
     }
 
     fn cross_attention_targets(&self) -> Vec<String> {
-        crate::model::targets::T5_CROSS_ATTENTION.iter().map(|s| s.to_string()).collect()
+        CROSS_ATTENTION_TARGETS.iter().map(|s| s.to_string()).collect()
     }
 }
 
