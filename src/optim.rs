@@ -53,7 +53,7 @@ impl AdamW {
 
     /// Records one optimizer step over every parameter that has a gradient and that the
     /// filter does not freeze. Clipping uses the global gradient norm computed on the GPU;
-    /// the returned [1] tensor holds the squared norm (before clipping), to be read back
+    /// the returned `[1]` tensor holds the squared norm (before clipping), to be read back
     /// with the loss. Filtered parameters get their gradient rewritten before AdamW sees
     /// it, and their whole update (weight decay included) rewritten before it is applied.
     pub fn step(

@@ -1,10 +1,10 @@
-//! Continual-learning metrics over the accuracy matrix R, where R[i][j] is the accuracy
+//! Continual-learning metrics over the accuracy matrix R, where `R[i][j]` is the accuracy
 //! on task j after training task i (rows: after each task; columns: tasks of the stream).
 //!
 //! AA  = mean of the last row.
-//! BWT = mean over j < T of R[T][j] − R[j][j] (negative: forgetting).
-//! FWT = mean over j > 0 of R[j−1][j] − b[j], with b the accuracies before any training.
-//! forgetting[j] = max over i < T of R[i][j] − R[T][j], for j < T.
+//! BWT = mean over j < T of `R[T][j] − R[j][j]` (negative: forgetting).
+//! FWT = mean over j > 0 of `R[j−1][j] − b[j]`, with b the accuracies before any training.
+//! `forgetting[j]` = max over i < T of `R[i][j] − R[T][j]`, for j < T.
 
 use serde::{Deserialize, Serialize};
 

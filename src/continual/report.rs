@@ -15,7 +15,7 @@ use crate::plot::{heatmap_png, line_chart_png, line_charts_png, LineChart};
 pub struct Results {
     pub method: String,
     pub tasks: Vec<String>,
-    /// accuracy[i][j]: accuracy on task j after training task i.
+    /// `accuracy[i][j]`: accuracy on task j after training task i.
     pub accuracy: Vec<Vec<f64>>,
     /// Accuracies before any training, when measured.
     pub before: Option<Vec<f64>>,

@@ -23,13 +23,13 @@ pub const ANSWERS: &[&str] = &["0", "1", "2", "3", "4", "5", "6", "7"];
 /// half of the window most symbols come from (0 or 1), the quarter of the smallest (0-3).
 pub const TASKS: &[&str] = &["max", "min", "half", "quarter"];
 
-/// A word-level `tokenizer.json` over [`vocabulary`] with T5's conventions (pad 0, </s> 1,
-/// unk 2, </s> appended), loadable by the tokenizers crate and by transformers.
+/// A word-level `tokenizer.json` over [`vocabulary`] with T5's conventions (pad 0, `</s>` 1,
+/// unk 2, `</s>` appended), loadable by the tokenizers crate and by transformers.
 pub fn tokenizer_json() -> String {
     word_tokenizer_json(&vocabulary())
 }
 
-/// A word-level `tokenizer.json` over `words` (ids from 3, after pad, </s> and unk).
+/// A word-level `tokenizer.json` over `words` (ids from 3, after pad, `</s>` and unk).
 pub fn word_tokenizer_json(words: &[String]) -> String {
     let specials = ["<pad>", "</s>", "<unk>"];
     let words: Vec<String> = specials.iter().map(|s| s.to_string()).chain(words.iter().cloned()).collect();

@@ -41,7 +41,7 @@ fn flat_grid(what: &str, n: usize, d: usize) -> Result<[u32; 3]> {
     Ok(grid_1d(total.div_ceil(WG)))
 }
 
-/// out[i] = table[ids[i]]: table [vocab, d], ids U32 [n] -> [n, d]. Ids >= vocab give zero
+/// `out[i] = table[ids[i]]`: table [vocab, d], ids U32 `[n]` -> [n, d]. Ids >= vocab give zero
 /// rows on the GPU (it never reads out of bounds); [`check_ids`] checks ids held on the host.
 pub fn embedding(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
     let (vocab, d) = table_shape("embedding", "table", table)?;
@@ -107,7 +107,7 @@ impl IdGroups {
     }
 }
 
-/// dtable[v] += Σ_{i: ids[i] == v} dy[i]; dy [n, d], dtable [vocab, d]. Deterministic: the
+/// `dtable[v] += Σ_{i: ids[i] == v} dy[i]`; dy [n, d], dtable [vocab, d]. Deterministic: the
 /// host groups positions by id and one invocation per (distinct id, column) sums its
 /// positions in order. An id repeated more than the loop budget allows is summed over
 /// several dispatches of consecutive position segments. The row of `padding_idx` gets

@@ -571,7 +571,7 @@ fn orthogonalise(x: &Tensor) -> Result<Tensor> {
     Ok(out)
 }
 
-/// Thin SVD of one [m, n] matrix: u [m, r], s [r], v [n, r].
+/// Thin SVD of one [m, n] matrix: u [m, r], s `[r]`, v [n, r].
 pub fn svd(mat: &Tensor) -> Result<SvdResult> {
     let &[m, n] = mat.shape() else {
         bail!("svd expects an [m, n] matrix, got shape {:?}", mat.shape());

@@ -45,8 +45,8 @@ pub fn count_valid_labels(labels: &[i32], vocab: usize) -> Result<usize> {
     Ok(valid)
 }
 
-/// Mean cross-entropy over rows whose label != -100. logits [.., vocab], labels I32 [rows].
-/// Returns (loss [1] = Σ row losses / num_valid, dlogits = d(loss)/d(logits) · grad_scale,
+/// Mean cross-entropy over rows whose label != -100. logits [.., vocab], labels I32 `[rows]`.
+/// Returns (loss `[1]` = Σ row losses / num_valid, dlogits = d(loss)/d(logits) · grad_scale,
 /// shaped like logits). `num_valid` counts the labels of the whole batch, of which these rows
 /// may be one chunk. With num_valid = 0 the loss and gradient are 0 rather than NaN.
 pub fn cross_entropy(logits: &Tensor, labels: &Tensor, num_valid: usize, grad_scale: f32) -> Result<(Tensor, Tensor)> {
@@ -56,7 +56,7 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor, num_valid: usize, grad_sc
 }
 
 /// [`cross_entropy`] writing the gradient into `dlogits` (shaped like logits), so that a
-/// chunked caller reuses one buffer; returns the loss [1].
+/// chunked caller reuses one buffer; returns the loss `[1]`.
 pub fn cross_entropy_into(
     logits: &Tensor,
     labels: &Tensor,

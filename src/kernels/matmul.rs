@@ -30,7 +30,7 @@ pub static SHADER: Shader = crate::shader!("matmul");
 /// because a device without the SUBGROUP feature refuses any module that uses subgroup ops.
 pub static SUBGROUP_SHADER: Shader = crate::subgroup_shader!("matmul", "matmul_subgroup");
 
-/// C[b] = alpha * op(A[b]) * op(B[b]) + beta * C[b]; op(X) = Xᵀ when trans_x. Row-major with leading dims (row strides)
+/// `C[b] = alpha * op(A[b]) * op(B[b]) + beta * C[b]`; op(X) = Xᵀ when trans_x. Row-major with leading dims (row strides)
 /// and element offsets, so sub-blocks (heads, column blocks) are addressable without copies.
 #[derive(Clone, Copy, Debug)]
 pub struct Gemm {

@@ -32,7 +32,7 @@ fn check_weight(what: &str, name: &str, t: &Tensor, cols: usize) -> Result<()> {
     Ok(())
 }
 
-/// Returns (y shaped like x, inv_rms [rows]) where inv_rms = 1 / sqrt(mean(x²) + eps) per row.
+/// Returns (y shaped like x, inv_rms `[rows]`) where inv_rms = 1 / sqrt(mean(x²) + eps) per row.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
     let (rows, cols) = rows_cols("rms_norm", "x", x)?;
     check_weight("rms_norm", "w", w, cols)?;

@@ -102,7 +102,7 @@ pub enum RowOp {
     Max = 2,
 }
 
-/// out[r] = op over the last dimension of x[r, ..]; x [.., cols] -> [..]
+/// `out[r]` = op over the last dimension of `x[r, ..]`; x [.., cols] -> [..]
 pub fn row_reduce(op: RowOp, x: &Tensor) -> Result<Tensor> {
     let (rows, cols) = rows_cols("row_reduce", "x", x)?;
     let shape = &x.shape()[..x.shape().len() - 1];
@@ -123,7 +123,7 @@ pub fn row_max(x: &Tensor) -> Result<Tensor> {
     row_reduce(RowOp::Max, x)
 }
 
-/// out[c] = Σ_r x[r, c] (or out[c] += .. when `accumulate`); x [.., cols], out [cols].
+/// `out[c] = Σ_r x[r, c]` (or `out[c] += ..` when `accumulate`); x [.., cols], out `[cols]`.
 pub fn col_sum_into(x: &Tensor, out: &Tensor, accumulate: bool) -> Result<()> {
     let (rows, cols) = rows_cols("col_sum_into", "x", x)?;
     if out.dtype() != DType::F32 || out.len() != cols {
@@ -149,7 +149,7 @@ pub fn col_sum_into(x: &Tensor, out: &Tensor, accumulate: bool) -> Result<()> {
     })
 }
 
-/// Σ over every element of every tensor of x², as a [1] tensor. One partials pass per
+/// Σ over every element of every tensor of x², as a `[1]` tensor. One partials pass per
 /// tensor (each workgroup sums SUMSQ_CHUNK elements into its own slot of one shared
 /// buffer) and one final row reduction: deterministic, tensors + 1 dispatches.
 pub fn sum_squares(xs: &[&Tensor]) -> Result<Tensor> {

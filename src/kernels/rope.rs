@@ -19,7 +19,7 @@ const WG: u64 = 256;
 /// How the rotary frequencies are rescaled for longer contexts (config.json's rope scaling).
 #[derive(Clone, Debug, PartialEq)]
 pub enum RopeScaling {
-    /// inv_freq[i] = theta^(-2i/Dh).
+    /// `inv_freq[i] = theta^(-2i/Dh)`.
     None,
     /// Every frequency divided by `factor` (position interpolation).
     Linear { factor: f64 },

@@ -37,7 +37,7 @@ pub fn logits_chunk(labelled_rows: usize, vocab: usize) -> (u64, String) {
 
 /// What the head gives for one batch.
 pub struct HeadLoss {
-    /// Mean cross-entropy over the labelled rows, [1].
+    /// Mean cross-entropy over the labelled rows, `[1]`.
     pub loss: Tensor,
     /// d(loss)/d(input) · grad_scale, [rows, d]: zero on unlabelled rows. Only with gradients.
     pub d_input: Option<Tensor>,

@@ -1,5 +1,5 @@
 //! Which weight matrices carry a frozen subspace, chosen by name pattern (each family's
-//! default patterns are in [`crate::model::targets`]).
+//! default patterns are in its folder under model/: `t5::TARGETS`, `decoder::TARGETS`).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};

@@ -54,7 +54,7 @@ pub struct HeadNorm {
 }
 
 pub struct DecoderForwardOutput {
-    /// Mean cross-entropy over labels != -100, [1]; None when the batch has no such label.
+    /// Mean cross-entropy over labels != -100, `[1]`; None when the batch has no such label.
     pub loss: Option<Tensor>,
     /// d(loss)/d(final normed hidden state), [B*S, hidden]; only when the forward was given
     /// gradients (the head's own gradient is then already in them).

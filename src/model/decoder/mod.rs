@@ -364,7 +364,7 @@ pub struct CausalBatch {
     pub input_ids: Vec<u32>,
     /// [batch_size * seq_len], 1 = real token, 0 = padding.
     pub attention_mask: Vec<u32>,
-    /// [batch_size * seq_len], already shifted: labels[t] is the token at t + 1 when that is a
+    /// [batch_size * seq_len], already shifted: `labels[t]` is the token at t + 1 when that is a
     /// target token, else -100 (source, padding, the last position).
     pub labels: Vec<i32>,
     /// Factor on the loss gradient: 1 for a whole batch; a micro-batch of an accumulated step

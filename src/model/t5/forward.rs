@@ -98,7 +98,7 @@ pub struct EncoderOutput {
 }
 
 pub struct ForwardOutput {
-    /// Mean cross-entropy over labels != -100, [1]; None when the batch has no such label.
+    /// Mean cross-entropy over labels != -100, `[1]`; None when the batch has no such label.
     pub loss: Option<Tensor>,
     /// d(loss)/d(lm_head_input), [B*S_tgt, d_model]; only when the forward was given gradients
     /// (the head's own gradient is then already in them).
