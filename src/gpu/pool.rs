@@ -33,7 +33,7 @@ pub(crate) struct BufferPool {
 }
 
 /// Sizes are rounded up to a class so that nearby requests (batches padded to different
-/// lengths) share buffers: multiples of 256 bytes up to 4 KiB, then 16 classes per power of
+/// lengths) share buffers: multiples of 256 bytes up to 8 KiB, then 16 classes per power of
 /// two, so a buffer is at most 1/16 larger than asked. Every class is a multiple of 4, so a
 /// buffer can be bound whole.
 pub(crate) fn rounded_size(bytes: u64) -> u64 {
@@ -99,6 +99,7 @@ mod tests {
         assert_eq!(rounded_size(1), 256);
         assert_eq!(rounded_size(4096), 4096);
         assert_eq!(rounded_size(4097), 4352);
+        assert_eq!((rounded_size(8191), rounded_size(8193)), (8192, 8704), "steps of 256, then 512");
         // Two padded lengths of the same activation land in one class.
         assert_eq!(rounded_size(4 * 61 * 576 * 4), rounded_size(4 * 62 * 576 * 4));
         for bytes in (1..200_000u64).step_by(997).chain([1 << 27, (1 << 27) - 4, 123_456_789]) {
